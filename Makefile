@@ -1,0 +1,45 @@
+# provisiond: `make demo` runs the main job, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help bootstrap venv test check fmt demo bench clean
+
+help:
+	@echo "make demo   - start provisiond on SQLite with the example inventory (Ctrl-C stops)"
+	@echo "make test   - run the whole test suite (SQLite and a throwaway PostgreSQL)"
+	@echo "make check  - ruff lint + format check, mypy --strict"
+	@echo "make bench  - run the benchmarks in tests/bench/"
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: bootstrap $(STAMP)
+
+test: venv
+	$(BIN)/pytest
+
+check: venv
+	$(BIN)/ruff check provisiond tests
+	$(BIN)/ruff format --check provisiond tests
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff format provisiond tests
+	$(BIN)/ruff check --fix provisiond tests
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+bench: venv
+	@set -e; for f in tests/bench/bench_*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python "$$f"; done
+
+clean:
+	rm -rf $(VENV) .provisiond .provisiond-demo .pytest_cache .mypy_cache .ruff_cache

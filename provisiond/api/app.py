@@ -1,0 +1,107 @@
+"""The app factory: error handlers, request ids, and the router list."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from provisiond import __version__
+from provisiond.api.routers import ROUTERS
+from provisiond.errors import ProvisiondError
+from provisiond.logging import get_logger
+from provisiond.services.container import Services
+
+log = get_logger(__name__)
+
+
+def _error(status: int, code: str, message: str, hint: str = "", **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message, "hint": hint, **extra}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        problems.append({"path": ".".join(loc), "line": None, "message": err.get("msg", "")})
+    first = problems[0] if problems else {"path": "", "message": "invalid request"}
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{first['path']}: {first['message']}{more}", problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProvisiondError)
+    async def _provisiond(_req: Request, exc: ProvisiondError) -> JSONResponse:
+        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        message, problems = _describe_validation(exc)
+        return _error(
+            422,
+            "validation_failed",
+            message,
+            "see /docs for the request schema",
+            problems=problems,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        hint = "see /docs for the routes" if exc.status_code in (404, 405) else ""
+        return _error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), hint)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:
+        log.info("integrity_error", error=str(exc.orig))
+        return _error(
+            409,
+            "conflict",
+            "the change conflicts with existing data (a name, MAC or reference already in use)",
+            "read the current object and retry with unique values",
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _operational(_req: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database_error", error=str(exc.orig))
+        return _error(503, "database_unavailable", "the database did not answer", "retry shortly")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=req.url.path)
+        return _error(
+            500,
+            "internal",
+            "an internal error occurred",
+            f"report it with request id {getattr(req.state, 'request_id', '')}",
+        )
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="provisiond",
+        version=__version__,
+        description="Bare-metal provisioning: inventory, lifecycle, allocation.",
+    )
+    app.state.services = services
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        request.state.request_id = rid
+        response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        return response
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

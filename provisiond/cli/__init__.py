@@ -1,0 +1,26 @@
+"""The ``provisiond`` command. Remote commands talk to the API through
+``PROVISIOND_URL`` and ``PROVISIOND_TOKEN``; admin commands use the local DB."""
+
+from __future__ import annotations
+
+import typer
+
+from provisiond.cli import admin, events, inventory, machines
+
+app = typer.Typer(
+    name="provisiond",
+    help="Bare-metal provisioning daemon and its command-line client.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("serve")(admin.serve)
+app.add_typer(admin.db_app, name="db")
+app.add_typer(admin.token_app, name="token")
+app.add_typer(machines.app, name="machines")
+app.add_typer(inventory.app, name="inventory")
+app.command("events")(events.events)
+
+
+def main() -> None:
+    app()

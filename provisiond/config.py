@@ -1,0 +1,138 @@
+"""Settings: a TOML file plus ``PROVISIOND_*`` environment variables.
+
+Only :func:`load_settings` decides where settings come from (``--config``, the
+``PROVISIOND_CONFIG`` variable, or ``/etc/provisiond/provisiond.toml`` when it
+exists). Environment variables win over the file. Nested keys use ``__`` in the
+environment, e.g. ``PROVISIOND_TIMEOUTS__DEPLOYING=900``.
+
+Example ``provisiond.toml``::
+
+    data_dir = "/var/lib/provisiond"
+    database_url = "postgresql+psycopg://provisiond@127.0.0.1/provisiond"
+    listen_port = 8080
+
+    [timeouts]
+    deploying = 900
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from provisiond.errors import ConfigError
+
+SECONDS = 1.0
+MINUTES = 60 * SECONDS
+
+SYSTEM_CONFIG = Path("/etc/provisiond/provisiond.toml")
+
+
+class StateTimeouts(BaseModel):
+    """Seconds a machine may stay in each transitional state before the reaper fails it."""
+
+    model_config = {"extra": "forbid"}
+
+    allocated: float = Field(default=5 * MINUTES, gt=0)
+    inspecting: float = Field(default=15 * MINUTES, gt=0)
+    deploying: float = Field(default=15 * MINUTES, gt=0)
+    installing_agent: float = Field(default=10 * MINUTES, gt=0)
+    releasing: float = Field(default=15 * MINUTES, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PROVISIOND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Field(default=Path(".provisiond"))
+    database_url: str = ""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_file: Path | None = None
+    sqlite_busy_timeout_s: float = Field(default=30 * SECONDS, gt=0)
+    lock_ttl_s: float = Field(default=5 * MINUTES, gt=0)
+    reaper_interval_s: float = Field(default=10 * SECONDS, gt=0)
+    timeouts: StateTimeouts = Field(default_factory=StateTimeouts)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'provisiond.db'}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _CURRENT_TOML is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CURRENT_TOML))
+        return tuple(sources)
+
+
+_CURRENT_TOML: Path | None = None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(file)"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"{key}{shown}: {error['msg']}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, or raise ConfigError naming the key, the value and what was expected."""
+    global _CURRENT_TOML
+    path = config_file
+    if path is None and os.environ.get("PROVISIOND_CONFIG"):
+        path = Path(os.environ["PROVISIOND_CONFIG"])
+    if path is None and SYSTEM_CONFIG.is_file():
+        path = SYSTEM_CONFIG
+    if path is not None and not path.is_file():
+        raise ConfigError(
+            f"config file {path} does not exist",
+            hint="pass --config with an existing TOML file, or omit it to use defaults",
+        )
+    _CURRENT_TOML = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        source = f" in {path}" if path else ""
+        raise ConfigError(
+            f"invalid configuration{source}: {problems}",
+            hint="fix the key in the TOML file or the PROVISIOND_* variable named above",
+        ) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read {path}: {exc}", hint="check the TOML syntax") from None
+    finally:
+        _CURRENT_TOML = None

@@ -1,0 +1,131 @@
+"""Engine and sessions, on SQLite (WAL) or PostgreSQL, and the schema check.
+
+SQLite write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction
+that reads and then writes fails at once with "database is locked" when another
+writer got in between, whereas IMMEDIATE waits for the busy timeout. Readers use
+:meth:`Database.read_session`, which begins a plain deferred transaction and so
+never waits for writers (WAL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, create_engine
+
+import provisiond.models  # noqa: F401  (registers the tables)
+from provisiond.errors import DatabaseNotReady
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_READ_ONLY = "provisiond_read_only"
+
+
+def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event, not the driver, open transactions.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class Database:
+    """Owns the engine. Pass it down; nothing imports a global engine."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
+        else:
+            kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+        self.engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine, busy_timeout_s)
+        self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def session(self) -> Session:
+        """A read-write session; on SQLite its transaction takes the write lock up front."""
+        return Session(self.engine, expire_on_commit=False)
+
+    def read_session(self) -> Session:
+        """A session for reads only; it never waits behind writers."""
+        return Session(self._read_engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A read-write session that commits on success and rolls back on error."""
+        with self.session() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    # --- schema -----------------------------------------------------------
+
+    def _alembic_config(self) -> AlembicConfig:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Migrate to the newest schema; returns (before, after) revisions."""
+        before = self.current_revision()
+        command.upgrade(self._alembic_config(), "head")
+        return before, self.current_revision()
+
+    def check_schema(self) -> None:
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            state = "is empty" if current is None else f"is at revision {current}"
+            raise DatabaseNotReady(
+                f"the database {self.safe_url} {state}; this provisiond needs revision {head}",
+                hint="run 'provisiond db upgrade' (with the same --config), then start again",
+            )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

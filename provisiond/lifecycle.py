@@ -1,0 +1,219 @@
+"""Machine lifecycle: the states, the transition table, and :func:`advance`.
+
+``advance`` is the only code that changes ``Machine.state``. It checks the
+transition against :data:`TRANSITIONS`, moves the row with a conditional UPDATE
+(so two writers racing on one machine cannot both win, on SQLite or PostgreSQL),
+sets or clears the state's deadline, and writes the :class:`Event` row in the
+same transaction. The caller commits.
+
+    >>> advance(session, machine, Ev.MANAGE, actor="token:ops", reason="disk swap")
+
+Power state (on/off/unknown) is kept apart and is not a lifecycle state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from provisiond.config import StateTimeouts
+from provisiond.errors import ConcurrentChange, InvalidTransition
+from provisiond.models import Event, Machine, utcnow
+
+
+class State(StrEnum):
+    NEW = "new"
+    """Not yet stored; only ``enroll`` leaves it."""
+    ENROLLED = "enrolled"
+    """Known (by discovery, PXE, inventory or API) but not yet inspected."""
+    INSPECTING = "inspecting"
+    """The inspection ramdisk is booting and will report hardware."""
+    INSPECT_FAILED = "inspect_failed"
+    """Inspection failed or timed out; ``inspect`` retries."""
+    AVAILABLE = "available"
+    """Inspected and free to allocate."""
+    ALLOCATED = "allocated"
+    """Matched to an allocation; deploy starts at once."""
+    DEPLOYING = "deploying"
+    """Power-cycled into PXE; waiting for the OS callback."""
+    INSTALLING_AGENT = "installing_agent"
+    """The OS called back; the agent is being installed over SSH."""
+    ACTIVE = "active"
+    """The agent heartbeats: instance ready."""
+    DEPLOY_FAILED = "deploy_failed"
+    """Deploy failed or timed out; ``release`` wipes and frees it."""
+    RELEASING = "releasing"
+    """Disks are being wiped before the machine is available again."""
+    RELEASE_FAILED = "release_failed"
+    """The wipe failed or timed out; ``release`` retries."""
+    MAINTENANCE = "maintenance"
+    """Taken out of service by an operator; ``provide`` or ``inspect`` return it."""
+    RETIRED = "retired"
+    """Decommissioned; ``manage`` brings it back to maintenance."""
+
+
+class Ev(StrEnum):
+    ENROLL = "enroll"
+    INSPECT = "inspect"
+    DONE = "done"
+    FAIL = "fail"
+    ALLOCATE = "allocate"
+    DEPLOY = "deploy"
+    BOOTED = "booted"
+    READY = "ready"
+    RELEASE = "release"
+    MANAGE = "manage"
+    RETIRE = "retire"
+    PROVIDE = "provide"
+
+
+S = State
+TRANSITIONS: dict[tuple[State, Ev], State] = {
+    (S.NEW, Ev.ENROLL): S.ENROLLED,
+    (S.ENROLLED, Ev.INSPECT): S.INSPECTING,
+    (S.INSPECT_FAILED, Ev.INSPECT): S.INSPECTING,
+    (S.MAINTENANCE, Ev.INSPECT): S.INSPECTING,
+    (S.INSPECTING, Ev.DONE): S.AVAILABLE,
+    (S.INSPECTING, Ev.FAIL): S.INSPECT_FAILED,
+    (S.AVAILABLE, Ev.ALLOCATE): S.ALLOCATED,
+    (S.ALLOCATED, Ev.DEPLOY): S.DEPLOYING,
+    (S.ALLOCATED, Ev.FAIL): S.DEPLOY_FAILED,
+    (S.ALLOCATED, Ev.RELEASE): S.RELEASING,
+    (S.DEPLOYING, Ev.BOOTED): S.INSTALLING_AGENT,
+    (S.INSTALLING_AGENT, Ev.READY): S.ACTIVE,
+    (S.DEPLOYING, Ev.FAIL): S.DEPLOY_FAILED,
+    (S.INSTALLING_AGENT, Ev.FAIL): S.DEPLOY_FAILED,
+    (S.ACTIVE, Ev.RELEASE): S.RELEASING,
+    (S.DEPLOY_FAILED, Ev.RELEASE): S.RELEASING,
+    (S.RELEASE_FAILED, Ev.RELEASE): S.RELEASING,
+    (S.RELEASING, Ev.DONE): S.AVAILABLE,
+    (S.RELEASING, Ev.FAIL): S.RELEASE_FAILED,
+    (S.MAINTENANCE, Ev.PROVIDE): S.AVAILABLE,
+}
+
+#: States a machine can rest in indefinitely; operators may manage or retire it from these.
+RESTING: frozenset[State] = frozenset(
+    {
+        S.ENROLLED,
+        S.INSPECT_FAILED,
+        S.AVAILABLE,
+        S.ACTIVE,
+        S.DEPLOY_FAILED,
+        S.RELEASE_FAILED,
+        S.MAINTENANCE,
+        S.RETIRED,
+    }
+)
+for _state in RESTING:
+    if _state is not S.MAINTENANCE:
+        TRANSITIONS[(_state, Ev.MANAGE)] = S.MAINTENANCE
+    if _state is not S.RETIRED:
+        TRANSITIONS[(_state, Ev.RETIRE)] = S.RETIRED
+
+#: States that must be left before a deadline; the reaper fires ``fail`` when it passes.
+TRANSITIONAL: frozenset[State] = frozenset(
+    {S.ALLOCATED, S.INSPECTING, S.DEPLOYING, S.INSTALLING_AGENT, S.RELEASING}
+)
+
+
+def allowed_events(state: str) -> list[str]:
+    return sorted(ev.value for (src, ev) in TRANSITIONS if src == state)
+
+
+def target_state(state: str, event: Ev) -> State:
+    try:
+        return TRANSITIONS[(State(state), event)]
+    except (KeyError, ValueError):
+        allowed = allowed_events(state)
+        raise InvalidTransition(
+            f"cannot {event.value} a machine that is {state}",
+            hint=(
+                f"allowed from {state}: {', '.join(allowed)}"
+                if allowed
+                else f"no event is allowed from {state}"
+            ),
+        ) from None
+
+
+def advance(
+    session: Session,
+    machine: Machine,
+    event: Ev,
+    *,
+    actor: str,
+    timeouts: StateTimeouts | None = None,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+    request_id: str = "",
+    phase_timings: dict[str, float] | None = None,
+    now: datetime | None = None,
+) -> Event:
+    """Fire ``event`` on ``machine``; the one place lifecycle state changes."""
+    now = now or utcnow()
+    src = machine.state
+    dst = target_state(src, event)
+    limits = timeouts or StateTimeouts()
+    deadline = now + timedelta(seconds=getattr(limits, dst.value)) if dst in TRANSITIONAL else None
+    details = dict(details or {})
+    last_error: dict[str, Any] | None
+    if event is Ev.FAIL:
+        last_error = {"phase": src, "reason": reason or "unspecified failure", **details}
+    elif dst in (S.AVAILABLE, S.ACTIVE, S.RETIRED):
+        last_error = None
+    else:
+        last_error = machine.last_error
+    maintenance_reason = reason if dst is S.MAINTENANCE else ""
+
+    if src == S.NEW:
+        machine.state = dst
+        machine.state_changed_at = now
+        machine.deadline = deadline
+        machine.updated_at = now
+        session.add(machine)
+        session.flush()
+    else:
+        if machine.id is None:
+            raise ValueError("advance() on a machine that was never stored")
+        result = session.execute(
+            update(Machine)
+            .where(col(Machine.id) == machine.id, col(Machine.state) == src)
+            .values(
+                state=dst.value,
+                state_changed_at=now,
+                deadline=deadline,
+                last_error=last_error,
+                maintenance_reason=maintenance_reason,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.expire(machine)
+            raise ConcurrentChange(
+                f"machine {machine.name} changed state while {event.value} was being applied",
+                hint="read the machine again and retry if the event still applies",
+            )
+        session.expire(machine)
+        session.refresh(machine)
+
+    row = Event(
+        at=now,
+        machine_id=machine.id,
+        machine_name=machine.name,
+        kind="transition",
+        event=event.value,
+        from_state=None if src == S.NEW else src,
+        to_state=dst.value,
+        actor=actor,
+        message=reason,
+        details=details,
+        request_id=request_id,
+        phase_timings=phase_timings or {},
+    )
+    session.add(row)
+    session.flush()
+    return row

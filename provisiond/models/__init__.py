@@ -1,0 +1,26 @@
+"""Table models. Importing this package registers every table on SQLModel.metadata."""
+
+from provisiond.models.allocation import Allocation
+from provisiond.models.base import utcnow
+from provisiond.models.event import Event
+from provisiond.models.image import Image
+from provisiond.models.inventory import Outlet, Pdu, Rack, Switch, SwitchPort
+from provisiond.models.machine import Bmc, CredentialSet, Machine, Nic
+from provisiond.models.token import ApiToken
+
+__all__ = [
+    "Allocation",
+    "ApiToken",
+    "Bmc",
+    "CredentialSet",
+    "Event",
+    "Image",
+    "Machine",
+    "Nic",
+    "Outlet",
+    "Pdu",
+    "Rack",
+    "Switch",
+    "SwitchPort",
+    "utcnow",
+]

@@ -1,0 +1,74 @@
+"""Physical inventory: racks, switches and their ports, PDUs and their outlets."""
+
+# No "from __future__ import annotations" here: SQLModel resolves relationship
+# annotations at class creation, so forward references are quoted strings.
+from datetime import datetime
+from typing import TYPE_CHECKING, Optional
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, Relationship, SQLModel
+
+from provisiond.models.base import UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from provisiond.models.machine import Machine
+
+
+class Rack(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    site: str = Field(default="", max_length=64)
+    u_height: int = Field(default=42, ge=1, le=60)
+    power_budget_watts: int | None = Field(default=None, ge=0)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Switch(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="RESTRICT")
+    u_position: int | None = Field(default=None, ge=1)
+    u_height: int = Field(default=1, ge=1)
+    vendor: str = Field(default="", max_length=64)
+    model: str = Field(default="", max_length=64)
+    mgmt_address: str = Field(default="", max_length=255)
+    ports: list["SwitchPort"] = Relationship(
+        back_populates="switch",
+        sa_relationship_kwargs={"cascade": "all, delete-orphan", "order_by": "SwitchPort.name"},
+    )
+
+
+class SwitchPort(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("switch_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    switch_id: int = Field(foreign_key="switch.id", ondelete="CASCADE", index=True)
+    name: str = Field(max_length=64)
+    vlan: int | None = Field(default=None, ge=1, le=4094)
+    description: str = Field(default="", max_length=255)
+    switch: "Switch" = Relationship(back_populates="ports")
+
+
+class Pdu(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="RESTRICT")
+    u_position: int | None = Field(default=None, ge=1)
+    u_height: int = Field(default=0, ge=0)
+    capacity_watts: int | None = Field(default=None, ge=0)
+    mgmt_address: str = Field(default="", max_length=255)
+    outlets: list["Outlet"] = Relationship(
+        back_populates="pdu",
+        sa_relationship_kwargs={"cascade": "all, delete-orphan", "order_by": "Outlet.number"},
+    )
+
+
+class Outlet(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("pdu_id", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    pdu_id: int = Field(foreign_key="pdu.id", ondelete="CASCADE", index=True)
+    number: int = Field(ge=1)
+    machine_id: int | None = Field(
+        default=None, foreign_key="machine.id", ondelete="SET NULL", index=True
+    )
+    pdu: "Pdu" = Relationship(back_populates="outlets")
+    machine: Optional["Machine"] = Relationship()

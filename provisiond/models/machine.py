@@ -1,0 +1,92 @@
+"""Machines, their NICs and BMCs, and the credential sets discovery tries."""
+
+# No "from __future__ import annotations" here: SQLModel resolves relationship
+# annotations at class creation, so forward references are quoted strings.
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON
+from sqlmodel import Field, Relationship, SQLModel
+
+from provisiond.models.base import UTCDateTime, new_uuid, utcnow
+
+
+class Machine(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(default_factory=new_uuid, unique=True, index=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=64)
+    rack_id: int | None = Field(
+        default=None, foreign_key="rack.id", ondelete="RESTRICT", index=True
+    )
+    u_position: int | None = Field(default=None, ge=1)
+    u_height: int = Field(default=1, ge=1)
+    serial: str = Field(default="", max_length=128, index=True)
+    vendor: str = Field(default="", max_length=128)
+    model: str = Field(default="", max_length=128)
+    arch: str = Field(default="x86_64", max_length=16)
+    cpus: int | None = Field(default=None, ge=0)
+    ram_mib: int | None = Field(default=None, ge=0)
+    disks: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
+    power_watts: int | None = Field(default=None, ge=0)
+    # Lifecycle: only provisiond.lifecycle.advance() writes state, deadline and last_error.
+    state: str = Field(default="new", index=True, max_length=32)
+    state_changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    deadline: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    last_error: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    maintenance_reason: str = Field(default="", max_length=255)
+    power_state: str = Field(default="unknown", max_length=16)
+    # DB lock (provisiond.locks): owner and expiry, taken by a conditional UPDATE.
+    lock_owner: str | None = Field(default=None, max_length=128)
+    lock_expires: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    agent_token_hash: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+    nics: list["Nic"] = Relationship(
+        back_populates="machine",
+        sa_relationship_kwargs={"cascade": "all, delete-orphan", "order_by": "Nic.id"},
+    )
+    bmc: Optional["Bmc"] = Relationship(
+        back_populates="machine",
+        sa_relationship_kwargs={"cascade": "all, delete-orphan", "uselist": False},
+    )
+
+
+class Nic(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    machine_id: int = Field(foreign_key="machine.id", ondelete="CASCADE", index=True)
+    mac: str = Field(unique=True, index=True, max_length=17)
+    name: str = Field(default="", max_length=32)
+    pxe: bool = False
+    ip_address: str = Field(default="", max_length=64)
+    switch_port_id: int | None = Field(
+        default=None, foreign_key="switchport.id", ondelete="SET NULL", unique=True
+    )
+    machine: "Machine" = Relationship(back_populates="nics")
+
+
+class Bmc(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    machine_id: int = Field(foreign_key="machine.id", ondelete="CASCADE", unique=True)
+    driver: str = Field(default="ipmi", max_length=16)
+    address: str = Field(default="", max_length=255, index=True)
+    port: int = Field(default=623, ge=1, le=65535)
+    username: str = Field(default="", max_length=64)
+    # Fernet token (provisiond.secrets); never returned by the API or logged.
+    secret_encrypted: str | None = Field(default=None)
+    credential_set_id: int | None = Field(
+        default=None, foreign_key="credentialset.id", ondelete="SET NULL"
+    )
+    cert_fingerprint: str = Field(default="", max_length=128)
+    mac: str = Field(default="", max_length=17)
+    unreachable_reason: str = Field(default="", max_length=512)
+    machine: "Machine" = Relationship(back_populates="bmc")
+
+
+class CredentialSet(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    username: str = Field(max_length=64)
+    secret_encrypted: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

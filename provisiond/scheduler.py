@@ -1,0 +1,41 @@
+"""Periodic jobs on APScheduler's AsyncIOScheduler with its in-memory job store.
+
+Every job is an idempotent reconciler that coordinates with other daemons only
+through the database, so a shared job store (which double-runs jobs) is never needed.
+Blocking DB work runs in the default executor, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from provisiond.logging import get_logger
+from provisiond.services import reaper
+from provisiond.services.container import Services
+
+log = get_logger(__name__)
+
+
+def build_scheduler(services: Services) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    settings = services.settings
+
+    async def reap_job() -> None:
+        try:
+            await asyncio.to_thread(
+                reaper.reap, services.db, timeouts=settings.timeouts, actor="reaper"
+            )
+        except Exception:  # a failed run is logged; the next run tries again
+            log.exception("reaper_failed")
+
+    scheduler.add_job(
+        reap_job,
+        "interval",
+        seconds=settings.reaper_interval_s,
+        id="reaper",
+        max_instances=1,
+        coalesce=True,
+    )
+    return scheduler

@@ -1,0 +1,21 @@
+"""The services bundle that daemon.py builds and hands to the API and the scheduler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from provisiond.config import Settings
+from provisiond.db import Database
+from provisiond.secrets import SecretBox
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    secrets: SecretBox
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    #: Name of this daemon instance, used as lock owner and event actor prefix.
+    instance: str = "provisiond"

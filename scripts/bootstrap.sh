@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what a fresh Debian 12 machine lacks for provisiond's tests and demo.
+# Idempotent: installs only what is missing. Needs root for apt-get.
+set -euo pipefail
+
+APT_PACKAGES=(
+  postgresql-15      # PostgreSQL tests: a throwaway cluster per test run
+  util-linux         # runuser, to start PostgreSQL as the postgres user
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# Debian's python3 needs python3-venv for `python3 -m venv`; other Pythons (pyenv) carry it.
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The Debian package starts a main cluster on 5432 that the tests never use.
+  if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+fi
