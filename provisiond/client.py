@@ -20,12 +20,26 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, hint: str = "") -> None:
+    """An error answer from the API (or ``status`` 0 when it could not be reached).
+
+    ``problems`` lists offending entries for validation errors: dicts with
+    ``path``, ``line`` (for YAML input) and ``message``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        hint: str = "",
+        problems: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.hint = hint
+        self.problems = problems or []
 
 
 class Client:
@@ -76,7 +90,11 @@ class Client:
             try:
                 err = response.json()["error"]
                 raise ApiError(
-                    response.status_code, err["code"], err["message"], err.get("hint", "")
+                    response.status_code,
+                    err["code"],
+                    err["message"],
+                    err.get("hint", ""),
+                    err.get("problems"),
                 )
             except (ValueError, KeyError, TypeError):
                 raise ApiError(

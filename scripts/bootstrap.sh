@@ -6,6 +6,8 @@ set -euo pipefail
 APT_PACKAGES=(
   postgresql-15      # PostgreSQL tests: a throwaway cluster per test run
   util-linux         # runuser, to start PostgreSQL as the postgres user
+  ipmitool           # the reference IPMI client the tests and benchmarks compare with
+  openipmi           # ipmi_sim: an outside IPMI peer for the ipmi driver tests
 )
 
 missing=()

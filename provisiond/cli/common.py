@@ -29,8 +29,10 @@ ConfigOpt = Annotated[
 ]
 
 
-def fail(message: str, hint: str = "", code: int = 1) -> NoReturn:
+def fail(message: str, hint: str = "", code: int = 1, details: Sequence[str] = ()) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    for detail in details:
+        err_console.print(f"  - {detail}", highlight=False, markup=False)
     if hint:
         err_console.print(f"[yellow]hint:[/] {hint}", highlight=False)
     raise typer.Exit(code)
@@ -42,6 +44,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     except ApiError as exc:
+        for problem in exc.problems[1:]:
+            line = f"line {problem['line']}: " if problem.get("line") else ""
+            err_console.print(f"  {line}{problem.get('path', '')}: {problem.get('message', '')}")
         fail(
             f"{exc.message} [{exc.code}, HTTP {exc.status}]" if exc.status else exc.message,
             exc.hint,

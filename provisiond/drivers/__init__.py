@@ -1,0 +1,1 @@
+"""Hardware drivers. Each kind has a small interface and a registry."""

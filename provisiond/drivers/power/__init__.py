@@ -1,0 +1,37 @@
+"""Power drivers: ipmi, manual. See base.py for the interface and error classes."""
+
+from provisiond.drivers.power.base import (
+    BmcAuthError,
+    BmcBusy,
+    BmcError,
+    BmcFatalError,
+    BmcManualAction,
+    BmcRetryableError,
+    BmcTarget,
+    BmcUnreachable,
+    BmcUnsupported,
+    BootDevice,
+    Identity,
+    PowerAction,
+    PowerDriver,
+    PowerState,
+    Setting,
+)
+
+__all__ = [
+    "BmcAuthError",
+    "BmcBusy",
+    "BmcError",
+    "BmcFatalError",
+    "BmcManualAction",
+    "BmcRetryableError",
+    "BmcTarget",
+    "BmcUnreachable",
+    "BmcUnsupported",
+    "BootDevice",
+    "Identity",
+    "PowerAction",
+    "PowerDriver",
+    "PowerState",
+    "Setting",
+]

@@ -1,0 +1,157 @@
+"""Robust power actions: idempotent, bounded, retried with backoff, confirmed by read-back.
+
+MAAS's and Ironic's most reported pain is a power action that "succeeded" but did
+nothing, or failed on a BMC that was merely busy. Here an action:
+
+1. reads the state first, and treats "already on" (or off) as success;
+2. runs in the blocking executor with a timeout, one session per BMC at a time;
+3. retries retryable errors (timeouts, busy BMCs) with backoff, never fatal ones;
+4. reads the state back until it matches, within ``confirm_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from provisiond.drivers.power.base import (
+    BmcError,
+    BmcRetryableError,
+    BmcUnreachable,
+    BootDevice,
+    PowerAction,
+    PowerDriver,
+    PowerState,
+)
+from provisiond.executor import BlockingExecutor, CallTimeout
+
+T = TypeVar("T")
+
+#: Seconds to wait before each retry of a retryable error (MAAS-like, shortened).
+DEFAULT_BACKOFF: tuple[float, ...] = (1, 2, 4, 8)
+
+
+@dataclass
+class PowerPolicy:
+    call_timeout: float = 15.0
+    backoff: Sequence[float] = DEFAULT_BACKOFF
+    confirm_timeout: float = 30.0
+    confirm_interval: float = 0.5
+
+
+@dataclass
+class PowerResult:
+    state: PowerState
+    changed: bool
+    attempts: int
+    seconds: float
+    errors: list[str] = field(default_factory=list)
+
+
+def _key(driver: PowerDriver) -> str:
+    return f"bmc:{driver.target.endpoint}"
+
+
+async def _with_retries(
+    executor: BlockingExecutor,
+    driver: PowerDriver,
+    fn: Callable[[], T],
+    what: str,
+    policy: PowerPolicy,
+    errors: list[str],
+) -> tuple[T, int]:
+    delays = [0.0, *policy.backoff]
+    last: BmcError | None = None
+    for attempts, delay in enumerate(delays, start=1):
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            result = await executor.run(
+                fn, timeout=policy.call_timeout, key=_key(driver), what=what
+            )
+            return result, attempts
+        except CallTimeout as exc:
+            last = BmcUnreachable(
+                f"BMC {driver.target.endpoint} did not answer '{what}' within "
+                f"{policy.call_timeout:g}s",
+                hint=f"check the address and port and that the BMC is reachable; {exc.hint}",
+            )
+        except BmcRetryableError as exc:
+            last = exc
+        errors.append(last.message)
+    assert last is not None
+    last.message = f"{last.message} (gave up after {len(delays)} attempts)"
+    raise last
+
+
+async def get_power(
+    executor: BlockingExecutor, driver: PowerDriver, policy: PowerPolicy | None = None
+) -> PowerState:
+    policy = policy or PowerPolicy()
+    state, _ = await _with_retries(executor, driver, driver.get_power, "read power", policy, [])
+    return state
+
+
+async def set_boot_device(
+    executor: BlockingExecutor,
+    driver: PowerDriver,
+    device: BootDevice,
+    *,
+    persistent: bool = False,
+    uefi: bool = False,
+    policy: PowerPolicy | None = None,
+) -> None:
+    policy = policy or PowerPolicy()
+
+    def call() -> None:
+        driver.set_boot_device(device, persistent=persistent, uefi=uefi)
+
+    await _with_retries(executor, driver, call, f"set boot device {device.value}", policy, [])
+
+
+async def power(
+    executor: BlockingExecutor,
+    driver: PowerDriver,
+    action: PowerAction,
+    policy: PowerPolicy | None = None,
+) -> PowerResult:
+    """Do ``action`` and confirm it; raise a BmcError with a hint when it cannot be done."""
+    policy = policy or PowerPolicy()
+    started = time.monotonic()
+    errors: list[str] = []
+    before, attempts = await _with_retries(
+        executor, driver, driver.get_power, "read power", policy, errors
+    )
+    expected = action.expected
+    if action in (PowerAction.ON, PowerAction.OFF, PowerAction.SOFT_OFF) and before is expected:
+        return PowerResult(before, False, attempts, time.monotonic() - started, errors)
+
+    def request() -> None:
+        driver.set_power(action)
+
+    _, more = await _with_retries(
+        executor, driver, request, f"power {action.value}", policy, errors
+    )
+    attempts += more
+    deadline = time.monotonic() + policy.confirm_timeout
+    state = PowerState.UNKNOWN
+    while True:
+        state, more = await _with_retries(
+            executor, driver, driver.get_power, "read power", policy, errors
+        )
+        attempts += more
+        if state is expected or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(policy.confirm_interval)
+    if state is not expected:
+        raise BmcError(
+            f"BMC {driver.target.endpoint} accepted 'power {action.value}' but the machine "
+            f"is still {state.value} after {policy.confirm_timeout:g}s",
+            hint="the BMC may ignore chassis commands (check its power restore policy and "
+            "event log), or the power supply failed",
+            code="power_not_confirmed",
+        )
+    return PowerResult(state, True, attempts, time.monotonic() - started, errors)

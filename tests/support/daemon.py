@@ -1,0 +1,108 @@
+"""Run the real ``provisiond`` command in a subprocess: a daemon on a free loopback port.
+
+Everything started here is stopped by its PID, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROVISIOND = [sys.executable, "-m", "provisiond"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(
+    *args: str, env: dict[str, str], timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PROVISIOND, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        check=False,
+    )
+
+
+@dataclass
+class Daemon:
+    """A provisiond data dir; ``start()`` runs ``provisiond serve`` on it."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    admin_token: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIOND_")}
+        env.update(
+            PROVISIOND_DATA_DIR=str(self.data_dir),
+            PROVISIOND_LISTEN_PORT=str(self.port),
+            PROVISIOND_URL=self.url,
+            PROVISIOND_TOKEN=self.admin_token,
+            **self.extra_env,
+        )
+        return env
+
+    def prepare(self) -> None:
+        """Migrate the DB and create an admin token, through the CLI as a user would."""
+        for args in (["db", "upgrade"], ["token", "create", "--name", "admin", "--role", "admin"]):
+            result = cli(*args, env=self.env)
+            assert result.returncode == 0, result.stderr
+        self.admin_token = result.stdout.strip().splitlines()[-1]
+
+    def start(self, timeout: float = 20) -> None:
+        log = (self.data_dir / "serve.log").open("a")
+        self.proc = subprocess.Popen(
+            [*PROVISIOND, "serve"], env=self.env, stdout=log, stderr=log, text=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"provisiond serve exited: {self.log_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"provisiond serve not healthy in {timeout}s: {self.log_text()}")
+
+    def log_text(self) -> str:
+        path = self.data_dir / "serve.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
