@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_s: float = Field(default=30 * SECONDS, gt=0)
     lock_ttl_s: float = Field(default=5 * MINUTES, gt=0)
     reaper_interval_s: float = Field(default=10 * SECONDS, gt=0)
+    power_sync_interval_s: float = Field(default=60 * SECONDS, gt=0)
+    power_sync_concurrency: int = Field(default=64, ge=1, le=1024)
+    power_call_timeout_s: float = Field(default=10 * SECONDS, gt=0)
+    #: Consecutive failed power reads before a BMC is marked unreachable.
+    power_failure_threshold: int = Field(default=3, ge=1)
+    #: Threads for blocking libraries (pyghmi, paramiko).
+    executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)
 
     @field_validator("database_url")

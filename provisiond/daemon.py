@@ -14,6 +14,7 @@ from provisiond.api import create_app
 from provisiond.config import Settings
 from provisiond.db import Database
 from provisiond.errors import ConfigError
+from provisiond.executor import BlockingExecutor
 from provisiond.logging import get_logger
 from provisiond.scheduler import build_scheduler
 from provisiond.secrets import SecretBox
@@ -31,6 +32,7 @@ def build_services(settings: Settings, *, check_schema: bool = True) -> Services
         db=db,
         secrets=SecretBox.from_key_file(settings.key_file),
         instance=f"{socket.gethostname()}:{os.getpid()}",
+        executor=BlockingExecutor(settings.executor_workers),
     )
 
 
@@ -95,7 +97,7 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     sock.close()
-    services.db.dispose()
+    services.close()
     log.info("provisiond_stopped")
 
 

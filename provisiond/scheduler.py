@@ -12,7 +12,7 @@ import asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from provisiond.logging import get_logger
-from provisiond.services import reaper
+from provisiond.services import power_sync, reaper
 from provisiond.services.container import Services
 
 log = get_logger(__name__)
@@ -30,12 +30,17 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         except Exception:  # a failed run is logged; the next run tries again
             log.exception("reaper_failed")
 
-    scheduler.add_job(
-        reap_job,
-        "interval",
-        seconds=settings.reaper_interval_s,
-        id="reaper",
-        max_instances=1,
-        coalesce=True,
-    )
+    async def power_sync_job() -> None:
+        try:
+            await power_sync.sync_power(services)
+        except Exception:  # logged; the next run tries again
+            log.exception("power_sync_failed")
+
+    for job, interval, name in (
+        (reap_job, settings.reaper_interval_s, "reaper"),
+        (power_sync_job, settings.power_sync_interval_s, "power_sync"),
+    ):
+        scheduler.add_job(
+            job, "interval", seconds=interval, id=name, max_instances=1, coalesce=True
+        )
     return scheduler

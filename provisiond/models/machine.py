@@ -81,6 +81,8 @@ class Bmc(SQLModel, table=True):
     cert_fingerprint: str = Field(default="", max_length=128)
     mac: str = Field(default="", max_length=17)
     unreachable_reason: str = Field(default="", max_length=512)
+    #: Consecutive failed power reads; power sync marks the BMC unreachable past a threshold.
+    power_failures: int = Field(default=0, ge=0)
     machine: "Machine" = Relationship(back_populates="bmc")
 
 

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry
 
 from provisiond.config import Settings
 from provisiond.db import Database
+from provisiond.drivers.power.pool import DriverPool
+from provisiond.executor import BlockingExecutor
+from provisiond.metrics import Metrics
 from provisiond.secrets import SecretBox
 
 
@@ -19,3 +22,14 @@ class Services:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     #: Name of this daemon instance, used as lock owner and event actor prefix.
     instance: str = "provisiond"
+    executor: BlockingExecutor = field(default_factory=BlockingExecutor)
+    drivers: DriverPool = field(default_factory=DriverPool)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.registry)
+
+    def close(self) -> None:
+        self.drivers.close()
+        self.executor.shutdown()
+        self.db.dispose()

@@ -3,6 +3,11 @@
 One long-lived pyghmi ``Command`` per BMC: pyghmi 1.6.19 raises TypeError when a
 new Command follows ``logout()`` to the same BMC in one process, so the driver
 never logs out; it only drops a session that broke and logs in afresh.
+
+Credentials go to pyghmi as bytes. With str, pyghmi 1.6.19 files a logging-in
+session under a str key but deletes it under a bytes key when the login fails, so
+every later Command to that BMC gets the dead session back ("Session no longer
+connected") even after the BMC returns (measured against ipmi_sim).
 """
 
 from __future__ import annotations
@@ -112,8 +117,8 @@ class IpmiPower(PowerDriver):
             try:
                 self._command = ipmi_command.Command(
                     bmc=self.target.address,
-                    userid=self.target.username,
-                    password=self.target.password,
+                    userid=self.target.username.encode(),
+                    password=self.target.password.encode(),
                     port=self.target.port,
                     keepalive=True,
                 )

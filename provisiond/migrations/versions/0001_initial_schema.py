@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 16:07:27.531397
+Create Date: 2026-11-27
 """
 
 from collections.abc import Sequence
@@ -224,6 +224,7 @@ def upgrade() -> None:
         sa.Column(
             "unreachable_reason", sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False
         ),
+        sa.Column("power_failures", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["credential_set_id"], ["credentialset.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["machine_id"], ["machine.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),

@@ -1,0 +1,32 @@
+"""Prometheus metrics, registered on the daemon's own registry (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.power_sync_seconds = Histogram(
+            "provisiond_power_sync_seconds",
+            "Wall time of one power sync over all BMCs",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.power_sync_machines = Gauge(
+            "provisiond_power_sync_machines",
+            "Machines read by the last power sync, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.bmc_errors = Counter(
+            "provisiond_bmc_errors_total",
+            "Failed BMC calls, by BMC endpoint and error code",
+            ["bmc", "code"],
+            registry=registry,
+        )
+        self.power_drift = Counter(
+            "provisiond_power_drift_total",
+            "Power states found changed outside provisiond",
+            registry=registry,
+        )
