@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     power_call_timeout_s: float = Field(default=10 * SECONDS, gt=0)
     #: Consecutive failed power reads before a BMC is marked unreachable.
     power_failure_threshold: int = Field(default=3, ge=1)
+    discovery_probe_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    #: The most address x port pairs one sweep may probe.
+    discovery_max_targets: int = Field(default=65536, ge=1)
     #: Threads for blocking libraries (pyghmi, paramiko).
     executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)

@@ -27,6 +27,8 @@ import provisiond.models  # noqa: F401  (registers the tables)
 from provisiond.errors import DatabaseNotReady
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Alembic's "Context impl SQLiteImpl" chatter is noise in the daemon's JSON log.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 _READ_ONLY = "provisiond_read_only"
 
 
@@ -94,7 +96,6 @@ class Database:
     # --- schema -----------------------------------------------------------
 
     def _alembic_config(self) -> AlembicConfig:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["engine"] = self.engine

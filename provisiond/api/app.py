@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provisiond import __version__
@@ -65,6 +65,16 @@ def install_error_handlers(app: FastAPI) -> None:
             "conflict",
             "the change conflicts with existing data (a name, MAC or reference already in use)",
             "read the current object and retry with unique values",
+        )
+
+    @app.exception_handler(DataError)
+    async def _data(_req: Request, exc: DataError) -> JSONResponse:
+        log.info("data_error", error=str(exc.orig))
+        return _error(
+            422,
+            "validation_failed",
+            "a value does not fit its column (too long, too large, or malformed)",
+            "check the lengths and ranges in /docs",
         )
 
     @app.exception_handler(OperationalError)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from provisiond.client import ApiError, Client
@@ -30,11 +31,11 @@ ConfigOpt = Annotated[
 
 
 def fail(message: str, hint: str = "", code: int = 1, details: Sequence[str] = ()) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     for detail in details:
         err_console.print(f"  - {detail}", highlight=False, markup=False)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
     raise typer.Exit(code)
 
 

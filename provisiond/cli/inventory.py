@@ -1,7 +1,133 @@
-"""`provisiond inventory apply|export`."""
+"""`provisiond inventory apply|export`: inventory as code, through the API.
+
+The daemon parses and checks the file, so its problems carry the file's lines; this
+command only reads the file, adds the ``password_env`` variables it names from the
+local environment, and prints the plan or the problems (``FILE:LINE: path: message``,
+the form editors jump to).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
+from rich.text import Text
+
+from provisiond.cli.common import JsonFlag, console, emit, fail, handled
+from provisiond.client import ApiError, Client
+from provisiond.services.inventory_spec import env_names
 
 app = typer.Typer(help="Inventory as code: YAML apply and export.", no_args_is_help=True)
+
+_STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
+
+
+def _read(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        fail(f"{file} does not exist", "give the path of an inventory YAML file")
+    except UnicodeDecodeError:
+        fail(f"{file} is not UTF-8 text", "save it as UTF-8")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+
+
+def _fields(fields: dict[str, dict[str, Any]]) -> str:
+    """``u_position 2 -> 5, nics[...]``: values only where they are short scalars."""
+    shown = []
+    for name, change in fields.items():
+        old, new = change.get("from"), change.get("to")
+        scalar = all(v is None or isinstance(v, str | int | float) for v in (old, new))
+        short = scalar and len(f"{old}{new}") <= 40
+        shown.append(f"{name} {old} -> {new}" if short else name)
+    return ", ".join(shown)
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    shown = [c for c in plan["changes"] if c["action"] != "unchanged"]
+    if shown:
+        table = Table(header_style="bold")
+        for column in ("action", "kind", "name", "line", "fields"):
+            table.add_column(column)
+        for change in shown:
+            fields = "" if change["action"] != "update" else _fields(change["fields"])
+            line = "" if change.get("line") is None else str(change["line"])
+            style = _STYLE[change["action"]]
+            # Text, not markup: names and field keys such as ports[swp1] must print as written.
+            cells = (change["action"], change["kind"], change["name"], line, fields)
+            table.add_row(
+                *(Text(cell, style=style if i == 0 else "") for i, cell in enumerate(cells))
+            )
+        console.print(table)
+    s = plan["summary"]
+    done = "applied" if plan["applied"] else "dry run, nothing was written"
+    typer.echo(
+        f"{s['create']} to create, {s['update']} to update, {s['unchanged']} unchanged, "
+        f"{s['delete']} to delete ({done})"
+    )
+
+
+@app.command("apply")
+def apply(
+    file: Annotated[Path, typer.Argument(help="Inventory YAML file (see inventory/README.md)")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing.")
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option("--prune", help="Also delete racks, switches, PDUs and machines not in FILE."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show what FILE changes, then apply it in one transaction (all or nothing)."""
+    text = _read(file)
+    # Only the variables the file names leave this machine, and only to the daemon.
+    env = {name: os.environ[name] for name in env_names(text) if name in os.environ}
+    route = "/inventory/plan" if dry_run else "/inventory/apply"
+    with handled():
+        try:
+            with Client() as client:
+                plan = client.request(
+                    "POST",
+                    route,
+                    params={"prune": "true" if prune else "false"},
+                    content=json.dumps({"yaml": text, "env": env}),
+                    headers={"content-type": "application/json"},
+                )
+        except ApiError as exc:
+            if not exc.problems:
+                raise
+            for problem in exc.problems:
+                # Plain lines, never wrapped: FILE:LINE: is what editors and CI logs link.
+                line = f"{problem['line']}:" if problem.get("line") else ""
+                typer.echo(f"{file}:{line} {problem['path']}: {problem['message']}", err=True)
+            fail(f"{file}: {len(exc.problems)} problem(s)", exc.hint)
+    if as_json:
+        emit(plan, True)
+    else:
+        _print_plan(plan)
+
+
+@app.command("export")
+def export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """Write the whole inventory as YAML in the apply format (never BMC passwords)."""
+    with handled(), Client() as client:
+        text = client.request("GET", "/inventory/export")
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror}")
+    typer.echo(f"wrote {output}", err=True)

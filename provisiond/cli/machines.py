@@ -2,6 +2,91 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+from urllib.parse import quote
+
 import typer
 
+from provisiond.cli.common import JsonFlag, api, console, emit
+
 app = typer.Typer(help="Machines: list, show.", no_args_is_help=True)
+
+
+def _u(machine: dict[str, Any]) -> str:
+    if machine.get("u_position") is None:
+        return ""
+    top = machine["u_position"] + machine["u_height"] - 1
+    return f"U{machine['u_position']}" + (f"-U{top}" if top != machine["u_position"] else "")
+
+
+@app.command("list")
+def list_machines(
+    state: Annotated[str | None, typer.Option("--state", "-s", help="e.g. available")] = None,
+    rack: Annotated[str | None, typer.Option("--rack", help="Only this rack")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only machines with this tag")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List machines with their state, power and place."""
+    with api() as client:
+        machines = client.get("/machines", state=state, rack=rack, tag=tag)
+    emit(
+        machines,
+        as_json,
+        columns=("name", "state", "power", "rack", "U", "arch", "tags", "error"),
+        title=f"{len(machines)} machine(s)",
+        row=lambda m: (
+            m["name"],
+            m["state"],
+            m["power_state"],
+            m["rack"],
+            _u(m),
+            m["arch"],
+            ", ".join(m["tags"]),
+            (m.get("last_error") or {}).get("reason", ""),
+        ),
+    )
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Machine name or uuid")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one machine: lifecycle, hardware, NICs and BMC (never its password)."""
+    with api() as client:
+        machine = client.get(f"/machines/{quote(name, safe='')}")
+    if as_json:
+        emit(machine, True)
+        return
+    bmc = machine.get("bmc") or {}
+    fields = {
+        "name": machine["name"],
+        "uuid": machine["uuid"],
+        "state": machine["state"],
+        "allowed events": ", ".join(machine["allowed_events"]),
+        "power": machine["power_state"],
+        "rack": " ".join(filter(None, [machine["rack"], _u(machine)])),
+        "hardware": f"{machine['vendor']} {machine['model']} ({machine['arch']}, "
+        f"{machine['cpus'] or '?'} CPUs, {machine['ram_mib'] or '?'} MiB)",
+        "serial": machine["serial"],
+        "tags": ", ".join(machine["tags"]),
+        "deadline": machine["deadline"],
+        "last error": machine["last_error"],
+        "lock": f"{machine['lock_owner']} until {machine['lock_expires']}"
+        if machine["lock_owner"]
+        else None,
+        "bmc": f"{bmc['driver']} {bmc['username']}@{bmc['address']}:{bmc['port']} "
+        f"(password {'set' if bmc['password_set'] else 'not set'})"
+        if bmc
+        else None,
+    }
+    emit(
+        [{"field": k, "value": v} for k, v in fields.items() if v not in (None, "")],
+        False,
+        columns=("field", "value"),
+        title=f"machine {machine['name']}",
+    )
+    if machine["nics"]:
+        emit(machine["nics"], False, columns=("mac", "name", "pxe", "ip_address", "switch_port"))
+    else:
+        console.print("no NICs")

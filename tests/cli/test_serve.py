@@ -67,11 +67,12 @@ def test_unmigrated_database_is_refused_with_the_command(tmp_path: Path) -> None
 
 def test_bad_config_fails_at_start_up(tmp_path: Path) -> None:
     cfg = tmp_path / "p.toml"
-    cfg.write_text("listen_port = 70000\n")
+    cfg.write_text("reaper_interval_s = -1\n")
     d = Daemon(tmp_path / "data")
     result = cli("serve", "--config", str(cfg), env=d.env)
     assert result.returncode == 1
-    assert "listen_port = 70000" in result.stderr and "Traceback" not in result.stderr
+    assert "reaper_interval_s = -1: Input should be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_port_in_use_is_a_clear_error(daemon: Daemon) -> None:

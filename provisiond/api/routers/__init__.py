@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from provisiond.api.routers import (
     credentials,
+    discovery,
     events,
     health,
     images,
@@ -26,4 +27,5 @@ ROUTERS: list[APIRouter] = [
     tokens.router,
     credentials.router,
     inventory.router,
+    discovery.router,
 ]

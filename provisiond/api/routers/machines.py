@@ -1,5 +1,70 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, status
+
+from provisiond.api.deps import CI, Operator, ReadSession, ServicesDep, WriteSession, actor
+from provisiond.api.deps import request_id as rid
+from provisiond.schemas import Key, MachineEventIn, MachineIn, MachineOut, MachinePatch
+from provisiond.services import machines
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
+
+
+@router.get("", response_model=list[MachineOut])
+def list_machines(
+    _: CI,
+    session: ReadSession,
+    state: Key | None = None,
+    rack: Key | None = None,
+    tag: Key | None = None,
+    arch: Key | None = None,
+) -> list[MachineOut]:
+    return machines.list_machines(session, state=state, rack=rack, tag=tag, arch=arch)
+
+
+@router.post("", response_model=MachineOut, status_code=status.HTTP_201_CREATED)
+def create_machine(
+    spec: MachineIn, request: Request, _: Operator, session: WriteSession, services: ServicesDep
+) -> MachineOut:
+    return machines.create_machine(
+        session, services.secrets, spec, actor=actor(request), request_id=rid(request)
+    )
+
+
+@router.get("/{ident}", response_model=MachineOut)
+def get_machine(ident: Key, _: CI, session: ReadSession) -> MachineOut:
+    return machines.get_machine(session, ident)
+
+
+@router.patch("/{ident}", response_model=MachineOut)
+def update_machine(
+    ident: Key,
+    patch: MachinePatch,
+    request: Request,
+    _: Operator,
+    session: WriteSession,
+    services: ServicesDep,
+) -> MachineOut:
+    return machines.update_machine(
+        session, services.secrets, ident, patch, actor=actor(request), request_id=rid(request)
+    )
+
+
+@router.delete("/{ident}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_machine(ident: Key, request: Request, _: Operator, session: WriteSession) -> None:
+    machines.delete_machine(session, ident, actor=actor(request), request_id=rid(request))
+
+
+@router.post("/{ident}/events", response_model=MachineOut)
+def fire_event(
+    ident: Key,
+    spec: MachineEventIn,
+    request: Request,
+    _: Operator,
+    session: WriteSession,
+    services: ServicesDep,
+) -> MachineOut:
+    timeouts = services.settings.timeouts
+    return machines.fire_event(
+        session, ident, spec, actor=actor(request), timeouts=timeouts, request_id=rid(request)
+    )

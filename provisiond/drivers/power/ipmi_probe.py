@@ -98,12 +98,14 @@ def expand_targets(networks: Iterable[str], ports: list[int], limit: int) -> lis
             ) from None
         if net.version != 4:
             raise BadRequest("IPv6 BMC sweeps are not supported", hint="sweep an IPv4 network")
-        hosts = [net.network_address] if net.num_addresses == 1 else list(net.hosts())
-        if len(hosts) * len(ports) + len(targets) > limit:
+        # Count before listing: a /8 has 16M hosts, too many to build only to refuse.
+        host_count = net.num_addresses if net.num_addresses <= 2 else net.num_addresses - 2
+        if host_count * len(ports) + len(targets) > limit:
             raise BadRequest(
                 f"the sweep would probe more than {limit} address x port pairs",
                 hint="split the network, or narrow --ports",
             )
+        hosts = [net.network_address] if net.num_addresses == 1 else list(net.hosts())
         targets += [(str(host), port) for host in hosts for port in ports]
     return targets
 

@@ -1,0 +1,126 @@
+"""Discovery over a loopback port range with real ipmi_sim BMCs and empty ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from provisiond.models import Bmc, CredentialSet, Event, Machine
+from provisiond.services.container import Services
+from tests.conftest import Api
+from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
+
+
+@pytest.fixture(autouse=True)
+def _quick_probe(services: Services) -> None:
+    services.settings.discovery_probe_timeout_s = 0.3  # empty ports never answer
+
+
+@pytest.fixture
+def sims(tmp_path: Path) -> Iterator[list[IpmiSim]]:
+    require_tools()
+    started: list[IpmiSim] = []
+    try:
+        for i in range(2):
+            sim = IpmiSim(tmp_path / f"sim{i}", free_udp_port())
+            sim.start()
+            started.append(sim)
+        yield started
+    finally:
+        for sim in started:
+            sim.stop()
+
+
+def _credential(services: Services, name: str, password: str) -> None:
+    with services.db.transaction() as session:
+        session.add(
+            CredentialSet(
+                name=name, username="admin", secret_encrypted=services.secrets.encrypt(password)
+            )
+        )
+
+
+def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[IpmiSim]) -> None:
+    _credential(services, "wrong", "not-it")
+    _credential(services, "default", "password")
+    live = sorted(s.port for s in sims)
+    empty = [free_udp_port() for _ in range(3)]
+    ports = ",".join(str(p) for p in [*live, *empty])
+    body = {"networks": ["127.0.0.1/32"], "ports": ports, "credentials": ["wrong", "default"]}
+
+    first = api.operator.post("/api/v1/discovery", json=body)
+    assert first.status_code == 200, first.text
+    result = first.json()
+    assert result["targets"] == 5 and result["responders"] == 2
+    names = [f"bmc-127-0-0-1-{p}" for p in live]
+    assert sorted(result["enrolled"]) == names
+    assert result["failed"] == [] and result["updated"] == []
+
+    with services.db.read_session() as session:
+        machines = session.exec(select(Machine).order_by(Machine.name)).all()
+        assert [m.name for m in machines] == names
+        assert all(m.state == "enrolled" and m.vendor == "OpenIPMI" for m in machines)
+        bmcs = session.exec(select(Bmc)).all()
+        default = session.exec(select(CredentialSet).where(CredentialSet.name == "default")).one()
+        assert {b.port for b in bmcs} == set(live)
+        assert all(b.credential_set_id == default.id and not b.secret_encrypted for b in bmcs)
+        enrolled = session.exec(select(Event).where(Event.event == "enroll")).all()
+        assert all(e.message.startswith("discovered via IPMI at 127.0.0.1:") for e in enrolled)
+
+    # A second sweep changes nothing and creates no duplicates; progress streams as NDJSON.
+    second = api.operator.post("/api/v1/discovery?stream=true", json=body)
+    assert second.status_code == 200
+    lines = [json.loads(line) for line in second.text.splitlines()]
+    phases = [line["progress"]["phase"] for line in lines if "progress" in line]
+    assert phases[0] == "probe" and phases[-1] == "done" and "probed" in phases
+    final = lines[-1]["result"]
+    assert final["enrolled"] == [] and sorted(final["unchanged"]) == names
+    with services.db.read_session() as session:
+        assert len(session.exec(select(Machine)).all()) == 2
+
+
+def test_sweep_reports_bmcs_no_credential_opens(
+    api: Api, services: Services, sims: list[IpmiSim]
+) -> None:
+    _credential(services, "wrong", "not-it")
+    body = {"networks": ["127.0.0.1/32"], "ports": str(sims[0].port)}
+    result = api.operator.post("/api/v1/discovery", json=body).json()
+    assert result["enrolled"] == []
+    assert result["failed"] == [
+        {
+            "bmc": f"127.0.0.1:{sims[0].port}",
+            "reason": "no credential set logged in (tried wrong)",
+            "hint": "add the BMC's credentials as a credential set and sweep again",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ({"networks": ["10.0.0.0/8"], "ports": "623"}, 400, "more than"),
+        ({"networks": ["nonsense"]}, 400, "bad network"),
+        ({"networks": ["127.0.0.1/32"], "ports": "99999"}, 400, "bad port list"),
+        ({"networks": ["127.0.0.1/32"], "credentials": ["nope"]}, 404, "no credential set"),
+        ({"networks": []}, 422, "networks"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_any_packet(
+    api: Api, services: Services, body: dict[str, object], status: int, text: str
+) -> None:
+    services.settings.discovery_max_targets = 4096
+    _credential(services, "default", "password")
+    response = api.operator.post("/api/v1/discovery", json=body)
+    assert response.status_code == status, response.text
+    assert text in response.json()["error"]["message"]
+    assert response.json()["error"]["hint"] or status == 422
+
+
+def test_discovery_needs_operator(api: Api) -> None:
+    body = {"networks": ["127.0.0.1/32"]}
+    assert api.ci.post("/api/v1/discovery", json=body).status_code == 403
+    assert api.anonymous.post("/api/v1/discovery", json=body).status_code == 401
