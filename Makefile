@@ -27,13 +27,13 @@ test: venv
 	$(BIN)/pytest
 
 check: venv
-	$(BIN)/ruff check provisiond tests
-	$(BIN)/ruff format --check provisiond tests
+	$(BIN)/ruff check provisiond tests scripts
+	$(BIN)/ruff format --check provisiond tests scripts
 	$(BIN)/mypy
 
 fmt: venv
-	$(BIN)/ruff format provisiond tests
-	$(BIN)/ruff check --fix provisiond tests
+	$(BIN)/ruff format provisiond tests scripts
+	$(BIN)/ruff check --fix provisiond tests scripts
 
 demo: venv
 	$(BIN)/python scripts/demo.py

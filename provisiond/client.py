@@ -11,6 +11,7 @@ Errors come back as :class:`ApiError` with the server's code, message and hint.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +66,19 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            err = response.json()["error"]
+            problems = err.get("problems")
+            raise ApiError(
+                response.status_code, err["code"], err["message"], err.get("hint", ""), problems
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(
+                response.status_code, "http_error", response.text[:200] or response.reason_phrase
+            ) from None
+
     def request(
         self,
         method: str,
@@ -107,6 +121,24 @@ class Client:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def stream_lines(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Iterator[str]:
+        """Yield the lines of a streamed (NDJSON) answer as they arrive."""
+        try:
+            with self._http.stream(method, path, json=json, params=params, timeout=None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._raise_for(resp)
+                yield from (line for line in resp.iter_lines() if line.strip())
+        except httpx.TransportError as exc:
+            raise ApiError(
+                0,
+                "unreachable",
+                f"cannot reach provisiond at {self.url}: {exc}",
+                "check PROVISIOND_URL and that 'provisiond serve' is running",
+            ) from None
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}

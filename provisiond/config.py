@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from provisiond.errors import ConfigError
+from provisiond.netboot.dnsmasq_conf import ProvisioningNetwork
 
 SECONDS = 1.0
 MINUTES = 60 * SECONDS
@@ -76,6 +77,18 @@ class Settings(BaseSettings):
     #: Threads for blocking libraries (pyghmi, paramiko).
     executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)
+    #: Boot, dnsmasq and OS templates (most-specific file first); the shipped pxe/ by default.
+    templates_dir: Path = Field(default_factory=lambda: _default_templates())
+    #: Kernels, initrds and rootfs images; ``<data_dir>/images`` when unset.
+    images_dir: Path | None = None
+    #: The base URL machines use to reach the boot routes; the request's own base when unset.
+    public_url: str = ""
+    #: Enroll unknown MACs that PXE-boot, and boot them into inspection.
+    auto_enroll: bool = True
+    #: The image that unknown or inspecting machines boot.
+    inspect_image: str = "inspect"
+    #: Provisioning networks, each with a supervised dnsmasq (see provisiond.netboot.dnsmasq_conf).
+    networks: list[ProvisioningNetwork] = Field(default_factory=list)
 
     @field_validator("database_url")
     @classmethod
@@ -110,6 +123,12 @@ class Settings(BaseSettings):
 
 
 _CURRENT_TOML: Path | None = None
+
+
+def _default_templates() -> Path:
+    from provisiond.templates import DEFAULT_DIR
+
+    return DEFAULT_DIR
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -43,7 +43,14 @@ class BlockingExecutor:
         loop = asyncio.get_running_loop()
         lock = self._keys.setdefault(key, asyncio.Lock()) if key else None
         if lock is not None:
-            await lock.acquire()
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout)
+            except TimeoutError:
+                raise CallTimeout(
+                    f"{what or 'call'}: {key} is still busy with an earlier call that has "
+                    f"not returned after its own time limit",
+                    hint="the peer or its client library is stuck; see the daemon's log",
+                ) from None
         future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)

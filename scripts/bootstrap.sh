@@ -8,6 +8,12 @@ APT_PACKAGES=(
   util-linux         # runuser, to start PostgreSQL as the postgres user
   ipmitool           # the reference IPMI client the tests and benchmarks compare with
   openipmi           # ipmi_sim: an outside IPMI peer for the ipmi driver tests
+  dnsmasq-base       # DHCP/TFTP engine (binary only: no system service on host interfaces)
+  busybox-static     # udhcpc, the tests' PXE client
+  ipxe               # undionly.kpxe, ipxe.efi, snponly.efi served over TFTP
+  iproute2           # ip netns: every DHCP test runs inside its own namespaces
+  curl               # the boot-file benchmark's clients
+  nginx-light        # the boot-file benchmark's baseline (never started as a service)
 )
 
 missing=()
@@ -25,8 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian package starts a main cluster on 5432 that the tests never use.
+  # The Debian packages start services (PostgreSQL's main cluster on 5432, nginx on
+  # port 80) that nothing here uses; stop them so nothing listens beyond our tests.
   if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
     pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+  if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+    systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || true
   fi
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,15 @@ from provisiond.services.container import Services
 from tests.support import pg
 
 BACKENDS = os.environ.get("PROVISIOND_TEST_BACKENDS", "sqlite,postgres").split(",")
+
+
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# A CI time-out sends SIGTERM: turn it into an interrupt so fixtures still tear down
+# (the PostgreSQL cluster, simulators, daemons) instead of being left running.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
@@ -104,13 +114,15 @@ def settings(tmp_path: Path, db: Database) -> Settings:
 
 
 @pytest.fixture
-def services(settings: Settings, db: Database) -> Services:
-    return Services(
+def services(settings: Settings, db: Database) -> Iterator[Services]:
+    services = Services(
         settings=settings,
         db=db,
         secrets=SecretBox.from_key_file(settings.key_file),
         instance="test",
     )
+    yield services
+    services.close()  # retire BMC sessions so a later test's BMC on a reused port starts clean
 
 
 class Api:

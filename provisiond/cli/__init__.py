@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import typer
 
-from provisiond.cli import admin, events, inventory, machines
+from provisiond.cli import (
+    admin,
+    credentials,
+    discover,
+    events,
+    images,
+    inventory,
+    machines,
+    sim,
+)
 
 app = typer.Typer(
     name="provisiond",
@@ -20,6 +29,10 @@ app.add_typer(admin.token_app, name="token")
 app.add_typer(machines.app, name="machines")
 app.add_typer(inventory.app, name="inventory")
 app.command("events")(events.events)
+app.add_typer(credentials.app, name="credentials")
+app.command("discover")(discover.discover)
+app.add_typer(sim.app, name="sim")
+app.add_typer(images.app, name="images")
 
 
 def main() -> None:

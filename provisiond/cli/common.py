@@ -18,8 +18,8 @@ from provisiond.client import ApiError, Client
 from provisiond.config import Settings, load_settings
 from provisiond.errors import ProvisiondError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
+err_console = Console(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ConfigOpt = Annotated[

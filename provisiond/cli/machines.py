@@ -1,4 +1,4 @@
-"""`provisiond machines ...`: list, show."""
+"""`provisiond machines ...`: list, show, power."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from urllib.parse import quote
 
 import typer
 
-from provisiond.cli.common import JsonFlag, api, console, emit
+from provisiond.cli.common import JsonFlag, api, console, emit, fail
 
-app = typer.Typer(help="Machines: list, show.", no_args_is_help=True)
+app = typer.Typer(help="Machines: list, show, power.", no_args_is_help=True)
 
 
 def _u(machine: dict[str, Any]) -> str:
@@ -90,3 +90,28 @@ def show(
         emit(machine["nics"], False, columns=("mac", "name", "pxe", "ip_address", "switch_port"))
     else:
         console.print("no NICs")
+
+
+POWER_ACTIONS = ("status", "on", "off", "soft_off", "cycle", "reset")
+
+
+@app.command("power")
+def power(
+    name: Annotated[str, typer.Argument(help="Machine name or uuid")],
+    action: Annotated[str, typer.Argument(help="status, on, off, soft_off, cycle or reset")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Read or change power through the machine's BMC; actions are confirmed by read-back."""
+    if action not in POWER_ACTIONS:
+        fail(f"unknown power action {action!r}", hint=f"use one of: {', '.join(POWER_ACTIONS)}")
+    path = f"/machines/{quote(name, safe='')}/power"
+    with api() as client:
+        outcome = client.get(path) if action == "status" else client.post(path, {"action": action})
+    if as_json:
+        emit(outcome, True)
+    elif outcome.get("manual"):
+        console.print(f"[yellow]manual action needed:[/] {outcome['message']}")
+    else:
+        console.print(f"{outcome['machine']}: power {outcome['state']}", highlight=False)
+        if outcome.get("message"):
+            console.print(outcome["message"], highlight=False)

@@ -86,11 +86,16 @@ def _credentials(services: Services, names: list[str] | None) -> list[_Cred]:
 
 
 async def _login(
-    services: Services, address: str, port: int, creds: list[_Cred], policy: PowerPolicy
+    services: Services,
+    address: str,
+    port: int,
+    creds: list[_Cred],
+    policy: PowerPolicy,
+    known: int | None = None,
 ) -> _Found | dict[str, str]:
-    """Try each credential set; the first that logs in wins."""
+    """Try each credential set, the one the BMC already uses first; the first to log in wins."""
     last: BmcError | None = None
-    for cred in creds:
+    for cred in sorted(creds, key=lambda c: c.id != known):
         target = BmcTarget(
             address,
             port,
@@ -125,6 +130,17 @@ async def _login(
             "hint": "add the BMC's credentials as a credential set and sweep again",
         }
     return {"bmc": f"{address}:{port}", "reason": last.message, "hint": last.hint}
+
+
+def _known_credentials(services: Services) -> dict[tuple[str, int], int]:
+    """The credential set each known BMC logs in with, to try it first on a re-sweep."""
+    with services.db.read_session() as session:
+        rows = session.exec(
+            select(Bmc.address, Bmc.port, Bmc.credential_set_id).where(
+                col(Bmc.credential_set_id).is_not(None)
+            )
+        ).all()
+    return {(address, port): cred for address, port, cred in rows if cred is not None}
 
 
 def machine_name(address: str, port: int) -> str:
@@ -205,6 +221,24 @@ def _record(services: Services, found: list[_Found], actor: str, result: Discove
             result.updated.append(machine.name)
 
 
+def _summary_event(services: Services, result: DiscoveryResult, actor: str) -> None:
+    """One event per sweep, so operators see sweeps (and their failures) in the event log."""
+    with services.db.transaction() as session:
+        session.add(
+            Event(
+                kind="discovery",
+                event="sweep",
+                actor=actor,
+                message=(
+                    f"swept {result.targets} targets: {result.responders} answered, "
+                    f"{len(result.enrolled)} enrolled, {len(result.updated)} updated, "
+                    f"{len(result.unchanged)} unchanged, {len(result.failed)} failed"
+                ),
+                details={"failed": result.failed[:100], "seconds": result.seconds},
+            )
+        )
+
+
 def _bmc(bmc: Bmc, item: _Found) -> Bmc:
     bmc.driver = "ipmi"
     bmc.address = item.address
@@ -257,10 +291,14 @@ async def discover(
     found: list[_Found] = []
     done = 0
 
+    known = await asyncio.to_thread(_known_credentials, services)
+
     async def one(address: str, port: int) -> None:
         nonlocal done
         async with limit:
-            outcome = await _login(services, address, port, creds, policy)
+            outcome = await _login(
+                services, address, port, creds, policy, known.get((address, port))
+            )
         if isinstance(outcome, _Found):
             found.append(outcome)
         else:
@@ -277,5 +315,6 @@ async def discover(
     await asyncio.to_thread(_record, services, found, actor, result)
     result.seconds["record"] = round(time.monotonic() - started, 3)
     result.failed.sort(key=lambda f: f["bmc"])
+    await asyncio.to_thread(_summary_event, services, result, actor)
     emit({"phase": "done"})
     return result

@@ -1,11 +1,22 @@
-"""Image metadata: kernel, initrd, rootfs, checksums. Files are stored by a later service."""
+"""Image catalog: metadata rows (kernel, initrd, rootfs, checksums) and their stored files.
+
+The files live in :class:`provisiond.netboot.images.ImageStore`; :func:`add_image`
+stores them first and then records the row with their sha256, so a catalog row
+never names a file that was not fully copied.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
-from provisiond.errors import Conflict
+from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.models import Allocation, Image
+from provisiond.netboot.images import ImageStore
 from provisiond.schemas import ImageIn, ImageOut, ImagePatch
 from provisiond.services.crud import apply_patch, ensure_name_free, get_by_name
 from provisiond.services.events import audit
@@ -72,3 +83,84 @@ def delete_image(session: Session, name: str, *, actor: str, request_id: str = "
     audit(session, "image_delete", f"deleted image {name}", actor=actor, request_id=request_id)
     session.delete(image)
     session.flush()
+
+
+def add_image(
+    session: Session,
+    store: ImageStore,
+    *,
+    name: str,
+    files: dict[str, Path],
+    arch: str = "x86_64",
+    kind: str = "live",
+    kernel_args: str = "",
+    os_template: str = "",
+    actor: str,
+) -> ImageOut:
+    """Copy ``files`` (kernel, initrd, optional rootfs) into the store and record the image.
+
+    The row is validated (ImageIn) before any byte is copied. If recording fails after
+    the copy, the stored folder is removed again.
+    """
+    ensure_name_free(session, Image, name, kind="image")
+    paths = {role: f"{name}/{path.name}" for role, path in files.items()}
+    _validated(
+        {
+            "name": name,
+            "arch": arch,
+            "kind": kind,
+            "kernel_args": kernel_args,
+            "os_template": os_template,
+            **paths,
+        }
+    )
+    stored = store.add(name, files)
+    try:
+        spec = _validated(
+            {
+                "name": name,
+                "arch": arch,
+                "kind": kind,
+                "kernel_args": kernel_args,
+                "os_template": os_template,
+                **{f.role: f.path for f in stored},
+                "sha256": {f.role: f.sha256 for f in stored},
+            }
+        )
+        return create_image(session, spec, actor=actor)
+    except BaseException:
+        store.remove(name)
+        raise
+
+
+def _validated(data: dict[str, Any]) -> ImageIn:
+    try:
+        return ImageIn.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            [Problem(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()],
+            hint="fix the option named above",
+        ) from None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_images(
+    session: Session, store: ImageStore, name: str | None = None
+) -> list[VerifyResult]:
+    rows = (
+        [_find(session, name)] if name else list(session.exec(select(Image).order_by(Image.name)))
+    )
+    results = []
+    for row in rows:
+        paths = {"kernel": row.kernel, "initrd": row.initrd, "rootfs": row.rootfs}
+        results.append(VerifyResult(row.name, store.verify(paths, dict(row.sha256))))
+    return results

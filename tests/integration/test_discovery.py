@@ -57,7 +57,7 @@ def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[I
     result = first.json()
     assert result["targets"] == 5 and result["responders"] == 2
     names = [f"bmc-127-0-0-1-{p}" for p in live]
-    assert sorted(result["enrolled"]) == names
+    assert sorted(result["enrolled"]) == names, result["failed"]
     assert result["failed"] == [] and result["updated"] == []
 
     with services.db.read_session() as session:
@@ -70,6 +70,11 @@ def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[I
         assert all(b.credential_set_id == default.id and not b.secret_encrypted for b in bmcs)
         enrolled = session.exec(select(Event).where(Event.event == "enroll")).all()
         assert all(e.message.startswith("discovered via IPMI at 127.0.0.1:") for e in enrolled)
+        sweep = session.exec(select(Event).where(Event.event == "sweep")).one()
+        assert (
+            sweep.message
+            == "swept 5 targets: 2 answered, 2 enrolled, 0 updated, 0 unchanged, 0 failed"
+        )
 
     # A second sweep changes nothing and creates no duplicates; progress streams as NDJSON.
     second = api.operator.post("/api/v1/discovery?stream=true", json=body)
@@ -78,7 +83,7 @@ def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[I
     phases = [line["progress"]["phase"] for line in lines if "progress" in line]
     assert phases[0] == "probe" and phases[-1] == "done" and "probed" in phases
     final = lines[-1]["result"]
-    assert final["enrolled"] == [] and sorted(final["unchanged"]) == names
+    assert final["enrolled"] == [] and sorted(final["unchanged"]) == names, final
     with services.db.read_session() as session:
         assert len(session.exec(select(Machine)).all()) == 2
 
@@ -124,3 +129,25 @@ def test_discovery_needs_operator(api: Api) -> None:
     body = {"networks": ["127.0.0.1/32"]}
     assert api.ci.post("/api/v1/discovery", json=body).status_code == 403
     assert api.anonymous.post("/api/v1/discovery", json=body).status_code == 401
+
+
+def test_sweep_of_simulated_bmcs_reads_identity(api: Api, services: Services) -> None:
+    """20 simulated BMCs among 40 ports: exactly the live ones, with serial and BMC MAC."""
+    from provisiond.rack import BmcFarm, BmcIdentity
+
+    _credential(services, "sim", "password")
+    with BmcFarm(count=20) as farm:
+        first = farm.base_port
+        body = {"networks": ["127.0.0.1/32"], "ports": f"{first}-{first + 39}"}
+        result = api.operator.post("/api/v1/discovery", json=body).json()
+        assert result["responders"] == 20 and len(result["enrolled"]) == 20
+        again = api.operator.post("/api/v1/discovery", json=body).json()
+        assert again["enrolled"] == [] and len(again["unchanged"]) == 20
+        with services.db.read_session() as session:
+            machine = session.exec(
+                select(Machine).where(Machine.name == f"bmc-127-0-0-1-{first + 7}")
+            ).one()
+            bmc = session.exec(select(Bmc).where(Bmc.machine_id == machine.id)).one()
+        expected = BmcIdentity.default("127.0.0.1", first + 7)
+        assert machine.serial == expected.serial and machine.vendor == expected.manufacturer
+        assert bmc.mac == expected.bmc_mac

@@ -3,12 +3,14 @@
 from fastapi import APIRouter
 
 from provisiond.api.routers import (
+    boot,
     credentials,
     discovery,
     events,
     health,
     images,
     inventory,
+    machine_power,
     machines,
     pdus,
     racks,
@@ -20,6 +22,7 @@ ROUTERS: list[APIRouter] = [
     health.router,
     racks.router,
     machines.router,
+    machine_power.router,
     switches.router,
     pdus.router,
     images.router,
@@ -28,4 +31,5 @@ ROUTERS: list[APIRouter] = [
     credentials.router,
     inventory.router,
     discovery.router,
+    boot.router,
 ]

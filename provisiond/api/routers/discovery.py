@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from provisiond.api.deps import Operator, ServicesDep, actor
 from provisiond.errors import ProvisiondError
+from provisiond.logging import get_logger
 from provisiond.services import discovery
 
 router = APIRouter(prefix="/api/v1/discovery", tags=["discovery"])
+log = get_logger(__name__)
 
 
 class DiscoveryIn(BaseModel):
@@ -30,18 +32,30 @@ async def _stream(services: ServicesDep, plan: discovery.Sweep, who: str) -> Asy
     task = asyncio.create_task(
         discovery.discover(services, plan, actor=who, progress=queue.put_nowait)
     )
-    while not (task.done() and queue.empty()):
-        getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            yield (json.dumps({"progress": getter.result()}) + "\n").encode()
-        else:
-            getter.cancel()
     try:
-        final: dict[str, Any] = {"result": task.result().to_dict()}
-    except ProvisiondError as exc:
-        final = {"error": exc.to_dict()}
-    yield (json.dumps(final) + "\n").encode()
+        while not (task.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield (json.dumps({"progress": getter.result()}) + "\n").encode()
+            else:
+                getter.cancel()
+        try:
+            final: dict[str, Any] = {"result": task.result().to_dict()}
+        except ProvisiondError as exc:
+            final = {"error": exc.to_dict()}
+        except Exception:  # headers are sent: the error must travel in the stream
+            log.exception("discovery_failed")
+            final = {
+                "error": {
+                    "code": "internal",
+                    "message": "the sweep failed unexpectedly",
+                    "hint": "see the daemon's log",
+                }
+            }
+        yield (json.dumps(final) + "\n").encode()
+    finally:
+        task.cancel()  # the client went away, or we are done: never leave the sweep running
 
 
 @router.post("", response_model=None)

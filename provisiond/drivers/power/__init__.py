@@ -1,4 +1,4 @@
-"""Power drivers: ipmi, manual. See base.py for the interface and error classes."""
+"""Power drivers: ipmi, redfish, manual. See base.py for the interface and error classes."""
 
 from provisiond.drivers.power.base import (
     BmcAuthError,
@@ -7,6 +7,7 @@ from provisiond.drivers.power.base import (
     BmcFatalError,
     BmcManualAction,
     BmcRetryableError,
+    BmcSessionError,
     BmcTarget,
     BmcUnreachable,
     BmcUnsupported,
@@ -25,6 +26,7 @@ __all__ = [
     "BmcFatalError",
     "BmcManualAction",
     "BmcRetryableError",
+    "BmcSessionError",
     "BmcTarget",
     "BmcUnreachable",
     "BmcUnsupported",

@@ -11,7 +11,8 @@ way an operator acts on them:
     │   └── BmcManualAction  a person must act (the ``manual`` driver)
     └── BmcRetryableError    back off and try again
         ├── BmcUnreachable   no answer (timeout, reset in progress)
-        └── BmcBusy          "insufficient resources", node busy
+        ├── BmcBusy          "insufficient resources", node busy
+        └── BmcSessionError  the client library's session broke; log in afresh
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class BmcUnreachable(BmcRetryableError):
 
 class BmcBusy(BmcRetryableError):
     code = "bmc_busy"
+
+
+class BmcSessionError(BmcRetryableError):
+    code = "bmc_session_error"
 
 
 class PowerDriver(ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from provisiond.drivers.power.base import BmcTarget, PowerDriver
 from provisiond.drivers.power.ipmi import IpmiPower
 from provisiond.drivers.power.manual import ManualPower
+from provisiond.drivers.power.redfish import RedfishPower
 from provisiond.errors import BadRequest
 
 
@@ -20,6 +21,7 @@ def _registry(*drivers: type[PowerDriver]) -> dict[str, type[PowerDriver]]:
 POWER_DRIVERS = _registry(
     IpmiPower,
     ManualPower,
+    RedfishPower,
 )
 
 

@@ -1,0 +1,141 @@
+"""``provisiond images add|list|verify|delete``: the image catalog and its file store.
+
+These commands run on the daemon's host and work on its data dir and database
+directly, like ``db upgrade`` and ``token create``, rather than uploading through
+the API. Why: the store is a folder on that host (``<data_dir>/images``), and boot
+images are large; a local streamed copy (1 MiB at a time, hashed on the way, then an
+atomic rename) needs no 100 MB request bodies through uvicorn, no upload size limits
+and no partial-upload clean-up, and the files' owner and permissions stay the
+daemon's. Listing for remote users is ``GET /api/v1/images``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provisiond.cli.common import ConfigOpt, JsonFlag, console, emit, err_console, fail, handled
+from provisiond.cli.common import settings as load
+from provisiond.config import Settings
+from provisiond.db import Database
+from provisiond.netboot.boot import BootConfig
+from provisiond.netboot.images import ImageStore
+from provisiond.services import images as service
+
+app = typer.Typer(
+    help="Boot images: kernel, initrd, rootfs (run on the daemon's host).", no_args_is_help=True
+)
+
+
+def _open(cfg: Settings) -> tuple[Database, ImageStore]:
+    db = Database(cfg.db_url, busy_timeout_s=cfg.sqlite_busy_timeout_s)
+    db.check_schema()
+    return db, ImageStore(BootConfig.from_settings(cfg).images_dir)
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Image name, e.g. debian12")],
+    kernel: Annotated[
+        Path, typer.Option("--kernel", help="Kernel file", exists=True, dir_okay=False)
+    ],
+    initrd: Annotated[
+        Path, typer.Option("--initrd", help="Initrd file", exists=True, dir_okay=False)
+    ],
+    rootfs: Annotated[
+        Path | None,
+        typer.Option("--rootfs", help="Optional root file system", exists=True, dir_okay=False),
+    ] = None,
+    arch: Annotated[str, typer.Option("--arch")] = "x86_64",
+    kind: Annotated[str, typer.Option("--kind", help="live or disk")] = "live",
+    os_template: Annotated[str, typer.Option("--os-template", help="pxe/os/<family> to use")] = "",
+    kernel_args: Annotated[str, typer.Option("--kernel-args")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy the files into the store with their sha256 and add the image to the catalog."""
+    cfg = load(config)
+    files = {"kernel": kernel, "initrd": initrd}
+    if rootfs is not None:
+        files["rootfs"] = rootfs
+    with handled():
+        db, store = _open(cfg)
+        with db.transaction() as session:
+            out = service.add_image(
+                session,
+                store,
+                name=name,
+                files=files,
+                arch=arch,
+                kind=kind,
+                kernel_args=kernel_args,
+                os_template=os_template,
+                actor="cli:images",
+            )
+        db.dispose()
+    if as_json:
+        emit(out.model_dump(mode="json"), True)
+    else:
+        console.print(f"image {out.name} stored in {store.folder(out.name)}")
+        for role, digest in sorted(out.sha256.items()):
+            console.print(f"  {role}: sha256 {digest}")
+
+
+@app.command("list")
+def list_(config: ConfigOpt = None, as_json: JsonFlag = False) -> None:
+    """List the catalog."""
+    cfg = load(config)
+    with handled():
+        db, _ = _open(cfg)
+        with db.read_session() as session:
+            rows = [i.model_dump(mode="json") for i in service.list_images(session)]
+        db.dispose()
+    emit(
+        rows, as_json, columns=["name", "arch", "kind", "kernel", "initrd", "rootfs", "os_template"]
+    )
+
+
+@app.command("verify")
+def verify(
+    name: Annotated[str | None, typer.Argument(help="One image; all when omitted")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-hash the stored files against the catalog; exits 1 if any differs or is missing."""
+    cfg = load(config)
+    with handled():
+        db, store = _open(cfg)
+        with db.read_session() as session:
+            results = service.verify_images(session, store, name)
+        db.dispose()
+    if as_json:
+        emit([{"name": r.name, "ok": r.ok, "problems": r.problems} for r in results], True)
+    else:
+        for r in results:
+            if r.ok:
+                console.print(f"[green]ok[/] {r.name}")
+            else:
+                err_console.print(f"[bold red]FAILED[/] {r.name}")
+                for problem in r.problems:
+                    err_console.print(f"  - {problem}", markup=False, highlight=False)
+    bad = [r.name for r in results if not r.ok]
+    if bad:
+        fail(
+            f"{len(bad)} image(s) failed verification: {', '.join(bad)}",
+            "re-add the image from its source files (images delete, then images add)",
+        )
+
+
+@app.command("delete")
+def delete(name: str, config: ConfigOpt = None) -> None:
+    """Remove an image and its files; refused while an allocation references it."""
+    cfg = load(config)
+    with handled():
+        db, store = _open(cfg)
+        with db.transaction() as session:
+            service.delete_image(session, name, actor="cli:images")
+        db.dispose()
+        store.remove(name)  # only after the row is gone for good
+    console.print(f"image {name} deleted")

@@ -1,0 +1,1 @@
+"""Network boot: the image file store, iPXE scripts and cloud-init seeds, file serving."""

@@ -1,0 +1,312 @@
+"""Boot scripts and cloud-init seeds: what a machine gets when it network-boots.
+
+``/boot/{mac}.ipxe`` picks a template from the machine's lifecycle state
+(``ipxe/<kind>.<arch>.j2`` before ``ipxe/<kind>.j2``):
+
+============================  ===========================================
+state                         script (template kind)
+============================  ===========================================
+unknown MAC                   enrolled ("discovered via PXE"); then as
+                              ``enrolled``
+enrolled                      auto_enroll on and an inspection image in
+                              the catalog: advance to inspecting and boot
+                              it (``inspect``); else ``exit`` plus an event
+inspecting                    ``inspect``
+deploying                     ``deploy``: the deploy image's kernel and
+                              initrd, its kernel_args, ``initrd=<name>``
+                              (needed under UEFI) and the NoCloud seed URL
+active, installing_agent      ``local``: boot the local disk
+anything else                 ``poweroff``
+============================  ===========================================
+
+Which image a deploy uses: the newest Allocation holding the machine that names an
+image (``Allocation.image_id``, the field the deploy flow fills in); a machine put
+into ``deploying`` without one gets the newest catalog image of its arch that is not
+the inspection image (:func:`deploy_image`).
+
+Seed files (``/meta/{uuid}/...``) carry deploy-only data (SSH keys, the agent token),
+so they are served only while the machine is ``deploying`` and only to a client
+address recorded as one of its NICs' ``ip_address``. The address is never learnt
+from a boot request, because anyone can ask for any MAC's script.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from provisiond.config import Settings
+from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound
+from provisiond.lifecycle import Ev, State, advance
+from provisiond.models import Allocation, Event, Image, Machine, Nic
+from provisiond.templates import Templates, candidates
+from provisiond.validators import normalize_mac
+
+ACTOR = "boot:pxe"
+SEED_FILES = ("meta-data", "user-data", "vendor-data", "kickstart.cfg", "preseed.cfg")
+#: Replaced by the deploy flow (issue: deploy) with the token it mints for the agent.
+AGENT_TOKEN_PLACEHOLDER = "agent-token-issued-by-deploy"  # noqa: S105 (not a secret)
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """Boot settings, read from Settings with defaults until the fields exist there."""
+
+    images_dir: Path
+    #: ``http://host:port`` machines use to reach us; empty -> the request's base URL.
+    public_url: str = ""
+    #: Boot newly enrolled machines into inspection (else they get an exit script).
+    auto_enroll: bool = True
+    inspect_image: str = "inspect"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BootConfig:
+        images_dir = settings.images_dir or settings.data_dir / "images"
+        return cls(
+            images_dir=Path(images_dir),
+            public_url=settings.public_url.rstrip("/"),
+            auto_enroll=settings.auto_enroll,
+            inspect_image=settings.inspect_image,
+        )
+
+    def base_url(self, request_base: str) -> str:
+        return self.public_url or request_base.rstrip("/")
+
+
+def parse_mac(value: str) -> str:
+    if len(value) > 64:
+        raise BadRequest("MAC address too long", hint="use aa:bb:cc:dd:ee:ff")
+    try:
+        return normalize_mac(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), hint="iPXE sends ${net0/mac}, e.g. 52:54:00:12:34:56") from None
+
+
+def render_script(templates: Templates, kind: str, arch: str, **context: Any) -> str:
+    return templates.render_first(candidates("ipxe", kind, arch), **context)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def image_context(image: Image, base_url: str) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "kernel_url": f"{base_url}/images/{image.kernel}",
+        "initrd_url": f"{base_url}/images/{image.initrd}",
+        "initrd_name": Path(image.initrd).name,
+        "rootfs_url": f"{base_url}/images/{image.rootfs}" if image.rootfs else "",
+        "kernel_args": _one_line(image.kernel_args),
+        "os_template": image.os_template,
+    }
+
+
+def machine_context(machine: Machine, mac: str = "") -> dict[str, Any]:
+    return {
+        "name": machine.name,
+        "uuid": machine.uuid,
+        "arch": machine.arch,
+        "state": machine.state,
+        "mac": mac,
+    }
+
+
+def deploy_image(session: Session, machine: Machine, inspect_image: str) -> Image | None:
+    alloc = session.exec(
+        select(Allocation)
+        .where(Allocation.machine_id == machine.id, col(Allocation.image_id).is_not(None))
+        .order_by(col(Allocation.created_at).desc(), col(Allocation.id).desc())
+    ).first()
+    if alloc is not None and alloc.image_id is not None:
+        return session.get(Image, alloc.image_id)
+    return session.exec(
+        select(Image)
+        .where(Image.arch == machine.arch, Image.name != inspect_image)
+        .order_by(col(Image.created_at).desc(), col(Image.id).desc())
+    ).first()
+
+
+def _boot_event(
+    session: Session, machine: Machine, event: str, message: str, **details: Any
+) -> None:
+    session.add(
+        Event(
+            machine_id=machine.id,
+            machine_name=machine.name,
+            kind="boot",
+            event=event,
+            actor=ACTOR,
+            message=message,
+            details=details,
+        )
+    )
+    session.flush()
+
+
+def _enroll(session: Session, mac: str, settings: Settings | None) -> Machine:
+    machine = Machine(name=f"pxe-{mac.replace(':', '')}")
+    try:
+        with session.begin_nested():
+            advance(
+                session,
+                machine,
+                Ev.ENROLL,
+                actor=ACTOR,
+                reason="discovered via PXE",
+                details={"mac": mac},
+                timeouts=settings.timeouts if settings else None,
+            )
+            assert machine.id is not None
+            session.add(Nic(machine_id=machine.id, mac=mac, pxe=True))
+            session.flush()
+    except IntegrityError:  # another request enrolled it first
+        found = _by_mac(session, mac)
+        if found is None:
+            raise Conflict(f"could not enroll {mac}", hint="retry the boot") from None
+        return found
+    return machine
+
+
+def _by_mac(session: Session, mac: str) -> Machine | None:
+    nic = session.exec(select(Nic).where(Nic.mac == mac)).first()
+    return nic.machine if nic else None
+
+
+def machine_script(
+    session: Session,
+    templates: Templates,
+    config: BootConfig,
+    mac_text: str,
+    base_url: str,
+    settings: Settings | None = None,
+) -> str:
+    """The per-MAC iPXE script; enrolls and starts inspection as the table above says."""
+    mac = parse_mac(mac_text)
+    machine = _by_mac(session, mac) or _enroll(session, mac, settings)
+    ctx: dict[str, Any] = {"base_url": base_url, "machine": machine_context(machine, mac)}
+    arch = machine.arch
+    timeouts = settings.timeouts if settings else None
+
+    if machine.state == State.ENROLLED:
+        inspect = session.exec(select(Image).where(Image.name == config.inspect_image)).first()
+        if not config.auto_enroll:
+            reason = "auto_enroll is off; an operator must inspect or manage this machine"
+            _boot_event(session, machine, "boot_refused", reason, mac=mac)
+            return render_script(templates, "exit", arch, reason=reason, **ctx)
+        if inspect is None:
+            reason = f"no inspection image named {config.inspect_image!r} in the catalog"
+            _boot_event(session, machine, "boot_refused", reason, mac=mac)
+            return render_script(templates, "exit", arch, reason=reason, **ctx)
+        advance(session, machine, Ev.INSPECT, actor=ACTOR, reason="PXE boot", timeouts=timeouts)
+        ctx["machine"] = machine_context(machine, mac)
+
+    state = machine.state
+    if state == State.INSPECTING:
+        inspect = session.exec(select(Image).where(Image.name == config.inspect_image)).first()
+        if inspect is None:
+            reason = f"no inspection image named {config.inspect_image!r} in the catalog"
+            return render_script(templates, "exit", arch, reason=reason, **ctx)
+        return render_script(
+            templates, "inspect", arch, image=image_context(inspect, base_url), **ctx
+        )
+    if state == State.DEPLOYING:
+        image = deploy_image(session, machine, config.inspect_image)
+        if image is None:
+            reason = f"no image for {arch} in the catalog"
+            _boot_event(session, machine, "boot_refused", reason, mac=mac)
+            return render_script(templates, "exit", arch, reason=reason, **ctx)
+        return render_script(
+            templates,
+            "deploy",
+            arch,
+            image=image_context(image, base_url),
+            seed_url=f"{base_url}/meta/{machine.uuid}/",
+            **ctx,
+        )
+    if state in (State.ACTIVE, State.INSTALLING_AGENT):
+        return render_script(templates, "local", arch, **ctx)
+    return render_script(templates, "poweroff", arch, **ctx)
+
+
+def entry_script(templates: Templates, base_url: str) -> str:
+    return templates.render_first(["ipxe/entry.j2"], base_url=base_url)
+
+
+def _os_family(image: Image | None) -> str:
+    family = (image.os_template if image else "").split("/")[0]
+    return family if family and family.replace("-", "").replace("_", "").isalnum() else "default"
+
+
+def seed_file(
+    session: Session,
+    templates: Templates,
+    config: BootConfig,
+    machine_uuid: str,
+    file: str,
+    client: str,
+    base_url: str,
+) -> str:
+    """One NoCloud seed file (or kickstart/preseed) for a deploying machine."""
+    if file not in SEED_FILES:
+        raise NotFound(f"no seed file {file[:64]!r}", hint=f"seed files: {', '.join(SEED_FILES)}")
+    try:
+        key = str(uuidlib.UUID(machine_uuid))
+    except ValueError:
+        raise NotFound("no such machine", hint="the seed URL carries the machine uuid") from None
+    machine = session.exec(select(Machine).where(Machine.uuid == key)).first()
+    if machine is None:
+        raise NotFound("no such machine", hint="the seed URL carries the machine uuid")
+    if machine.state != State.DEPLOYING:
+        raise Conflict(
+            f"machine {machine.name} is {machine.state}, not deploying",
+            hint="seed data is served only during a deploy",
+        )
+    addresses = {_canonical(n.ip_address) for n in machine.nics if n.ip_address}
+    if not addresses:
+        raise Forbidden(
+            f"machine {machine.name} has no NIC address recorded",
+            hint="record the provisioning NIC's ip_address (inventory or DHCP fixed address); "
+            "seed data is served only to the machine's own address",
+        )
+    if _canonical(client) not in addresses:
+        raise Forbidden(
+            f"seed data for {machine.name} is served only to its own address",
+            hint="fetch it from the machine being deployed",
+        )
+    image = deploy_image(session, machine, config.inspect_image)
+    alloc = session.exec(
+        select(Allocation)
+        .where(Allocation.machine_id == machine.id)
+        .order_by(col(Allocation.created_at).desc(), col(Allocation.id).desc())
+    ).first()
+    family = _os_family(image)
+    names = [f"os/{family}/{file}.j2", f"os/default/{file}.j2"]
+    if not any((templates.root / n).is_file() for n in names):
+        raise NotFound(f"no {file} template for {family}", hint=f"add pxe/os/{family}/{file}.j2")
+    return templates.render_first(
+        names,
+        base_url=base_url,
+        machine=machine_context(machine),
+        image=image_context(image, base_url) if image else None,
+        hostname=machine.name,
+        ssh_keys=list(alloc.ssh_keys) if alloc else [],
+        agent_token=AGENT_TOKEN_PLACEHOLDER,
+        seed_url=f"{base_url}/meta/{machine.uuid}/",
+    )
+
+
+def _canonical(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address.strip()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

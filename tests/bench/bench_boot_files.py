@@ -1,0 +1,241 @@
+"""Boot-file serving: N concurrent clients download one file from provisiond and from nginx.
+
+Runs a real ``provisiond serve`` on 127.0.0.1 and nginx (a child with a temp config
+on another free loopback port) serving the same stored file, in the same run. Clients
+are ``curl`` processes (cheap, so the client side is not the bottleneck). Prints
+aggregate throughput, server CPU seconds per GB and the ratio; target >= 0.5x nginx.
+
+    .venv/bin/python tests/bench/bench_boot_files.py [--clients 50] [--size-mib 100]
+
+Needs nginx (apt-get install nginx-light) and curl. Every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.benchlib import process_cpu, rss_mb  # noqa: E402
+from tests.support.daemon import Daemon, free_port  # noqa: E402
+
+DEADLINE_S = 300.0
+# Serve with the boot router included even before the lead registers it in ROUTERS.
+SERVE = (
+    "import provisiond.api.routers as r\n"
+    "from provisiond.api.routers import boot\n"
+    "if boot.router not in r.ROUTERS: r.ROUTERS.append(boot.router)\n"
+    "from provisiond.cli import app\n"
+    "app(['serve'])\n"
+)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {proc.returncode}")
+        ok = subprocess.run(
+            ["curl", "-sf", "-o", "/dev/null", "--max-time", "2", url], check=False
+        ).returncode
+        if ok == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (nginx workers)."""
+    total = process_cpu(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += process_cpu(int(child))
+    return total
+
+
+def download_all(url: str, clients: int, size: int, server_pid: int) -> dict[str, float]:
+    cpu0 = tree_cpu(server_pid)
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                str(int(DEADLINE_S)),
+                "-w",
+                "%{size_download} %{http_code}",
+                url,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients)
+    ]
+    peak_rss = 0.0
+    while any(p.poll() is None for p in procs):
+        peak_rss = max(peak_rss, rss_mb(server_pid))
+        if time.monotonic() - started > DEADLINE_S:
+            for p in procs:
+                p.kill()
+            raise SystemExit(f"{url}: downloads did not finish in {DEADLINE_S}s")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    cpu = tree_cpu(server_pid) - cpu0
+    failed = 0
+    for p in procs:
+        out = (p.stdout.read() if p.stdout else "").split()
+        if p.returncode != 0 or out != [str(size), "200"]:
+            failed += 1
+    total_gb = clients * size / 1e9
+    return {
+        "seconds": elapsed,
+        "gbps": total_gb * 8 / elapsed,
+        "mb_s": clients * size / 1e6 / elapsed,
+        "cpu_s_per_gb": cpu / total_gb,
+        "peak_rss_mb": peak_rss,
+        "failed": failed,
+    }
+
+
+def nginx_config(root: Path, port: int, work: Path) -> Path:
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location /images/ {{ alias {root}/; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--size-mib", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx_bin).exists() or not shutil.which("curl"):
+        raise SystemExit("needs nginx and curl: apt-get install -y nginx-light curl")
+    size = args.size_mib << 20
+    work = Path(tempfile.mkdtemp(prefix="bench-boot-files-"))
+    provisiond = nginx = None
+    try:
+        src = work / "src"
+        src.mkdir()
+        with (src / "initrd.img").open("wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(args.size_mib):
+                f.write(block)
+        (src / "vmlinuz").write_bytes(b"kernel")
+        daemon = Daemon(work / "data")
+        daemon.prepare()
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from provisiond.cli.images import app; app()",
+                "add",
+                "bench",
+                "--kernel",
+                str(src / "vmlinuz"),
+                "--initrd",
+                str(src / "initrd.img"),
+            ],
+            env=daemon.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if added.returncode != 0:
+            raise SystemExit(f"images add failed: {added.stderr}")
+        log = (work / "serve.log").open("wb")
+        provisiond = subprocess.Popen(
+            [sys.executable, "-c", SERVE], env=daemon.env, stdout=log, stderr=log
+        )
+        p_url = f"{daemon.url}/images/bench/initrd.img"
+        wait_http(f"{daemon.url}/images/bench/vmlinuz", provisiond)
+
+        nport = free_port()
+        conf = nginx_config(work / "data" / "images", nport, work)
+        nginx = subprocess.Popen(
+            [nginx_bin, "-c", str(conf), "-g", "daemon off;", "-e", str(work / "nginx-error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        n_url = f"http://127.0.0.1:{nport}/images/bench/initrd.img"
+        wait_http(f"http://127.0.0.1:{nport}/images/bench/vmlinuz", nginx)
+
+        print(
+            f"{args.clients} clients x {args.size_mib} MiB, {os.cpu_count()} CPUs, "
+            f"{args.rounds} rounds each, alternating"
+        )
+        results: dict[str, list[dict[str, float]]] = {"nginx": [], "provisiond": []}
+        for _ in range(args.rounds):
+            results["nginx"].append(download_all(n_url, args.clients, size, nginx.pid))
+            results["provisiond"].append(download_all(p_url, args.clients, size, provisiond.pid))
+        best = {}
+        for name, runs in results.items():
+            for r in runs:
+                print(
+                    f"  {name:10s} {r['mb_s']:8.0f} MB/s  {r['seconds']:6.2f} s  "
+                    f"{r['cpu_s_per_gb']:5.2f} CPU-s/GB  peak RSS {r['peak_rss_mb']:.0f} MB  "
+                    f"failed {int(r['failed'])}"
+                )
+            best[name] = max(r["mb_s"] for r in runs)
+        ratio = best["provisiond"] / best["nginx"]
+        print(
+            f"best: provisiond {best['provisiond']:.0f} MB/s, nginx {best['nginx']:.0f} MB/s, "
+            f"ratio {ratio:.2f}x (target >= 0.50x)"
+        )
+        if any(r["failed"] for runs in results.values() for r in runs):
+            raise SystemExit("some downloads failed")
+    finally:
+        stop(provisiond)
+        stop(nginx)  # nginx master with "daemon off" exits on SIGTERM with its workers
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

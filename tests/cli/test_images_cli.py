@@ -1,0 +1,127 @@
+"""``provisiond images add|list|verify|delete`` as a subprocess on a real data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisiond.cli import app as main_app
+from tests.support.daemon import Daemon, cli
+
+_REGISTERED = any(g.name == "images" for g in main_app.registered_groups)
+_STANDALONE = [sys.executable, "-c", "from provisiond.cli.images import app; app()"]
+
+
+def images(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """Through ``provisiond images`` once registered; until then the same Typer app alone."""
+    if _REGISTERED:
+        return cli("images", *args, env=daemon.env)
+    return subprocess.run(
+        [*_STANDALONE, *args],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Daemon:
+    d = Daemon(tmp_path / "data")
+    d.prepare()
+    return d
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"kernel": src / "vmlinuz", "initrd": src / "initrd.img", "rootfs": src / "root.sq"}
+    for i, path in enumerate(files.values()):
+        path.write_bytes(bytes([i]) * (3 << 20) + b"tail")
+    return files
+
+
+def test_add_list_verify_delete(daemon: Daemon, sources: dict[str, Path]) -> None:
+    r = images(
+        daemon,
+        "add",
+        "debian12",
+        "--kernel",
+        str(sources["kernel"]),
+        "--initrd",
+        str(sources["initrd"]),
+        "--rootfs",
+        str(sources["rootfs"]),
+        "--arch",
+        "x86_64",
+        "--kind",
+        "disk",
+        "--os-template",
+        "debian",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for role, path in sources.items():
+        assert out["sha256"][role] == hashlib.sha256(path.read_bytes()).hexdigest()
+    stored = daemon.data_dir / "images" / "debian12"
+    assert (stored / "vmlinuz").read_bytes() == sources["kernel"].read_bytes()
+    assert not list((daemon.data_dir / "images").glob(".tmp-*"))
+
+    listed = json.loads(images(daemon, "list", "--json").stdout)
+    assert [(i["name"], i["kind"], i["kernel"]) for i in listed] == [
+        ("debian12", "disk", "debian12/vmlinuz")
+    ]
+    assert "debian12" in images(daemon, "list").stdout
+
+    ok = images(daemon, "verify")
+    assert ok.returncode == 0 and "ok debian12" in ok.stdout, ok.stderr
+
+    data = bytearray((stored / "initrd.img").read_bytes())
+    data[1 << 20] ^= 0xFF  # one corrupt byte in the middle
+    (stored / "initrd.img").write_bytes(bytes(data))
+    bad = images(daemon, "verify", "debian12")
+    assert bad.returncode == 1
+    assert "FAILED debian12" in bad.stderr and "initrd debian12/initrd.img: sha256" in bad.stderr
+
+    (stored / "vmlinuz").unlink()
+    assert "kernel debian12/vmlinuz: missing" in images(daemon, "verify").stderr
+
+    dup = images(
+        daemon,
+        "add",
+        "debian12",
+        "--kernel",
+        str(sources["kernel"]),
+        "--initrd",
+        str(sources["initrd"]),
+    )
+    assert dup.returncode == 1 and "exists" in dup.stderr and "hint" in dup.stderr
+
+    assert images(daemon, "delete", "debian12").returncode == 0
+    assert not stored.exists()
+    assert json.loads(images(daemon, "list", "--json").stdout) == []
+
+
+def test_bad_input_is_reported_without_a_traceback(
+    daemon: Daemon, sources: dict[str, Path]
+) -> None:
+    k, i = str(sources["kernel"]), str(sources["initrd"])
+    for args, needle in (
+        (["add", "../evil", "--kernel", k, "--initrd", i], "name: String should match"),
+        (["add", "x", "--kernel", k, "--initrd", i, "--kind", "iso"], "kind"),
+        (["add", "x", "--kernel", k, "--initrd", k], "share a name"),
+        (["verify", "nope"], "no image named"),
+        (["delete", "nope"], "no image named"),
+    ):
+        r = images(daemon, *args)
+        assert r.returncode != 0, args
+        assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (daemon.data_dir / "images" / "x").exists()
