@@ -25,6 +25,7 @@ from provisiond.db import Database
 from provisiond.secrets import SecretBox
 from provisiond.services.container import Services
 from tests.support import pg
+from tests.support.ipmisim import IpmiSim, running_sims
 
 BACKENDS = os.environ.get("PROVISIOND_TEST_BACKENDS", "sqlite,postgres").split(",")
 
@@ -185,3 +186,17 @@ def api(services: Services) -> Iterator[Api]:
             _, tokens[role] = create_token(session, name=f"test-{role}", role=role)
     with TestClient(create_app(services), raise_server_exceptions=False) as client:
         yield Api(client, tokens)
+
+
+@pytest.fixture
+def ipmi_sim(tmp_path: Path) -> Iterator[IpmiSim]:
+    """One OpenIPMI ipmi_sim BMC (user admin, password password) on a loopback port."""
+    with running_sims(tmp_path / "ipmi_sim", 1) as sims:
+        yield sims[0]
+
+
+@pytest.fixture
+def ipmi_sims(tmp_path: Path) -> Iterator[list[IpmiSim]]:
+    """Two ipmi_sim BMCs on loopback ports."""
+    with running_sims(tmp_path / "ipmi_sim", 2) as sims:
+        yield sims

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -12,27 +10,12 @@ from sqlmodel import select
 from provisiond.models import Bmc, CredentialSet, Event, Machine
 from provisiond.services.container import Services
 from tests.conftest import Api
-from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
+from tests.support.ipmisim import IpmiSim, free_udp_port
 
 
 @pytest.fixture(autouse=True)
 def _quick_probe(services: Services) -> None:
     services.settings.discovery_probe_timeout_s = 0.3  # empty ports never answer
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[list[IpmiSim]]:
-    require_tools()
-    started: list[IpmiSim] = []
-    try:
-        for i in range(2):
-            sim = IpmiSim(tmp_path / f"sim{i}", free_udp_port())
-            sim.start()
-            started.append(sim)
-        yield started
-    finally:
-        for sim in started:
-            sim.stop()
 
 
 def _credential(services: Services, name: str, password: str) -> None:
@@ -44,10 +27,12 @@ def _credential(services: Services, name: str, password: str) -> None:
         )
 
 
-def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[IpmiSim]) -> None:
+def test_sweep_enrolls_live_bmcs_once(
+    api: Api, services: Services, ipmi_sims: list[IpmiSim]
+) -> None:
     _credential(services, "wrong", "not-it")
     _credential(services, "default", "password")
-    live = sorted(s.port for s in sims)
+    live = sorted(s.port for s in ipmi_sims)
     empty = [free_udp_port() for _ in range(3)]
     ports = ",".join(str(p) for p in [*live, *empty])
     body = {"networks": ["127.0.0.1/32"], "ports": ports, "credentials": ["wrong", "default"]}
@@ -89,15 +74,15 @@ def test_sweep_enrolls_live_bmcs_once(api: Api, services: Services, sims: list[I
 
 
 def test_sweep_reports_bmcs_no_credential_opens(
-    api: Api, services: Services, sims: list[IpmiSim]
+    api: Api, services: Services, ipmi_sims: list[IpmiSim]
 ) -> None:
     _credential(services, "wrong", "not-it")
-    body = {"networks": ["127.0.0.1/32"], "ports": str(sims[0].port)}
+    body = {"networks": ["127.0.0.1/32"], "ports": str(ipmi_sims[0].port)}
     result = api.operator.post("/api/v1/discovery", json=body).json()
     assert result["enrolled"] == []
     assert result["failed"] == [
         {
-            "bmc": f"127.0.0.1:{sims[0].port}",
+            "bmc": f"127.0.0.1:{ipmi_sims[0].port}",
             "reason": "no credential set logged in (tried wrong)",
             "hint": "add the BMC's credentials as a credential set and sweep again",
         }

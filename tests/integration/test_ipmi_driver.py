@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,23 +25,12 @@ from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
 FAST = PowerPolicy(call_timeout=10, backoff=(0.1, 0.2), confirm_timeout=10, confirm_interval=0.1)
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[IpmiSim]:
-    require_tools()
-    s = IpmiSim(tmp_path / "ipmi_sim", free_udp_port())
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def _target(sim: IpmiSim, password: str | None = None) -> BmcTarget:
+def _target(ipmi_sim: IpmiSim, password: str | None = None) -> BmcTarget:
     return BmcTarget(
         "127.0.0.1",
-        sim.port,
-        sim.username,
-        sim.password if password is None else password,
+        ipmi_sim.port,
+        ipmi_sim.username,
+        ipmi_sim.password if password is None else password,
         credential_source="credential set 'default'",
     )
 
@@ -53,33 +41,33 @@ def test_registry_names_each_driver_once() -> None:
     assert any(s.secret and s.name == "password" for s in POWER_DRIVERS["ipmi"].settings)
 
 
-def test_driver_reads_and_sets_power_and_boot_device(sim: IpmiSim) -> None:
-    driver = make_driver("ipmi", _target(sim))
+def test_driver_reads_and_sets_power_and_boot_device(ipmi_sim: IpmiSim) -> None:
+    driver = make_driver("ipmi", _target(ipmi_sim))
     assert driver.get_power() is PowerState.OFF
     driver.set_power(PowerAction.ON)
-    assert sim.power() == "on" and driver.get_power() is PowerState.ON
-    sim.set_power(False)  # changed behind the driver's back
+    assert ipmi_sim.power() == "on" and driver.get_power() is PowerState.ON
+    ipmi_sim.set_power(False)  # changed behind the driver's back
     assert driver.get_power() is PowerState.OFF
     driver.set_boot_device(BootDevice.PXE)
-    assert (sim.state_dir / "boot").read_text().strip() == "pxe"
+    assert (ipmi_sim.state_dir / "boot").read_text().strip() == "pxe"
     identity = driver.read_identity()
     assert identity.vendor == "OpenIPMI" and identity.firmware == "9.08"
     assert "password" not in repr(driver.target)
 
 
-def test_wrong_password_is_a_fatal_auth_error_with_a_hint(sim: IpmiSim) -> None:
-    driver = make_driver("ipmi", _target(sim, password="wrong"))
+def test_wrong_password_is_a_fatal_auth_error_with_a_hint(ipmi_sim: IpmiSim) -> None:
+    driver = make_driver("ipmi", _target(ipmi_sim, password="wrong"))
     with pytest.raises(BmcAuthError) as exc:
         driver.get_power()
-    assert f"127.0.0.1:{sim.port}" in exc.value.message
+    assert f"127.0.0.1:{ipmi_sim.port}" in exc.value.message
     assert exc.value.hint == "check the username and password in credential set 'default'"
     assert not exc.value.retryable
     assert "wrong" not in exc.value.message + exc.value.hint
 
 
-def test_power_service_is_idempotent_and_confirms(sim: IpmiSim) -> None:
+def test_power_service_is_idempotent_and_confirms(ipmi_sim: IpmiSim) -> None:
     executor = BlockingExecutor(4)
-    driver = make_driver("ipmi", _target(sim))
+    driver = make_driver("ipmi", _target(ipmi_sim))
 
     async def scenario() -> None:
         first = await power.power(executor, driver, PowerAction.ON, FAST)
@@ -89,16 +77,16 @@ def test_power_service_is_idempotent_and_confirms(sim: IpmiSim) -> None:
         cycled = await power.power(executor, driver, PowerAction.CYCLE, FAST)
         assert cycled.state is PowerState.ON and cycled.changed
         off = await power.power(executor, driver, PowerAction.OFF, FAST)
-        assert off.state is PowerState.OFF and sim.power() == "off"
+        assert off.state is PowerState.OFF and ipmi_sim.power() == "off"
         await power.set_boot_device(executor, driver, BootDevice.PXE, policy=FAST)
 
     asyncio.run(scenario())
     executor.shutdown()
 
 
-def test_fatal_errors_are_not_retried(sim: IpmiSim) -> None:
+def test_fatal_errors_are_not_retried(ipmi_sim: IpmiSim) -> None:
     executor = BlockingExecutor(2)
-    driver = make_driver("ipmi", _target(sim, password="wrong"))
+    driver = make_driver("ipmi", _target(ipmi_sim, password="wrong"))
     started = time.monotonic()
     with pytest.raises(BmcAuthError):
         asyncio.run(power.power(executor, driver, PowerAction.ON, FAST))

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlmodel import select
 
 from provisiond import locks
 from provisiond.models import Machine
 from provisiond.services.container import Services
 from tests.conftest import Api
-from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[IpmiSim]:
-    require_tools()
-    s = IpmiSim(tmp_path / "sim", free_udp_port())
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+from tests.support.ipmisim import IpmiSim, free_udp_port
 
 
 def _machine(api: Api, name: str, bmc: dict[str, object]) -> dict[str, object]:
@@ -37,35 +22,42 @@ def _events(api: Api, name: str) -> list[tuple[str, str]]:
     return [(e["event"], e["message"]) for e in rows]
 
 
-def test_power_on_status_cycle_off_and_boot_device(api: Api, sim: IpmiSim) -> None:
-    bmc = {"address": "127.0.0.1", "port": sim.port, "username": "admin", "password": "password"}
+def test_power_on_status_cycle_off_and_boot_device(api: Api, ipmi_sim: IpmiSim) -> None:
+    bmc = {
+        "address": "127.0.0.1",
+        "port": ipmi_sim.port,
+        "username": "admin",
+        "password": "password",
+    }
     _machine(api, "n1", bmc)
     r = api.operator.post("/api/v1/machines/n1/power", json={"action": "on"})
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "on" and r.json()["changed"] is True
-    assert sim.power() == "on"
+    assert ipmi_sim.power() == "on"
     again = api.operator.post("/api/v1/machines/n1/power", json={"action": "on"}).json()
     assert again["changed"] is False and "(already)" in again["message"]
     assert api.ci.get("/api/v1/machines/n1").json()["power_state"] == "on"
 
-    sim.set_power(False)  # behind our back
+    ipmi_sim.set_power(False)  # behind our back
     assert api.ci.get("/api/v1/machines/n1/power").json()["state"] == "off"
     assert api.ci.get("/api/v1/machines/n1").json()["power_state"] == "off"
 
     cycled = api.operator.post("/api/v1/machines/n1/power", json={"action": "cycle"}).json()
     assert cycled["state"] == "on"
     off = api.operator.post("/api/v1/machines/n1/power", json={"action": "off"}).json()
-    assert off["state"] == "off" and sim.power() == "off"
+    assert off["state"] == "off" and ipmi_sim.power() == "off"
 
     r = api.operator.post("/api/v1/machines/n1/boot-device", json={"device": "pxe"})
-    assert r.status_code == 200 and (sim.state_dir / "boot").read_text().strip() == "pxe"
+    assert r.status_code == 200 and (ipmi_sim.state_dir / "boot").read_text().strip() == "pxe"
     kinds = [event for event, _ in _events(api, "n1")]
     assert kinds.count("power_on") == 2 and "power_cycle" in kinds and "boot_device" in kinds
 
 
-def test_power_errors_are_clear_and_recorded(api: Api, sim: IpmiSim, services: Services) -> None:
+def test_power_errors_are_clear_and_recorded(
+    api: Api, ipmi_sim: IpmiSim, services: Services
+) -> None:
     services.settings.power_call_timeout_s = 3
-    bad = {"address": "127.0.0.1", "port": sim.port, "username": "admin", "password": "nope"}
+    bad = {"address": "127.0.0.1", "port": ipmi_sim.port, "username": "admin", "password": "nope"}
     _machine(api, "badpw", bad)
     r = api.operator.post("/api/v1/machines/badpw/power", json={"action": "on"})
     assert r.status_code == 502
@@ -75,7 +67,12 @@ def test_power_errors_are_clear_and_recorded(api: Api, sim: IpmiSim, services: S
     assert "nope" not in r.text
     assert _events(api, "badpw")[0][0] == "power_on_failed"
 
-    good = {"address": "127.0.0.1", "port": sim.port, "username": "admin", "password": "password"}
+    good = {
+        "address": "127.0.0.1",
+        "port": ipmi_sim.port,
+        "username": "admin",
+        "password": "password",
+    }
     _machine(api, "busy", {**good, "port": free_udp_port()})
     with services.db.read_session() as session:
         row = session.exec(select(Machine).where(Machine.name == "busy")).one()

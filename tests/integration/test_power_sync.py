@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client import generate_latest
 from sqlmodel import select
 
@@ -15,22 +13,7 @@ from provisiond.lifecycle import Ev
 from provisiond.models import Bmc, Event, Machine
 from provisiond.services.container import Services
 from provisiond.services.power_sync import sync_power
-from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[list[IpmiSim]]:
-    require_tools()
-    started: list[IpmiSim] = []
-    try:
-        for i in range(2):
-            sim = IpmiSim(tmp_path / f"sim{i}", free_udp_port())
-            sim.start()
-            started.append(sim)
-        yield started
-    finally:
-        for sim in started:
-            sim.stop()
+from tests.support.ipmisim import IpmiSim, free_udp_port
 
 
 def _enroll(services: Services, name: str, port: int, password: str = "password") -> int:
@@ -57,17 +40,17 @@ def _power(services: Services) -> dict[str, str]:
 
 
 def test_power_sync_reads_records_drift_and_tracks_unreachable(
-    services: Services, sims: list[IpmiSim], tmp_path: Path
+    services: Services, ipmi_sims: list[IpmiSim], tmp_path: Path
 ) -> None:
     services.settings.power_failure_threshold = 2
     services.settings.power_call_timeout_s = 2
     dead_port = free_udp_port()
-    _enroll(services, "a", sims[0].port)
-    _enroll(services, "b", sims[1].port)
+    _enroll(services, "a", ipmi_sims[0].port)
+    _enroll(services, "b", ipmi_sims[1].port)
     _enroll(services, "gone", dead_port)
-    locked = _enroll(services, "locked", sims[0].port)
+    locked = _enroll(services, "locked", ipmi_sims[0].port)
     assert locks.try_acquire(services.db, locked, "deploy-op", ttl_s=600)
-    sims[1].set_power(True)
+    ipmi_sims[1].set_power(True)
 
     async def scenario() -> None:
         first = await sync_power(services)
@@ -76,7 +59,7 @@ def test_power_sync_reads_records_drift_and_tracks_unreachable(
         assert _power(services) == {"a": "off", "b": "on", "gone": "unknown", "locked": "unknown"}
         assert set(first.failed) == {"gone"} and first.unreachable == []
 
-        sims[0].set_power(True)  # behind provisiond's back
+        ipmi_sims[0].set_power(True)  # behind provisiond's back
         second = await sync_power(services)
         assert second.drifted == ["a"]
         assert second.unreachable == ["gone"]  # second consecutive failure

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +172,19 @@ class IpmiSim:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+@contextmanager
+def running_sims(root: Path, count: int) -> Iterator[list[IpmiSim]]:
+    """``count`` ipmi_sim BMCs on free loopback ports, stopped by PID however the block ends."""
+    require_tools()
+    started: list[IpmiSim] = []
+    try:
+        for i in range(count):
+            sim = IpmiSim(root / f"sim{i}", free_udp_port())
+            sim.start()
+            started.append(sim)
+        yield started
+    finally:
+        for sim in started:
+            sim.stop()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,7 @@ from provisiond.drivers.power.ipmi_probe import (
     sweep,
 )
 from provisiond.errors import BadRequest
-from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
+from tests.support.ipmisim import IpmiSim, free_udp_port
 
 
 def test_probe_matches_what_ipmitool_sends() -> None:
@@ -57,20 +55,9 @@ def test_port_and_network_parsing() -> None:
         expand_targets(["127.0.0.300/32"], [623], 4)
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[IpmiSim]:
-    require_tools()
-    s = IpmiSim(tmp_path / "sim", free_udp_port())
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-def test_sweep_finds_exactly_the_live_bmc(sim: IpmiSim) -> None:
+def test_sweep_finds_exactly_the_live_bmc(ipmi_sim: IpmiSim) -> None:
     empty = [free_udp_port() for _ in range(5)]
-    targets = [("127.0.0.1", p) for p in [*empty, sim.port]]
+    targets = [("127.0.0.1", p) for p in [*empty, ipmi_sim.port]]
     found = asyncio.run(sweep(targets, timeout=0.5))
-    assert list(found) == [("127.0.0.1", sim.port)]
-    assert found[("127.0.0.1", sim.port)].kind == "ipmi"
+    assert list(found) == [("127.0.0.1", ipmi_sim.port)]
+    assert found[("127.0.0.1", ipmi_sim.port)].kind == "ipmi"
