@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import procs
+
 PROVISIOND = [sys.executable, "-m", "provisiond"]
 
 
@@ -94,15 +96,6 @@ class Daemon:
         return path.read_text() if path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        code = self.proc.returncode
+        code = procs.stop(self.proc, sig, timeout)
         self.proc = None
         return code

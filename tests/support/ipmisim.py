@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support import procs
 
 IPMI_SIM = shutil.which("ipmi_sim") or "/usr/bin/ipmi_sim"
 IPMITOOL = shutil.which("ipmitool") or "/usr/bin/ipmitool"
@@ -164,13 +165,7 @@ class IpmiSim:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         self.proc = None
 
 

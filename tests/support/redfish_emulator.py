@@ -30,7 +30,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -46,6 +45,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.support import procs
 
 SYSTEM_UUID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
 SYSTEM_URL = f"/redfish/v1/Systems/{SYSTEM_UUID}"
@@ -253,11 +254,5 @@ class RedfishEmulator:
         ]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         self.proc = None
