@@ -66,6 +66,14 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        return ApiError(
+            0,
+            "unreachable",
+            f"cannot reach provisiond at {self.url}: {exc}",
+            "check PROVISIOND_URL and that 'provisiond serve' is running",
+        )
+
     @staticmethod
     def _raise_for(response: httpx.Response) -> None:
         try:
@@ -94,28 +102,9 @@ class Client:
                 method, path, json=json, params=params, content=content, headers=headers
             )
         except httpx.TransportError as exc:
-            raise ApiError(
-                0,
-                "unreachable",
-                f"cannot reach provisiond at {self.url}: {exc}",
-                "check PROVISIOND_URL and that 'provisiond serve' is running",
-            ) from None
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
-            try:
-                err = response.json()["error"]
-                raise ApiError(
-                    response.status_code,
-                    err["code"],
-                    err["message"],
-                    err.get("hint", ""),
-                    err.get("problems"),
-                )
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(
-                    response.status_code,
-                    "http_error",
-                    response.text[:200] or response.reason_phrase,
-                ) from None
+            self._raise_for(response)
         if response.status_code == 204 or not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):
@@ -133,12 +122,7 @@ class Client:
                     self._raise_for(resp)
                 yield from (line for line in resp.iter_lines() if line.strip())
         except httpx.TransportError as exc:
-            raise ApiError(
-                0,
-                "unreachable",
-                f"cannot reach provisiond at {self.url}: {exc}",
-                "check PROVISIOND_URL and that 'provisiond serve' is running",
-            ) from None
+            raise self._unreachable(exc) from None
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}

@@ -59,6 +59,18 @@ def wait_healthy(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     raise SystemExit(f"demo: provisiond did not become healthy in {timeout:.0f}s")
 
 
+def stop_by_pid(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s: only the processes the demo started."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_listening(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -160,20 +172,8 @@ def main() -> int:
             time.sleep(0.2)
         return 0 if stop else 1
     finally:
-        if bmcs is not None and bmcs.poll() is None:
-            bmcs.send_signal(signal.SIGTERM)
-            try:
-                bmcs.wait(10)
-            except subprocess.TimeoutExpired:
-                bmcs.kill()
-                bmcs.wait(5)
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(5)
+        stop_by_pid(bmcs, 10)
+        stop_by_pid(server, 15)
         log.close()
         print("demo: stopped provisiond and the simulated BMCs", flush=True)
 

@@ -12,9 +12,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col
-
 from provisiond import locks
 from provisiond.drivers.power.base import (
     BmcError,
@@ -25,12 +22,13 @@ from provisiond.drivers.power.base import (
     PowerState,
 )
 from provisiond.errors import Conflict
-from provisiond.models import Event, Machine
+from provisiond.models import Event
 from provisiond.services import power
 from provisiond.services.bmc_access import bmc_target
 from provisiond.services.container import Services
 from provisiond.services.machines import find
 from provisiond.services.power import PowerPolicy
+from provisiond.services.power_sync import set_power_state
 
 
 @dataclass
@@ -75,12 +73,7 @@ def _record(
 ) -> None:
     with services.db.transaction() as session:
         if state is not None:
-            session.execute(
-                update(Machine)
-                .where(col(Machine.id) == machine_id)
-                .values(power_state=state.value)
-                .execution_options(synchronize_session=False)
-            )
+            set_power_state(session, machine_id, state.value)
         session.add(
             Event(
                 machine_id=machine_id,
@@ -108,12 +101,7 @@ async def read_power(services: Services, ident: str) -> PowerOutcome:
 
 def _store_state(services: Services, machine_id: int, state: PowerState) -> None:
     with services.db.transaction() as session:
-        session.execute(
-            update(Machine)
-            .where(col(Machine.id) == machine_id)
-            .values(power_state=state.value)
-            .execution_options(synchronize_session=False)
-        )
+        set_power_state(session, machine_id, state.value)
 
 
 async def power_machine(

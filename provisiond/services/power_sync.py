@@ -143,7 +143,7 @@ def _record(
                     bmc.unreachable_reason = f"{result.message} — {result.hint}"[:512]
                     report.unreachable.append(job.name)
                     session.add(_event(job, "bmc_unreachable", bmc.unreachable_reason))
-                    _set_power(session, job.machine_id, PowerState.UNKNOWN.value)
+                    set_power_state(session, job.machine_id, PowerState.UNKNOWN.value)
                 session.add(bmc)
                 continue
             state = result.value
@@ -167,11 +167,14 @@ def _record(
                             {"from": job.power_state, "to": state},
                         )
                     )
-                _set_power(session, job.machine_id, state)
+                set_power_state(session, job.machine_id, state)
 
 
-def _set_power(session: Session, machine_id: int, state: str) -> None:
-    # Power state is not lifecycle state: written directly, never through advance().
+def set_power_state(session: Session, machine_id: int, state: str) -> None:
+    """Record a machine's power state (on/off/unknown) as read from its BMC.
+
+    Power state is not lifecycle state: it is written here, never through advance().
+    """
     session.execute(
         update(Machine)
         .where(col(Machine.id) == machine_id)

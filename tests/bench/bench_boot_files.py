@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench.benchlib import process_cpu, rss_mb  # noqa: E402
 from tests.support.daemon import Daemon, free_port  # noqa: E402
+from tests.support.procs import stop as stop_proc  # noqa: E402
 
 DEADLINE_S = 300.0
 # Serve with the boot router included even before the lead registers it in ROUTERS.
@@ -51,17 +51,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> N
             return
         time.sleep(0.1)
     raise SystemExit(f"{url} did not answer in {timeout}s")
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def tree_cpu(pid: int) -> float:
@@ -232,8 +221,9 @@ def main() -> None:
         if any(r["failed"] for runs in results.values() for r in runs):
             raise SystemExit("some downloads failed")
     finally:
-        stop(provisiond)
-        stop(nginx)  # nginx master with "daemon off" exits on SIGTERM with its workers
+        stop_proc(provisiond, timeout=15)
+        # nginx's master ("daemon off") exits on SIGTERM, taking its workers with it.
+        stop_proc(nginx, timeout=15)
         shutil.rmtree(work, ignore_errors=True)
 
 

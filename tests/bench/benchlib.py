@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"listening on (?P<host>[\d.]+):(?P<first>\d+)-(?P<last>\d+)/udp")
@@ -73,9 +75,4 @@ def bench_ipmitool(ipmitool: str, host: str, ports: list[int]) -> tuple[float, f
 
 def stop(proc: subprocess.Popen[str]) -> None:
     """Stop the simulator by its PID: SIGTERM, then SIGKILL after 10 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    procs.stop(proc, timeout=10)
