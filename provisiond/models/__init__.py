@@ -2,6 +2,7 @@
 
 from provisiond.models.allocation import Allocation
 from provisiond.models.base import utcnow
+from provisiond.models.deployment import Deployment
 from provisiond.models.event import Event
 from provisiond.models.image import Image
 from provisiond.models.inventory import Outlet, Pdu, Rack, Switch, SwitchPort
@@ -13,6 +14,7 @@ __all__ = [
     "ApiToken",
     "Bmc",
     "CredentialSet",
+    "Deployment",
     "Event",
     "Image",
     "Machine",

@@ -30,3 +30,10 @@ class Allocation(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     released_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: Requested lease length; expires_at is set from it when the machine is ready.
+    lease_s: int = Field(default=3600, ge=1)
+    ssh_user: str = Field(default="root", max_length=32)
+    #: Deploy tries so far; machines that failed this allocation are not matched again.
+    attempts: int = Field(default=0, ge=0)
+    excluded_machine_ids: list[int] = Field(default_factory=list, sa_type=JSON)

@@ -40,6 +40,10 @@ class Machine(SQLModel, table=True):
     lock_owner: str | None = Field(default=None, max_length=128)
     lock_expires: datetime | None = Field(default=None, sa_type=UTCDateTime)
     agent_token_hash: str | None = Field(default=None, max_length=64)
+    #: Pinned SSH host key of the OS now running ("ssh-ed25519 AAAA..."); "" when none.
+    ssh_host_key: str = Field(default="", max_length=2048)
+    last_heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    agent_version: str = Field(default="", max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -25,9 +26,14 @@ class Services:
     executor: BlockingExecutor = field(default_factory=BlockingExecutor)
     drivers: DriverPool = field(default_factory=DriverPool)
     metrics: Metrics = field(init=False)
+    #: Set to wake the deploy engine at once (after a deploy/release/callback commit).
+    deploy_wakeup: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
+
+    def wake_deployer(self) -> None:
+        self.deploy_wakeup.set()
 
     def close(self) -> None:
         self.drivers.close()
