@@ -14,6 +14,9 @@ APT_PACKAGES=(
   iproute2           # ip netns: every DHCP test runs inside its own namespaces
   curl               # the boot-file benchmark's clients
   nginx-light        # the boot-file benchmark's baseline (never started as a service)
+  qemu-system-x86    # the virtual rack's guests (TCG; KVM is used only where it works)
+  ipxe-qemu          # the guests' NIC boot ROMs: a real iPXE
+  qemu-utils         # qemu-img for the guests' virtual disks
 )
 
 missing=()
