@@ -7,6 +7,7 @@ API and never logged (see provisiond.logging's redaction).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,8 @@ from provisiond.errors import ConfigError, ProvisiondError
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        #: A key for HMACs (callback tokens), derived so it never equals the Fernet key.
+        self.mac_key = hashlib.sha256(b"provisiond-mac:" + key).digest()
 
     @classmethod
     def from_key_file(cls, path: Path, *, create: bool = True) -> SecretBox:

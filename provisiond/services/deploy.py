@@ -29,14 +29,110 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
+import hmac
+from datetime import datetime
+from typing import Any
 
-if TYPE_CHECKING:
-    from sqlmodel import Session
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session, col, select
 
-    from provisiond.config import Settings
-    from provisiond.models import Allocation, Deployment, Machine
-    from provisiond.secrets import SecretBox
+from provisiond.config import Settings
+from provisiond.errors import Conflict
+from provisiond.lifecycle import Ev, State, advance
+from provisiond.models import Allocation, Deployment, Machine, utcnow
+from provisiond.secrets import SecretBox
+
+#: Deployment.kind values.
+DEPLOY = "deploy"
+INSPECT = "inspect"
+
+
+def new_ssh_keypair(comment: str) -> tuple[str, str]:
+    """A fresh Ed25519 key pair: (OpenSSH private key PEM, ``ssh-ed25519 AAAA... comment``)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, f"{public} {comment}"
+
+
+def running_deployment(session: Session, machine_id: int) -> Deployment | None:
+    """The machine's newest deployment that has not finished, if any."""
+    return session.exec(
+        select(Deployment)
+        .where(Deployment.machine_id == machine_id, Deployment.outcome == "")
+        .order_by(col(Deployment.id).desc())
+    ).first()
+
+
+def latest_deployment(session: Session, machine_id: int) -> Deployment | None:
+    return session.exec(
+        select(Deployment)
+        .where(Deployment.machine_id == machine_id)
+        .order_by(col(Deployment.id).desc())
+    ).first()
+
+
+def finish(deployment: Deployment, outcome: str, reason: str = "") -> None:
+    deployment.outcome = outcome
+    deployment.failure_reason = reason[:1024]
+    deployment.finished_at = utcnow()
+
+
+def mark_phase(deployment: Deployment, phase: str, at: datetime | None = None) -> bool:
+    """Record the first time ``phase`` was reached; False if it was already recorded."""
+    if phase in deployment.phases:
+        return False
+    deployment.phases = {**deployment.phases, phase: (at or utcnow()).isoformat()}
+    return True
+
+
+def _new_record(
+    session: Session,
+    machine: Machine,
+    *,
+    kind: str,
+    allocation: Allocation | None,
+    image_id: int | None,
+    secrets: SecretBox,
+) -> Deployment:
+    assert machine.id is not None
+    for old in session.exec(
+        select(Deployment).where(Deployment.machine_id == machine.id, Deployment.outcome == "")
+    ).all():
+        finish(old, "superseded", f"superseded by a new {kind}")
+        session.add(old)
+    attempt = 1
+    if allocation is not None and allocation.id is not None:
+        attempt = 1 + len(
+            session.exec(
+                select(Deployment.id).where(
+                    Deployment.allocation_id == allocation.id, Deployment.machine_id == machine.id
+                )
+            ).all()
+        )
+    record = Deployment(
+        machine_id=machine.id,
+        allocation_id=allocation.id if allocation else None,
+        kind=kind,
+        image_id=image_id,
+        attempt=attempt,
+    )
+    private, public = new_ssh_keypair(f"provisiond-{kind}-{record.uuid[:8]}")
+    record.ssh_public_key = public
+    record.ssh_private_key_encrypted = secrets.encrypt(private)
+    mark_phase(record, f"{kind}_requested")
+    session.add(record)
+    session.flush()
+    return record
 
 
 def start_deploy(
@@ -51,19 +147,129 @@ def start_deploy(
     settings: Settings,
     secrets: SecretBox,
 ) -> Deployment:
-    raise NotImplementedError
+    """``allocated -> deploying`` plus a new Deployment row; the engine does the rest.
+
+    ``ssh_keys`` and ``user_data`` are the allocation's (served in the NoCloud seed);
+    the per-deploy key pair is made here and only its public half leaves the daemon.
+    """
+    del ssh_keys, user_data  # kept on the allocation; the seed reads them from there
+    record = _new_record(
+        session, machine, kind=DEPLOY, allocation=allocation, image_id=image_id, secrets=secrets
+    )
+    advance(
+        session,
+        machine,
+        Ev.DEPLOY,
+        actor=actor,
+        timeouts=settings.timeouts,
+        reason="deploy requested",
+        details={"deployment": record.uuid, "image_id": image_id, "attempt": record.attempt},
+    )
+    return record
+
+
+def start_inspection(
+    session: Session,
+    machine: Machine,
+    *,
+    actor: str,
+    settings: Settings,
+    secrets: SecretBox,
+    power_cycle: bool = True,
+    reason: str = "inspection requested",
+) -> Deployment:
+    """``enrolled | inspect_failed | maintenance -> inspecting`` plus its record.
+
+    ``power_cycle=False`` when the machine is already network-booting (PXE enroll):
+    the engine then skips the BMC step.
+    """
+    record = _new_record(
+        session, machine, kind=INSPECT, allocation=None, image_id=None, secrets=secrets
+    )
+    if not power_cycle:
+        mark_phase(record, "power_cycle")
+        record.phases = {**record.phases, "power_cycle_skipped": "already booting"}
+    advance(
+        session,
+        machine,
+        Ev.INSPECT,
+        actor=actor,
+        timeouts=settings.timeouts,
+        reason=reason,
+        details={"deployment": record.uuid},
+    )
+    return record
+
+
+def ensure_inspection_record(
+    session: Session, machine: Machine, *, settings: Settings, secrets: SecretBox
+) -> Deployment:
+    """The running inspection record of an ``inspecting`` machine, made if missing."""
+    assert machine.id is not None
+    record = running_deployment(session, machine.id)
+    if record is not None and record.kind == INSPECT:
+        return record
+    record = _new_record(
+        session, machine, kind=INSPECT, allocation=None, image_id=None, secrets=secrets
+    )
+    mark_phase(record, "power_cycle")
+    del settings
+    return record
 
 
 def start_release(
     session: Session, machine: Machine, *, actor: str, reason: str, settings: Settings
 ) -> None:
-    raise NotImplementedError
+    """``active | deploy_failed | allocated | release_failed -> releasing``."""
+    assert machine.id is not None
+    running = running_deployment(session, machine.id)
+    if running is not None:
+        finish(running, "released", reason)
+        session.add(running)
+    advance(session, machine, Ev.RELEASE, actor=actor, timeouts=settings.timeouts, reason=reason)
 
 
 def abort_deploy(
     session: Session, machine: Machine, *, actor: str, reason: str, settings: Settings
 ) -> None:
-    raise NotImplementedError
+    """``deploying | installing_agent -> deploy_failed`` with ``reason``."""
+    if machine.state not in (State.DEPLOYING, State.INSTALLING_AGENT, State.ALLOCATED):
+        raise Conflict(
+            f"machine {machine.name} is {machine.state}, not deploying",
+            hint="only a running deploy can be aborted",
+        )
+    fail(session, machine, reason=reason, actor=actor, settings=settings)
+
+
+def fail(
+    session: Session,
+    machine: Machine,
+    *,
+    reason: str,
+    actor: str,
+    settings: Settings,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Fail the machine's running deploy or inspection and close its record."""
+    assert machine.id is not None
+    running = running_deployment(session, machine.id)
+    if running is not None:
+        finish(running, "failed", reason)
+        session.add(running)
+    advance(
+        session,
+        machine,
+        Ev.FAIL,
+        actor=actor,
+        timeouts=settings.timeouts,
+        reason=reason,
+        details={**(details or {}), **({"deployment": running.uuid} if running else {})},
+    )
+
+
+def callback_token(secrets: SecretBox, deployment_uuid: str) -> str:
+    """The token a booted OS presents in its phone-home call (served only in its seed)."""
+    return hmac.new(secrets.mac_key, f"callback:{deployment_uuid}".encode(), "sha256").hexdigest()
 
 
 def host_key_fingerprint(host_key: str) -> str:
