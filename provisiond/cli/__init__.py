@@ -13,6 +13,7 @@ from provisiond.cli import (
     images,
     inventory,
     machines,
+    rack,
     sim,
 )
 
@@ -32,6 +33,7 @@ app.command("events")(events.events)
 app.add_typer(credentials.app, name="credentials")
 app.command("discover")(discover.discover)
 app.add_typer(sim.app, name="sim")
+app.add_typer(rack.app, name="rack")
 app.add_typer(images.app, name="images")
 
 

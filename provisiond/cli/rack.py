@@ -1,0 +1,103 @@
+"""``provisiond rack up|down|status``: the virtual rack of QEMU guests behind simulated BMCs.
+
+Thin: :mod:`provisiond.rack.vrack` does the work. Needs root (namespaces, taps);
+talks to no daemon. ``up`` prints the machines and the two files to hand to the
+daemon: ``inventory.yaml`` (``provisiond inventory apply``) and ``network.toml``
+(a ``[[networks]]`` entry of its config).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provisiond.cli.common import JsonFlag, console, emit, handled
+from provisiond.rack import vrack
+
+app = typer.Typer(help="The virtual rack: QEMU guests behind simulated IPMI BMCs.")
+
+NameOpt = Annotated[str, typer.Option("--name", help="Rack name; its namespace is pvd-NAME.")]
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="State folder (default $PROVISIOND_RACK_DIR/NAME or /var/lib/provisiond/rack/NAME).",
+    ),
+]
+
+
+@app.command("up")
+def rack_up(
+    count: Annotated[int, typer.Argument(min=1, max=vrack.MAX_GUESTS, help="How many guests.")],
+    name: NameOpt = "vrack",
+    state_dir: DirOpt = None,
+    ram: Annotated[int, typer.Option("--ram", min=64, help="Guest RAM in MiB.")] = 384,
+    disk: Annotated[int, typer.Option("--disk", min=4, help="Guest disk in MiB.")] = 64,
+    http_port: Annotated[
+        int, typer.Option("--http-port", min=1, max=65535, help="Daemon's boot HTTP port.")
+    ] = 8080,
+) -> None:
+    """Create the namespace, bridge, taps, disks and BMCs; the guests stay off.
+
+    provisiond rack up 3 && provisiond inventory apply /var/lib/provisiond/rack/vrack/inventory.yaml
+    """
+    with handled():
+        rack = vrack.up(
+            count, name=name, state_dir=state_dir, ram_mib=ram, disk_mib=disk, http_port=http_port
+        )
+    emit(
+        [
+            {"machine": g.name, "MAC": g.mac, "IP": g.ip, "BMC": f"{g.bmc_address}:{g.bmc_port}"}
+            for g in rack.guests
+        ],
+        False,
+        columns=("machine", "MAC", "IP", "BMC"),
+        title=f"rack {rack.name}: namespace {rack.netns}, {rack.bridge} {rack.boot_address}",
+    )
+    console.print(f"inventory: {rack.inventory_file}", highlight=False)
+    console.print(f"network:   {rack.network_file}", highlight=False)
+    if os.environ.get(vrack.PASSWORD_ENV):
+        console.print(f"BMC user {rack.bmc_username}, password from ${vrack.PASSWORD_ENV}")
+    else:
+        console.print(
+            f"BMC user {rack.bmc_username}; before 'provisiond inventory apply': "
+            f"export {vrack.PASSWORD_ENV}=password",
+            highlight=False,
+        )
+
+
+@app.command("down")
+def rack_down(name: NameOpt = "vrack", state_dir: DirOpt = None) -> None:
+    """Stop the BMCs and guests; remove the namespace and the rack's files (also after a crash)."""
+    with handled():
+        removed = vrack.down(name, state_dir)
+    for line in removed:
+        console.print(f"removed {line}", highlight=False)
+    if not removed:
+        console.print(f"nothing to remove: no rack {name!r}", highlight=False)
+
+
+@app.command("status")
+def rack_status(
+    name: NameOpt = "vrack", state_dir: DirOpt = None, as_json: JsonFlag = False
+) -> None:
+    """Each guest's power (from its QEMU PID), BMC port and last serial line."""
+    with handled():
+        state = vrack.status(name, state_dir)
+    if as_json:
+        emit(state.to_dict(), True)
+        return
+    farm = "running" if state.farm_running else "NOT running (run 'provisiond rack down')"
+    emit(
+        [
+            {"machine": g.name, "power": g.power, "BMC port": g.bmc_port,
+             "serial": g.last_serial_line[-60:]}
+            for g in state.guests
+        ],
+        False,
+        columns=("machine", "power", "BMC port", "serial"),
+        title=f"rack {name}: BMC farm {farm}",
+    )  # fmt: skip

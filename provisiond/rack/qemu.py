@@ -1,0 +1,253 @@
+"""A QEMU guest as the machine behind a simulated BMC (:class:`MachineBackend`).
+
+Power on starts ``ip netns exec <ns> qemu-system-x86_64 ... -boot n|c``; ``ip netns
+exec`` execs QEMU, so the child's PID is QEMU's. The PID also goes to a pidfile, so
+another process (``provisiond rack down`` after a crash) can find and kill it.
+
+The guest is a BIOS (SeaBIOS) ``pc`` with one virtio-net NIC on a tap device that
+already exists in the namespace (the rack made it), whose option ROM is the iPXE
+from Debian's ipxe-qemu. The boot device the BMC hands over picks ``-boot n`` (PXE)
+or ``-boot c`` (disk). Every boot starts a new QEMU, so the BMC's one-time boot
+flags apply to exactly one boot. There is no ``-no-reboot``: a reboot from inside
+the guest stays inside QEMU, as it would on hardware, and keeps the boot order.
+
+Serial output (SeaBIOS, iPXE, the kernel console) is appended to a log file; it
+reaches the serial port only with ``-nographic`` (DESIGN.md). The accelerator is
+TCG, because KVM aborts or hangs on this host kind; ``PROVISIOND_QEMU_ACCEL=kvm``
+opts in where KVM works.
+
+Backend methods run on the BMC farm's event loop, so they only start or signal a
+process. The one wait is after SIGKILL (bounded, ~10 ms in practice): the tap can
+be opened by one QEMU at a time, and a power cycle starts the next one at once.
+
+    backend = QemuBackend(guest, netns="pvd-vrack")
+    backend.power_on(BootDevice("pxe"))      # qemu ... -boot n
+    backend.is_on()                          # True
+    backend.power_off()                      # SIGKILL, reaped
+
+:func:`serve_farm` is the body of a rack's BMC farm process: one BMC per guest on
+127.0.0.1, serving until SIGTERM, then every guest off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisiond.errors import ConfigError
+from provisiond.rack.bmc_sim import DEFAULT_LATENCY_MS, Farm, run_farm
+from provisiond.rack.ipmi_machine import BmcIdentity, BootDevice, MachineBackend
+
+__all__ = [
+    "ACCELERATORS",
+    "QemuBackend",
+    "QemuGuest",
+    "accel_from_env",
+    "kill_recorded",
+    "pid_alive",
+    "pid_command",
+    "serve_farm",
+]
+
+ACCELERATORS = ("tcg", "kvm")
+QEMU = "qemu-system-x86_64"
+_KILL_WAIT_S = 3.0
+
+
+@dataclass(frozen=True)
+class QemuGuest:
+    """What one guest is made of; the rack creates the tap and the disk."""
+
+    name: str
+    mac: str
+    tap: str
+    disk: Path
+    serial_log: Path
+    pidfile: Path
+    ram_mib: int = 384
+    cpus: int = 1
+
+
+def accel_from_env() -> str:
+    """``PROVISIOND_QEMU_ACCEL`` (tcg or kvm), TCG when unset."""
+    accel = os.environ.get("PROVISIOND_QEMU_ACCEL", "tcg").strip().lower() or "tcg"
+    if accel not in ACCELERATORS:
+        raise ConfigError(
+            f"PROVISIOND_QEMU_ACCEL={accel!r} is not one of {', '.join(ACCELERATORS)}",
+            hint="unset it for TCG, or set PROVISIOND_QEMU_ACCEL=kvm where /dev/kvm works",
+        )
+    return accel
+
+
+def pid_command(pid: int) -> str:
+    """The process's command line joined by spaces; '' if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` runs: it exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the command name in parentheses, which may contain ')'.
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+def _reap(pid: int) -> bool:
+    """Collect ``pid`` if it is our child and has exited; True when it is gone."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: someone else reaps it
+        return not pid_alive(pid)
+    return done == pid
+
+
+def kill_recorded(pid: int, marker: str, sig: int = signal.SIGKILL, wait_s: float = 0.0) -> bool:
+    """Signal ``pid`` only when its command line contains ``marker``; True if it was sent.
+
+    A PID from a file may have been recycled by an unrelated process since it was
+    written; the marker (``qemu``, ``provisiond``) keeps us from signalling that one.
+    With ``wait_s``, waits up to that long for the process to be gone.
+    """
+    if pid <= 1 or not pid_alive(pid) or marker not in pid_command(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not _reap(pid):
+        time.sleep(0.01)
+    return True
+
+
+class QemuBackend:
+    """Power of one QEMU guest, started inside network namespace ``netns``."""
+
+    def __init__(self, guest: QemuGuest, netns: str, accel: str = "tcg") -> None:
+        if accel not in ACCELERATORS:
+            raise ConfigError(f"unknown accelerator {accel!r}", hint="use tcg or kvm")
+        self.guest = guest
+        self.netns = netns
+        self.accel = accel
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self, boot: BootDevice) -> list[str]:
+        g = self.guest
+        return [
+            "ip", "netns", "exec", self.netns, QEMU,
+            "-name", g.name,
+            "-accel", self.accel,
+            "-machine", "pc",
+            "-m", str(g.ram_mib),
+            "-smp", str(g.cpus),
+            "-nographic",
+            "-chardev", f"file,id=s0,path={g.serial_log},append=on",
+            "-serial", "chardev:s0",
+            "-monitor", "none",
+            "-netdev", f"tap,id=n0,ifname={g.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={g.mac}",
+            "-drive", f"file={g.disk},if=virtio,format=raw",
+            "-boot", boot.qemu_boot_arg(),
+        ]  # fmt: skip
+
+    def pid(self) -> int | None:
+        """The running QEMU's PID: our child's, else the pidfile's (a QEMU left running)."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return self._proc.pid
+            self._proc = None
+            self.guest.pidfile.unlink(missing_ok=True)
+            return None
+        try:
+            pid = int(self.guest.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) and QEMU in pid_command(pid) else None
+
+    def is_on(self) -> bool:
+        return self.pid() is not None
+
+    def power_on(self, boot: BootDevice) -> None:
+        if self.is_on():
+            return
+        self._proc = subprocess.Popen(
+            self.command(boot), stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        tmp = self.guest.pidfile.with_suffix(".tmp")
+        tmp.write_text(f"{self._proc.pid}\n")
+        tmp.replace(self.guest.pidfile)
+
+    def power_off(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            kill_recorded(pid, QEMU, signal.SIGKILL, wait_s=_KILL_WAIT_S)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(0)
+            self._proc = None
+        self.guest.pidfile.unlink(missing_ok=True)
+
+    def soft_off(self) -> None:
+        # -monitor none leaves no QMP for ACPI powerdown; QEMU exits cleanly on SIGTERM.
+        pid = self.pid()
+        if pid is not None:
+            kill_recorded(pid, QEMU, signal.SIGTERM)
+
+    def reset(self, boot: BootDevice) -> None:
+        self.power_off()
+        self.power_on(boot)
+
+
+def serve_farm(
+    guests: Sequence[QemuGuest],
+    netns: str,
+    accel: str,
+    *,
+    base_port: int,
+    username: str,
+    password: str,
+    ready_file: Path,
+) -> None:
+    """Serve a BMC per guest on 127.0.0.1 until SIGTERM/SIGINT/SIGHUP; then power all off.
+
+    Once every port is bound, ``ready_file`` gets ``{"pid": ..., "base_port": ...}``
+    (written atomically); guest ``i`` (0-based) has its BMC on ``base_port + i``.
+    """
+    backends = [QemuBackend(guest, netns, accel) for guest in guests]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda _sig, _frame: stop.set())
+
+    def factory(index: int, _identity: BmcIdentity) -> MachineBackend:
+        return backends[index]
+
+    def ready(farm: Farm, _loop: object) -> None:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "base_port": farm.base_port}))
+        tmp.replace(ready_file)
+        print(
+            f"{len(farm.bmcs)} BMCs on {farm.address}:{farm.base_port}-{farm.last_port}", flush=True
+        )
+
+    try:
+        run_farm(
+            len(backends), "127.0.0.1", base_port, username, password, DEFAULT_LATENCY_MS, (),
+            stop, backend_factory=factory, on_ready=ready,
+        )  # fmt: skip
+    finally:
+        for backend in backends:
+            backend.power_off()
+        ready_file.unlink(missing_ok=True)
+        print("BMCs stopped, guests off", flush=True)

@@ -1,0 +1,582 @@
+"""The virtual rack: N QEMU guests on a bridge in their own namespace, each behind a BMC.
+
+``up(2, name="vrack")`` builds, and ``down("vrack")`` removes:
+
+- network namespace ``pvd-<name>`` with ``lo`` up and bridge ``br0`` holding the
+  boot address (``.1`` of the subnet) and ``fd00:213::1/64`` with DAD off, so both
+  are usable at once; taps ``tap1..tapN`` on the bridge. The daemon runs dnsmasq
+  and its boot HTTP listener inside the namespace (``network.toml`` says how); the
+  rack itself answers nothing on the bridge;
+- per guest K: ``vmK``, MAC ``52:54:00:HH:HH:KK`` (HH:HH from the rack name, so two
+  racks in one database do not collide), fixed address ``.(10+K)``, a raw disk
+  ``vmK.disk`` whose first and last MiB are 0xA5 (a wipe is visible), serial log
+  ``vmK.serial.log`` and pidfile ``vmK.pid``;
+- one detached BMC farm process (``python -m provisiond.rack.vrack serve-bmcs``):
+  an IPMI BMC per guest on 127.0.0.1, whose power commands start and kill the
+  guest's QEMU (:mod:`provisiond.rack.qemu`). Guests are off after ``up``; power
+  goes only through the BMCs. On SIGTERM the farm kills its QEMUs and exits;
+- in the state folder: ``rack.json`` (this module's :class:`RackState`, written
+  atomically), ``inventory.yaml`` for ``provisiond inventory apply`` (BMC password
+  from ``$PROVISIOND_RACK_BMC_PASSWORD``) and ``network.toml``, a ``[[networks]]``
+  entry of the daemon's config (:class:`ProvisioningNetwork`).
+
+``down`` works from whatever is left after a crash: a missing or partial state
+file, a dead farm, QEMUs named by pidfiles, a stale namespace. It signals only
+PIDs the rack recorded whose command line still names qemu or provisiond, so a
+recycled PID is left alone. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisiond.errors import BadRequest, ConfigError, Conflict, NotFound, ProvisiondError
+from provisiond.rack.ipmi_bmc import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from provisiond.rack.qemu import (
+    QEMU,
+    QemuBackend,
+    QemuGuest,
+    accel_from_env,
+    kill_recorded,
+    pid_alive,
+    pid_command,
+    serve_farm,
+)
+
+__all__ = [
+    "MAX_GUESTS",
+    "PASSWORD_ENV",
+    "GuestState",
+    "GuestStatus",
+    "RackState",
+    "RackStatus",
+    "default_state_dir",
+    "down",
+    "status",
+    "up",
+]
+
+MAX_GUESTS = 42  # one per U of a 42U rack; addresses .11-.52 stay below the DHCP range
+PASSWORD_ENV = "PROVISIOND_RACK_BMC_PASSWORD"  # noqa: S105 - a variable name
+STATE_FILE, READY_FILE, FARM_LOG = "rack.json", "bmc.ready", "bmc.log"
+INVENTORY_FILE, NETWORK_FILE = "inventory.yaml", "network.toml"
+BRIDGE = "br0"
+FILL = b"\xa5" * (1 << 20)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # as ProvisioningNetwork.name
+_GUEST_FILES = ("vm*.disk", "vm*.pid", "vm*.tmp", "vm*.serial.log")
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-B]|[=>c])")
+_FARM_READY_S, _FARM_STOP_S, _CMD_S = 30.0, 10.0, 15.0
+
+
+@dataclass
+class GuestState:
+    index: int
+    name: str
+    mac: str
+    ip: str
+    tap: str
+    disk: str
+    serial_log: str
+    pidfile: str
+    bmc_address: str
+    bmc_port: int
+    ram_mib: int
+    cpus: int
+    disk_mib: int
+
+    def qemu_guest(self) -> QemuGuest:
+        g = self
+        paths = Path(g.disk), Path(g.serial_log), Path(g.pidfile)
+        return QemuGuest(g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus)
+
+
+@dataclass
+class RackState:
+    """Everything ``rack.json`` records; enough for ``down`` and the farm."""
+
+    name: str
+    state_dir: str
+    netns: str
+    bridge: str
+    subnet: str
+    boot_address: str
+    ipv6_prefix: str
+    ipv6_address: str
+    http_port: int
+    accel: str
+    bmc_username: str
+    farm_pid: int | None = None
+    guests: list[GuestState] = field(default_factory=list)
+
+    @property
+    def inventory_file(self) -> Path:
+        return Path(self.state_dir) / INVENTORY_FILE
+
+    @property
+    def network_file(self) -> Path:
+        return Path(self.state_dir) / NETWORK_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RackState:
+        names = {f.name for f in fields(cls)}
+        guests = [GuestState(**g) for g in data.get("guests", [])]
+        return cls(**{k: v for k, v in data.items() if k in names and k != "guests"}, guests=guests)
+
+
+@dataclass
+class GuestStatus:
+    name: str
+    power: str  # on | off
+    pid: int | None
+    bmc_port: int
+    last_serial_line: str
+
+
+@dataclass
+class RackStatus:
+    rack: RackState
+    farm_running: bool
+    guests: list[GuestStatus]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rack": self.rack.to_dict(),
+            "farm_running": self.farm_running,
+            "guests": [asdict(g) for g in self.guests],
+        }
+
+
+def default_state_dir(name: str) -> Path:
+    """``$PROVISIOND_RACK_DIR/<name>``, by default ``/var/lib/provisiond/rack/<name>``."""
+    return Path(os.environ.get("PROVISIOND_RACK_DIR") or "/var/lib/provisiond/rack") / name
+
+
+def _args(name: str, state_dir: Path) -> str:
+    """The CLI options that name this rack, for hints."""
+    custom = state_dir != default_state_dir(name).absolute()
+    return f"--name {name}" + (f" --state-dir {state_dir}" if custom else "")
+
+
+def guest_mac(rack: str, index: int) -> str:
+    h = hashlib.sha256(rack.encode()).digest()
+    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{index:02x}"
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _run(*cmd: str) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_CMD_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ProvisiondError(
+            f"{' '.join(cmd)} timed out", hint="is the host overloaded?"
+        ) from None
+    if proc.returncode != 0:
+        raise ProvisiondError(
+            f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.returncode}",
+            hint="the rack needs root, iproute2 and /dev/net/tun",
+            code="rack_failed",
+        )
+    return proc.stdout
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The file's JSON object; {} when it is missing, partial or not JSON (after a crash)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _netns_exists(netns: str) -> bool:
+    return Path("/run/netns", netns).exists()
+
+
+def _check_args(name: str, count: int, ram_mib: int, cpus: int, disk_mib: int) -> None:
+    if not _NAME.match(name):
+        raise BadRequest(
+            f"rack name {name!r} is not lower-case letters, digits and '-' (max 32)",
+            hint="e.g. --name vrack",
+        )
+    for what, value, low, high in (
+        ("count", count, 1, MAX_GUESTS),
+        ("ram", ram_mib, 64, 65536),
+        ("cpus", cpus, 1, 64),
+        ("disk", disk_mib, 4, 1 << 20),
+    ):
+        if not low <= value <= high:
+            raise BadRequest(f"{what} {value} is outside {low}-{high}", hint=f"pick {low}-{high}")
+    missing = [t for t in ("ip", QEMU) if shutil.which(t) is None]
+    if missing:
+        raise ConfigError(
+            f"missing: {', '.join(missing)}",
+            hint="apt-get install iproute2 qemu-system-x86 ipxe-qemu",
+        )
+    if os.geteuid() != 0:
+        raise ConfigError(
+            "the virtual rack needs root", hint="network namespaces and taps are root's"
+        )
+
+
+def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
+    pid = data.get("farm_pid") or _read_json(state_dir / READY_FILE).get("pid")
+    if isinstance(pid, int) and pid_alive(pid) and "provisiond" in pid_command(pid):
+        return pid
+    return None
+
+
+# -- up ------------------------------------------------------------------------------
+
+
+def up(
+    count: int,
+    *,
+    name: str = "vrack",
+    state_dir: Path | None = None,
+    subnet: str = "10.213.0.0/24",
+    ipv6_prefix: str = "fd00:213::/64",
+    ram_mib: int = 384,
+    cpus: int = 1,
+    disk_mib: int = 64,
+    http_port: int = 8080,
+    bmc_base_port: int = 0,
+    username: str = DEFAULT_USERNAME,
+    password: str | None = None,
+) -> RackState:
+    """Build the rack and start its BMC farm; the guests stay off. See the module doc.
+
+    ``password`` defaults to ``$PROVISIOND_RACK_BMC_PASSWORD``, else ``password``.
+    """
+    _check_args(name, count, ram_mib, cpus, disk_mib)
+    net = ipaddress.IPv4Network(subnet)
+    v6 = ipaddress.IPv6Network(ipv6_prefix)
+    if net.prefixlen > 24 or v6.prefixlen != 64:
+        raise BadRequest(
+            f"subnet {subnet} / {ipv6_prefix}", hint="use an IPv4 /24 (or larger) and an IPv6 /64"
+        )
+    accel = accel_from_env()
+    state_dir = Path(state_dir or default_state_dir(name)).absolute()
+    netns = f"pvd-{name}"
+    existing = _read_json(state_dir / STATE_FILE)
+    if pid := _farm_running(existing, state_dir):
+        raise Conflict(
+            f"rack {name!r} is already up (BMC farm pid {pid}, state in {state_dir})",
+            hint=f"'provisiond rack down {_args(name, state_dir)}' first, or another --name",
+        )
+    if existing or (state_dir / READY_FILE).exists():
+        down(name, state_dir)  # stale: its farm is gone
+    elif _netns_exists(netns):
+        raise Conflict(
+            f"network namespace {netns} exists, but {state_dir} holds no rack state",
+            hint=f"'provisiond rack down --name {name} --state-dir DIR' with the rack's own folder "
+            f"(or 'ip netns del {netns}' if it is a leftover)",
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    base = net.network_address
+    rack = RackState(
+        name=name,
+        state_dir=str(state_dir),
+        netns=netns,
+        bridge=BRIDGE,
+        subnet=str(net),
+        boot_address=str(base + 1),
+        ipv6_prefix=str(v6),
+        ipv6_address=str(v6.network_address + 1),
+        http_port=http_port,
+        accel=accel,
+        bmc_username=username,
+    )
+    for k in range(1, count + 1):
+        rack.guests.append(
+            GuestState(
+                index=k,
+                name=f"vm{k}",
+                mac=guest_mac(name, k),
+                ip=str(base + 10 + k),
+                tap=f"tap{k}",
+                disk=str(state_dir / f"vm{k}.disk"),
+                serial_log=str(state_dir / f"vm{k}.serial.log"),
+                pidfile=str(state_dir / f"vm{k}.pid"),
+                bmc_address="127.0.0.1",
+                bmc_port=0,
+                ram_mib=ram_mib,
+                cpus=cpus,
+                disk_mib=disk_mib,
+            )
+        )
+    password = password or os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
+    try:
+        _build_network(rack)
+        for guest in rack.guests:
+            _make_disk(Path(guest.disk), guest.disk_mib)
+        _write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
+        rack.farm_pid, base_port = _start_farm(state_dir, bmc_base_port, password)
+        for guest in rack.guests:
+            guest.bmc_port = base_port + guest.index - 1
+        _write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
+        _write_atomic(rack.inventory_file, inventory_yaml(rack))
+        _write_atomic(rack.network_file, network_toml(rack))
+    except BaseException:
+        down(name, state_dir)
+        raise
+    return rack
+
+
+def _build_network(rack: RackState) -> None:
+    ns = rack.netns
+    _run("ip", "netns", "add", ns)
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    _run("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
+    # DAD off before any address (the link-local one included, which RAs come from).
+    _run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{BRIDGE}.accept_dad=0")
+    prefix = ipaddress.IPv4Network(rack.subnet).prefixlen
+    _run("ip", "-n", ns, "addr", "add", f"{rack.boot_address}/{prefix}", "dev", BRIDGE)
+    _run("ip", "-n", ns, "addr", "add", f"{rack.ipv6_address}/64", "dev", BRIDGE, "nodad")
+    _run("ip", "-n", ns, "link", "set", BRIDGE, "up")
+    for guest in rack.guests:
+        _run("ip", "-n", ns, "tuntap", "add", guest.tap, "mode", "tap")
+        _run("ip", "-n", ns, "link", "set", guest.tap, "master", BRIDGE, "up")
+
+
+def _make_disk(path: Path, size_mib: int) -> None:
+    with open(path, "wb") as disk:
+        disk.truncate(size_mib << 20)  # sparse between the two marked MiB
+        disk.write(FILL)
+        disk.seek((size_mib - 1) << 20)
+        disk.write(FILL)
+
+
+def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, int]:
+    """Spawn the detached farm; wait (bounded) for its ready file: (pid, base port)."""
+    (state_dir / READY_FILE).unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "provisiond.rack.vrack",
+        "serve-bmcs",
+        "--state",
+        str(state_dir / STATE_FILE),
+        "--base-port",
+        str(base_port),
+    ]
+    log = str(state_dir / FARM_LOG)
+    # posix_spawn, not Popen: the farm outlives this process, and a Popen object
+    # dropped while its child runs warns; ``down`` reaps it when it is our child.
+    pid = os.posix_spawn(
+        sys.executable,
+        cmd,
+        {**os.environ, PASSWORD_ENV: password},
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )
+    deadline = time.monotonic() + _FARM_READY_S
+    while time.monotonic() < deadline:
+        ready = _read_json(state_dir / READY_FILE)
+        if ready.get("pid") == pid and isinstance(ready.get("base_port"), int):
+            return pid, ready["base_port"]
+        if not pid_alive(pid):
+            break
+        time.sleep(0.05)
+    kill_recorded(pid, "provisiond", signal.SIGKILL, wait_s=3)
+    tail = (state_dir / FARM_LOG).read_text(errors="replace").strip().splitlines()[-3:]
+    raise ProvisiondError(
+        f"the BMC farm did not start: {' / '.join(tail) or 'no output'}",
+        hint=f"see {state_dir / FARM_LOG}; with --bmc-port, pick a free port or 0",
+        code="rack_failed",
+    )
+
+
+def inventory_yaml(rack: RackState) -> str:
+    machines = [
+        {
+            "name": g.name,
+            "rack": rack.name,
+            "u_position": g.index,
+            "arch": "x86_64",
+            "cpus": g.cpus,
+            "ram_mib": g.ram_mib,
+            "tags": ["virtual"],
+            "nics": [{"mac": g.mac, "name": "eth0", "ip_address": g.ip, "pxe": True}],
+            "bmc": {
+                "driver": "ipmi",
+                "address": g.bmc_address,
+                "port": g.bmc_port,
+                "username": rack.bmc_username,
+                "password_env": PASSWORD_ENV,
+            },
+        }
+        for g in rack.guests
+    ]
+    doc = {
+        "version": 1,
+        "racks": [{"name": rack.name, "site": "virtual", "u_height": 42}],
+        "machines": machines,
+    }
+    head = (
+        f"# Virtual rack {rack.name!r} (provisiond rack up); BMC password from ${PASSWORD_ENV}.\n"
+        f"#   provisiond inventory apply {rack.inventory_file}\n"
+    )
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+
+
+def network_toml(rack: RackState) -> str:
+    net = ipaddress.IPv4Network(rack.subnet)
+    values: dict[str, Any] = {
+        "name": rack.name,
+        "interface": rack.bridge,
+        "netns": rack.netns,
+        "subnet": rack.subnet,
+        "boot_address": rack.boot_address,
+        "http_port": rack.http_port,
+        "dhcp_mode": "full",
+        "range_start": str(net.network_address + 100),
+        "range_end": str(net.network_address + 200),
+        "ipv6_ra": True,
+        "ipv6_prefix": rack.ipv6_prefix,
+    }
+    # json.dumps writes valid TOML basic strings, integers and booleans.
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    head = f"# Provisioning network of virtual rack {rack.name!r}: add to provisiond.toml.\n"
+    return head + "[[networks]]\n" + "\n".join(lines) + "\n"
+
+
+# -- down and status -----------------------------------------------------------------
+
+
+def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
+    """Stop and remove the rack, or whatever a crash left of it; what was removed."""
+    if not _NAME.match(name):
+        raise BadRequest(f"rack name {name!r} is not valid", hint="e.g. --name vrack")
+    state_dir = Path(state_dir or default_state_dir(name)).absolute()
+    data = _read_json(state_dir / STATE_FILE)
+    removed: list[str] = []
+    if pid := _farm_running(data, state_dir):
+        kill_recorded(pid, "provisiond", signal.SIGTERM, wait_s=_FARM_STOP_S)
+        if pid_alive(pid):
+            kill_recorded(pid, "provisiond", signal.SIGKILL, wait_s=3)
+        removed.append(f"BMC farm (pid {pid})")
+    pidfiles = set(state_dir.glob("vm*.pid"))
+    for guest in data.get("guests", []):
+        if isinstance(guest, dict) and isinstance(guest.get("pidfile"), str):
+            pidfiles.add(Path(guest["pidfile"]))
+    for pidfile in sorted(pidfiles):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            if kill_recorded(pid, QEMU, signal.SIGKILL, wait_s=3):
+                removed.append(f"QEMU {pidfile.stem} (pid {pid})")
+    netns = f"pvd-{name}"
+    if _netns_exists(netns):
+        _run("ip", "netns", "del", netns)
+        removed.append(f"network namespace {netns}")
+    patterns = (
+        STATE_FILE,
+        READY_FILE,
+        FARM_LOG,
+        INVENTORY_FILE,
+        NETWORK_FILE,
+        "*.tmp",
+        *_GUEST_FILES,
+    )
+    files = sorted({p for pattern in patterns for p in state_dir.glob(pattern) if p.is_file()})
+    for path in files:
+        path.unlink(missing_ok=True)
+    if files:
+        removed.append(f"{len(files)} files in {state_dir}")
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()  # only when empty: the folder may hold the user's own files
+    return removed
+
+
+def load(name: str = "vrack", state_dir: Path | None = None) -> RackState:
+    state_dir = Path(state_dir or default_state_dir(name)).absolute()
+    data = _read_json(state_dir / STATE_FILE)
+    try:
+        return RackState.from_dict(data)
+    except TypeError:
+        raise NotFound(
+            f"no virtual rack {name!r} in {state_dir}",
+            hint=f"start one with 'provisiond rack up 2 {_args(name, state_dir)}'",
+        ) from None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [_ANSI.sub("", line).strip() for line in re.split(r"[\r\n]", tail)]
+    return next((line for line in reversed(lines) if line), "")
+
+
+def status(name: str = "vrack", state_dir: Path | None = None) -> RackStatus:
+    rack = load(name, state_dir)
+    guests = []
+    for g in rack.guests:
+        pid = QemuBackend(g.qemu_guest(), rack.netns, rack.accel).pid()
+        guests.append(
+            GuestStatus(
+                g.name, "on" if pid else "off", pid, g.bmc_port, _last_line(Path(g.serial_log))
+            )
+        )
+    farm = _farm_running(rack.to_dict(), Path(rack.state_dir)) is not None
+    return RackStatus(rack, farm, guests)
+
+
+# -- the farm process ----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m provisiond.rack.vrack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve-bmcs", help="the rack's BMC farm (started by rack up)")
+    serve.add_argument("--state", type=Path, required=True)
+    serve.add_argument("--base-port", type=int, default=0)
+    args = parser.parse_args(argv)
+    rack = RackState.from_dict(_read_json(args.state))
+    serve_farm(
+        [g.qemu_guest() for g in rack.guests],
+        rack.netns,
+        rack.accel,
+        base_port=args.base_port,
+        username=rack.bmc_username,
+        password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
+        ready_file=args.state.with_name(READY_FILE),
+    )
+
+
+if __name__ == "__main__":
+    main()
