@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from provisiond.api.routers import (
+    agent,
     boot,
     credentials,
     discovery,
@@ -32,4 +33,5 @@ ROUTERS: list[APIRouter] = [
     inventory.router,
     discovery.router,
     boot.router,
+    agent.router,
 ]
