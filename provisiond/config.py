@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     #: Threads for blocking libraries (pyghmi, paramiko).
     executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)
+    #: A deploy fails when the agent has not heartbeated this long after its install.
+    agent_heartbeat_timeout_s: float = Field(default=120 * SECONDS, gt=0)
+    #: How often an installed agent heartbeats.
+    agent_heartbeat_interval_s: float = Field(default=15 * SECONDS, gt=0)
+    #: SSH connection attempts (jittered backoff) before an agent install fails.
+    ssh_connect_attempts: int = Field(default=10, ge=1, le=100)
+    #: Times a deploy interrupted in a step that cannot resume is retried from power-cycle.
+    deploy_max_attempts: int = Field(default=3, ge=1, le=10)
+    #: The deploy engine's idle poll; it is also woken at once by API calls and callbacks.
+    engine_interval_s: float = Field(default=1 * SECONDS, gt=0)
     #: Boot, dnsmasq and OS templates (most-specific file first); the shipped pxe/ by default.
     templates_dir: Path = Field(default_factory=lambda: _default_templates())
     #: Kernels, initrds and rootfs images; ``<data_dir>/images`` when unset.

@@ -30,3 +30,23 @@ class Metrics:
             "Power states found changed outside provisiond",
             registry=registry,
         )
+        self.boot_phase_seconds = Histogram(
+            "provisiond_boot_phase_seconds",
+            "Seconds from a deploy's or inspection's power-cycle to each boot phase",
+            ["kind", "phase"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600),
+            registry=registry,
+        )
+        self.deploy_seconds = Histogram(
+            "provisiond_deploy_seconds",
+            "Seconds from deploy request to instance ready (or inspection to report)",
+            ["kind", "outcome"],
+            buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200),
+            registry=registry,
+        )
+        self.dnsmasq_up = Gauge(
+            "provisiond_dnsmasq_up",
+            "1 while the network's dnsmasq runs, 0 while it is down or restarting",
+            ["network"],
+            registry=registry,
+        )

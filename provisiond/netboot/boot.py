@@ -32,6 +32,7 @@ from a boot request, because anyone can ask for any MAC's script.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -42,16 +43,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from provisiond.config import Settings
-from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound
+from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from provisiond.lifecycle import Ev, State, advance
+from provisiond.metrics import Metrics
 from provisiond.models import Allocation, Event, Image, Machine, Nic
+from provisiond.secrets import SecretBox
+from provisiond.services import boot_telemetry, deploy
 from provisiond.templates import Templates, candidates
 from provisiond.validators import normalize_mac
 
 ACTOR = "boot:pxe"
 SEED_FILES = ("meta-data", "user-data", "vendor-data", "kickstart.cfg", "preseed.cfg")
-#: Replaced by the deploy flow (issue: deploy) with the token it mints for the agent.
-AGENT_TOKEN_PLACEHOLDER = "agent-token-issued-by-deploy"  # noqa: S105 (not a secret)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,10 @@ def machine_context(machine: Machine, mac: str = "") -> dict[str, Any]:
 
 
 def deploy_image(session: Session, machine: Machine, inspect_image: str) -> Image | None:
+    if machine.id is not None:
+        record = deploy.running_deployment(session, machine.id)
+        if record is not None and record.image_id is not None:
+            return session.get(Image, record.image_id)
     alloc = session.exec(
         select(Allocation)
         .where(Allocation.machine_id == machine.id, col(Allocation.image_id).is_not(None))
@@ -186,6 +192,8 @@ def machine_script(
     mac_text: str,
     base_url: str,
     settings: Settings | None = None,
+    secrets: SecretBox | None = None,
+    metrics: Metrics | None = None,
 ) -> str:
     """The per-MAC iPXE script; enrolls and starts inspection as the table above says."""
     mac = parse_mac(mac_text)
@@ -204,7 +212,18 @@ def machine_script(
             reason = f"no inspection image named {config.inspect_image!r} in the catalog"
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
-        advance(session, machine, Ev.INSPECT, actor=ACTOR, reason="PXE boot", timeouts=timeouts)
+        if settings is not None and secrets is not None:
+            deploy.start_inspection(
+                session,
+                machine,
+                actor=ACTOR,
+                settings=settings,
+                secrets=secrets,
+                power_cycle=False,
+                reason="PXE boot",
+            )
+        else:
+            advance(session, machine, Ev.INSPECT, actor=ACTOR, reason="PXE boot", timeouts=timeouts)
         ctx["machine"] = machine_context(machine, mac)
 
     state = machine.state
@@ -213,8 +232,16 @@ def machine_script(
         if inspect is None:
             reason = f"no inspection image named {config.inspect_image!r} in the catalog"
             return render_script(templates, "exit", arch, reason=reason, **ctx)
+        if settings is not None and secrets is not None:
+            deploy.ensure_inspection_record(session, machine, settings=settings, secrets=secrets)
+        boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
         return render_script(
-            templates, "inspect", arch, image=image_context(inspect, base_url), **ctx
+            templates,
+            "inspect",
+            arch,
+            image=image_context(inspect, base_url),
+            seed_url=f"{base_url}/meta/{machine.uuid}/",
+            **ctx,
         )
     if state == State.DEPLOYING:
         image = deploy_image(session, machine, config.inspect_image)
@@ -222,6 +249,7 @@ def machine_script(
             reason = f"no image for {arch} in the catalog"
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
+        boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
         return render_script(
             templates,
             "deploy",
@@ -252,8 +280,10 @@ def seed_file(
     file: str,
     client: str,
     base_url: str,
+    secrets: SecretBox | None = None,
+    metrics: Metrics | None = None,
 ) -> str:
-    """One NoCloud seed file (or kickstart/preseed) for a deploying machine."""
+    """One NoCloud seed file (or kickstart/preseed) for a deploying or inspecting machine."""
     if file not in SEED_FILES:
         raise NotFound(f"no seed file {file[:64]!r}", hint=f"seed files: {', '.join(SEED_FILES)}")
     try:
@@ -263,10 +293,10 @@ def seed_file(
     machine = session.exec(select(Machine).where(Machine.uuid == key)).first()
     if machine is None:
         raise NotFound("no such machine", hint="the seed URL carries the machine uuid")
-    if machine.state != State.DEPLOYING:
+    if machine.state not in (State.DEPLOYING, State.INSPECTING):
         raise Conflict(
-            f"machine {machine.name} is {machine.state}, not deploying",
-            hint="seed data is served only during a deploy",
+            f"machine {machine.name} is {machine.state}, not deploying or inspecting",
+            hint="seed data is served only during a deploy or an inspection",
         )
     addresses = {_canonical(n.ip_address) for n in machine.nics if n.ip_address}
     if not addresses:
@@ -280,12 +310,24 @@ def seed_file(
             f"seed data for {machine.name} is served only to its own address",
             hint="fetch it from the machine being deployed",
         )
-    image = deploy_image(session, machine, config.inspect_image)
-    alloc = session.exec(
-        select(Allocation)
-        .where(Allocation.machine_id == machine.id)
-        .order_by(col(Allocation.created_at).desc(), col(Allocation.id).desc())
-    ).first()
+    assert machine.id is not None
+    record = deploy.running_deployment(session, machine.id)
+    if record is None:
+        raise Conflict(
+            f"machine {machine.name} has no running deploy or inspection",
+            hint="start one (machines deploy / inspect); seed data belongs to it",
+        )
+    inspecting = record.kind == deploy.INSPECT
+    image = None if inspecting else deploy_image(session, machine, config.inspect_image)
+    alloc = (
+        session.get(Allocation, record.allocation_id) if record.allocation_id is not None else None
+    )
+    ssh_keys = [record.ssh_public_key, *(alloc.ssh_keys if alloc else [])]
+    if file == "user-data":
+        record.phases = {**record.phases, "agent_url": base_url}
+        session.add(record)
+        boot_telemetry.record_phase(session, machine, "seed", metrics=metrics, client=client)
+    token = deploy.callback_token(secrets, record.uuid) if secrets is not None else ""
     family = _os_family(image)
     names = [f"os/{family}/{file}.j2", f"os/default/{file}.j2"]
     if not any((templates.root / n).is_file() for n in names):
@@ -296,8 +338,9 @@ def seed_file(
         machine=machine_context(machine),
         image=image_context(image, base_url) if image else None,
         hostname=machine.name,
-        ssh_keys=list(alloc.ssh_keys) if alloc else [],
-        agent_token=AGENT_TOKEN_PLACEHOLDER,
+        ssh_keys=ssh_keys,
+        user_data=alloc.user_data if alloc else "",
+        phone_home_url=f"{base_url}/boot/callback/{machine.uuid}?token={token}",
         seed_url=f"{base_url}/meta/{machine.uuid}/",
     )
 
@@ -310,3 +353,90 @@ def _canonical(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+#: Host-key fields a phone-home may carry (cloud-init's phone_home names).
+HOST_KEY_FIELDS = ("pub_key_ed25519", "pub_key_ecdsa", "pub_key_rsa")
+
+
+def callback(
+    session: Session,
+    secrets: SecretBox,
+    settings: Settings,
+    machine_uuid: str,
+    token: str,
+    fields: dict[str, str],
+    client: str,
+    metrics: Metrics | None = None,
+) -> dict[str, Any]:
+    """The booted OS phones home with its SSH host key (cloud-init ``phone_home``).
+
+    Checked by the per-deployment callback token (served only in the seed, only to
+    the machine's own address). A deploy moves ``deploying -> installing_agent``; an
+    inspection stays ``inspecting``. Either way the key is pinned for the agent
+    install, and the address the call came from is where the daemon will SSH to.
+    """
+    try:
+        key = str(uuidlib.UUID(machine_uuid))
+    except ValueError:
+        raise NotFound(
+            "no such machine", hint="the callback URL carries the machine uuid"
+        ) from None
+    machine = session.exec(select(Machine).where(Machine.uuid == key)).first()
+    record = deploy.running_deployment(session, machine.id) if machine and machine.id else None
+    expected = deploy.callback_token(secrets, record.uuid) if record else ""
+    if machine is None or record is None or not hmac.compare_digest(token, expected or "x"):
+        raise Unauthorized(
+            "callback refused: unknown machine or bad token",
+            hint="the phone-home URL comes from this deploy's seed (user-data)",
+        )
+    host_key = next((fields[f].strip() for f in HOST_KEY_FIELDS if fields.get(f, "").strip()), "")
+    if len(host_key) > 2048 or len(host_key.split()) < 2:
+        raise BadRequest(
+            "callback carries no usable SSH host key",
+            hint="post pub_key_ed25519 (or pub_key_ecdsa / pub_key_rsa) as 'TYPE BASE64'",
+        )
+    if machine.state not in (State.DEPLOYING, State.INSPECTING):
+        raise Conflict(
+            f"machine {machine.name} is {machine.state}, not waiting for a callback",
+            hint="a callback is accepted only while deploying or inspecting",
+        )
+    record.host_key = " ".join(host_key.split()[:2])
+    record.address = _canonical(client)
+    session.add(record)
+    machine.ssh_host_key = record.host_key
+    session.add(machine)
+    session.flush()
+    boot_telemetry.record_phase(
+        session, machine, "os_callback", metrics=metrics, actor=ACTOR, address=record.address
+    )
+    if machine.state == State.DEPLOYING:
+        advance(
+            session,
+            machine,
+            Ev.BOOTED,
+            actor=ACTOR,
+            timeouts=settings.timeouts,
+            reason="OS called back with its SSH host key",
+            details={"address": record.address, "deployment": record.uuid},
+        )
+    return {"machine": machine.name, "state": machine.state, "address": record.address}
+
+
+def image_phase(session: Session, client: str, name: str, file: str, metrics: Metrics) -> None:
+    """Record a kernel or initrd fetch as a boot phase of the client's machine."""
+    machine = boot_telemetry.machine_by_address(session, _canonical(client))
+    if machine is None or machine.id is None:
+        return
+    record = deploy.running_deployment(session, machine.id)
+    if record is None:
+        return
+    image = session.get(Image, record.image_id) if record.image_id else None
+    if image is None:
+        image = session.exec(select(Image).where(Image.name == name)).first()
+    if image is None or image.name != name:
+        return
+    path = f"{name}/{file}"
+    phase = {image.kernel: "kernel", image.initrd: "initrd"}.get(path)
+    if phase:
+        boot_telemetry.record_phase(session, machine, phase, metrics=metrics, file=path)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from provisiond.errors import ConfigError
 from provisiond.logging import get_logger
@@ -238,15 +238,24 @@ class DnsmasqSupervisor:
                 log.exception("boot event callback failed", network=self.name)
 
 
-def host_entries(session: Session, net: ProvisioningNetwork | None = None) -> list[HostEntry]:
+def host_entries(
+    session: Session,
+    net: ProvisioningNetwork | None = None,
+    *,
+    names: Iterable[str] | None = None,
+) -> list[HostEntry]:
     """One entry per machine with a MAC; the fixed address is the first NIC IP (in ``net``).
 
-    One joined query (no per-machine NIC loads): 10,000 machines read in ~0.1 s."""
-    rows = session.exec(
+    One joined query (no per-machine NIC loads): 10,000 machines read in ~0.1 s.
+    ``names`` limits it to those machines (one machine's change reads one machine)."""
+    query = (
         select(Machine.name, Nic.mac, Nic.ip_address)
         .join(Nic, Nic.machine_id == Machine.id)  # type: ignore[arg-type]
         .order_by(Machine.id, Nic.id)  # type: ignore[arg-type]
-    ).all()
+    )
+    if names is not None:
+        query = query.where(col(Machine.name).in_(list(names)))
+    rows = session.exec(query).all()
     macs: dict[str, list[str]] = {}
     ips: dict[str, list[str]] = {}
     for name, mac, ip in rows:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +15,14 @@ from provisiond.drivers.power.pool import DriverPool
 from provisiond.executor import BlockingExecutor
 from provisiond.metrics import Metrics
 from provisiond.secrets import SecretBox
+
+
+class NetbootHooks(Protocol):
+    """What the rest of the daemon needs of the network-boot runtime."""
+
+    def health(self) -> dict[str, str]: ...
+
+    def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> int: ...
 
 
 @dataclass
@@ -28,12 +38,19 @@ class Services:
     metrics: Metrics = field(init=False)
     #: Set to wake the deploy engine at once (after a deploy/release/callback commit).
     deploy_wakeup: threading.Event = field(default_factory=threading.Event)
+    #: The running dnsmasq supervisors (set by the daemon; None in tools and tests).
+    netboot: NetbootHooks | None = None
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
 
     def wake_deployer(self) -> None:
         self.deploy_wakeup.set()
+
+    def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> None:
+        """After a commit that touched machines or NICs: update dnsmasq's host files."""
+        if self.netboot is not None:
+            self.netboot.hosts_changed(names, removed)
 
     def close(self) -> None:
         self.drivers.close()

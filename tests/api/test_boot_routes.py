@@ -18,9 +18,10 @@ from provisiond.api import create_app
 from provisiond.api.routers import boot as boot_router
 from provisiond.auth import create_token
 from provisiond.lifecycle import Ev, advance
-from provisiond.models import Allocation, Event, Image, Machine, Nic
+from provisiond.models import Allocation, Deployment, Event, Image, Machine, Nic
 from provisiond.netboot.boot import BootConfig
 from provisiond.netboot.images import ImageStore
+from provisiond.services import deploy
 from provisiond.services import images as image_service
 from provisiond.services.container import Services
 
@@ -106,19 +107,30 @@ def _deploying(services: Services, ip: str, ssh_key: str = "ssh-ed25519 AAAAC3 t
         advance(s, m, Ev.ENROLL, actor="test")
         assert m.id is not None
         s.add(Nic(machine_id=m.id, mac=MAC, ip_address=ip))
-        for ev in (Ev.INSPECT, Ev.DONE, Ev.ALLOCATE, Ev.DEPLOY):
+        for ev in (Ev.INSPECT, Ev.DONE, Ev.ALLOCATE):
             advance(s, m, ev, actor="test")
         token, _ = create_token(s, name="owner", role="ci")
         image_id = s.exec(select(Image.id).where(Image.name == "debian12")).one()
         assert token.id is not None
-        s.add(
-            Allocation(
-                owner_token_id=token.id,
-                image_id=image_id,
-                machine_id=m.id,
-                ssh_keys=[ssh_key],
-                state="deploying",
-            )
+        alloc = Allocation(
+            owner_token_id=token.id,
+            image_id=image_id,
+            machine_id=m.id,
+            ssh_keys=[ssh_key],
+            state="deploying",
+        )
+        s.add(alloc)
+        s.flush()
+        deploy.start_deploy(
+            s,
+            m,
+            allocation=alloc,
+            image_id=image_id,
+            ssh_keys=[ssh_key],
+            user_data="",
+            actor="test",
+            settings=services.settings,
+            secrets=services.secrets,
         )
         return m.uuid
 
@@ -132,7 +144,14 @@ def test_deploy_script_and_seed_access_control(
     assert f"ds=nocloud-net;s=http://testserver/meta/{uuid}/" in script
     user = client.get(f"/meta/{uuid}/user-data")
     assert user.status_code == 200 and user.text.startswith("#cloud-config\n")
-    assert "ssh-ed25519 AAAAC3 test@x" in user.text and "PROVISIOND_AGENT_TOKEN=" in user.text
+    assert "ssh-ed25519 AAAAC3 test@x" in user.text
+    with services.db.read_session() as s:
+        record = s.exec(select(Deployment)).one()
+    # The per-deploy key and the phone-home URL with its token; never the agent token.
+    assert record.ssh_public_key in user.text
+    token = deploy.callback_token(services.secrets, record.uuid)
+    assert f"/boot/callback/{uuid}?token={token}" in user.text
+    assert "AGENT_TOKEN" not in user.text
     meta = client.get(f"/meta/{uuid}/meta-data")
     assert meta.status_code == 200 and f"instance-id: {uuid}" in meta.text
     assert client.get(f"/meta/{uuid}/vendor-data").status_code == 200
@@ -149,6 +168,35 @@ def test_deploy_script_and_seed_access_control(
         advance(s, m, Ev.FAIL, actor="test", reason="stop")
     r = client.get(f"/meta/{uuid}/user-data")
     assert r.status_code == 409 and "not deploying" in r.json()["error"]["message"]
+
+
+def test_os_callback_pins_the_host_key_and_moves_to_installing_agent(
+    app: FastAPI, client: TestClient, services: Services, store: ImageStore
+) -> None:
+    uuid = _deploying(services, "10.0.0.5")
+    with services.db.read_session() as s:
+        record = s.exec(select(Deployment)).one()
+    token = deploy.callback_token(services.secrets, record.uuid)
+    host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9f root@vm"
+    form = {"pub_key_ed25519": host_key, "instance_id": uuid, "hostname": "n1"}
+    assert client.post(f"/boot/callback/{uuid}?token=wrong", data=form).status_code == 401
+    assert client.post(f"/boot/callback/{uuid}", data=form).status_code == 401
+    bad = client.post(f"/boot/callback/{uuid}?token={token}", data={"pub_key_ed25519": "x"})
+    assert bad.status_code == 400 and "host key" in bad.json()["error"]["message"]
+    huge = client.post(f"/boot/callback/{uuid}?token={token}", content=b"a" * 20000)
+    assert huge.status_code == 400
+    with client_at(app, "10.0.0.5") as machine:
+        r = machine.post(f"/boot/callback/{uuid}?token={token}", data=form)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"machine": "n1", "state": "installing_agent", "address": "10.0.0.5"}
+    with services.db.read_session() as s:
+        m = s.exec(select(Machine)).one()
+        record = s.exec(select(Deployment)).one()
+        assert m.ssh_host_key == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9f"
+        assert record.host_key == m.ssh_host_key and record.address == "10.0.0.5"
+        assert "os_callback" in record.phases
+    again = client.post(f"/boot/callback/{uuid}?token={token}", data=form)
+    assert again.status_code == 409
 
 
 def test_seed_without_a_recorded_address_is_refused(

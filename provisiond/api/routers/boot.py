@@ -3,19 +3,25 @@
 - ``GET /boot/ipxe``: the entry script, chaining to ``/boot/${net0/mac}.ipxe``;
 - ``GET /boot/{mac}.ipxe``: the per-machine script from its lifecycle state;
 - ``GET /meta/{uuid}/{file}``: cloud-init NoCloud seed, kickstart or preseed;
-- ``GET|HEAD /images/{name}/{file}``: stored image files, with one HTTP Range.
+- ``GET|HEAD /images/{name}/{file}``: stored image files, with one HTTP Range;
+- ``POST /boot/callback/{uuid}?token=``: the booted OS phones home with its host key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from provisiond.api.deps import ReadSession, ServicesDep, WriteSession
+from provisiond.api.deps import ServicesDep, WriteSession
+from provisiond.errors import BadRequest
 from provisiond.netboot import boot
 from provisiond.netboot.images import ImageStore
 from provisiond.netboot.sendfile import FileRangeResponse, Unsatisfiable, parse_range
@@ -54,13 +60,15 @@ def machine_script(
         mac,
         _base(request, config),
         services.settings,
+        services.secrets,
+        services.metrics,
     )
     return PlainTextResponse(script, media_type=IPXE)
 
 
 @router.get("/meta/{machine}/{file}", response_class=PlainTextResponse)
 def seed(
-    machine: str, file: str, request: Request, services: ServicesDep, session: ReadSession
+    machine: str, file: str, request: Request, services: ServicesDep, session: WriteSession
 ) -> PlainTextResponse:
     config = boot.BootConfig.from_settings(services.settings)
     text = boot.seed_file(
@@ -71,8 +79,68 @@ def seed(
         file,
         request.client.host if request.client else "",
         _base(request, config),
+        services.secrets,
+        services.metrics,
     )
     return PlainTextResponse(text, media_type=IPXE)
+
+
+#: A phone-home body is a few host keys; anything bigger is refused unread.
+CALLBACK_MAX_BYTES = 16 * 1024
+
+
+@router.post("/boot/callback/{machine}")
+async def os_callback(
+    machine: str, request: Request, services: ServicesDep, token: str = ""
+) -> JSONResponse:
+    """cloud-init ``phone_home`` (form-encoded) or JSON: the booted OS's SSH host key."""
+    raw = await _bounded_body(request, CALLBACK_MAX_BYTES)
+    fields = _callback_fields(raw, request.headers.get("content-type", ""))
+    client = request.client.host if request.client else ""
+    result = await asyncio.to_thread(_callback, services, machine, token[:128], fields, client)
+    services.wake_deployer()
+    return JSONResponse(result)
+
+
+def _callback(
+    services: ServicesDep, machine: str, token: str, fields: dict[str, str], client: str
+) -> dict[str, Any]:
+    with services.db.transaction() as session:
+        return boot.callback(
+            session,
+            services.secrets,
+            services.settings,
+            machine,
+            token,
+            fields,
+            client,
+            services.metrics,
+        )
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise BadRequest(f"body over {limit} bytes", hint="post only the host keys")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"body over {limit} bytes", hint="post only the host keys")
+    return bytes(body)
+
+
+def _callback_fields(raw: bytes, content_type: str) -> dict[str, str]:
+    text = raw.decode("utf-8", errors="replace")
+    if "json" in content_type:
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            raise BadRequest("callback body is not JSON", hint="post a JSON object") from None
+        if not isinstance(data, dict):
+            raise BadRequest("callback body must be a JSON object", hint='{"pub_key_ed25519": ...}')
+        return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+    return {k: v for k, v in parse_qsl(text, keep_blank_values=True, max_num_fields=32)}
 
 
 @router.head("/images/{name}/{file}", operation_id="image_file_head")
@@ -93,8 +161,15 @@ async def image_file(name: str, file: str, request: Request, services: ServicesD
             status_code=416,
             headers={"content-range": f"bytes */{opened.size}", "accept-ranges": "bytes"},
         )
+    if not head and (wanted is None or wanted.start == 0) and request.client:
+        await asyncio.to_thread(_image_phase, services, request.client.host, name, file)
     if wanted is None:
         return FileRangeResponse(opened, head=head)
     return FileRangeResponse(
         opened, start=wanted.start, length=wanted.length, status_code=206, head=head
     )
+
+
+def _image_phase(services: ServicesDep, client: str, name: str, file: str) -> None:
+    with services.db.transaction() as session:
+        boot.image_phase(session, client, name, file, services.metrics)

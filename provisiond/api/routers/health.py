@@ -21,8 +21,9 @@ def healthz(services: ServicesDep) -> JSONResponse:
         db = "ok"
     except Exception as exc:  # any DB failure makes us unhealthy, with the reason
         db = f"error: {type(exc).__name__}"
-    ok = db == "ok"
-    body = {"status": "ok" if ok else "unhealthy", "version": __version__, "checks": {"db": db}}
+    checks = {"db": db, **(services.netboot.health() if services.netboot else {})}
+    ok = all(v == "ok" for v in checks.values())
+    body = {"status": "ok" if ok else "unhealthy", "version": __version__, "checks": checks}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
