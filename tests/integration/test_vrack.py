@@ -1,0 +1,230 @@
+"""The virtual rack for real: netns, bridge, taps, QEMU (TCG) with iPXE, BMCs driven by ipmitool.
+
+One rack of two guests serves most tests (module fixture); the crash tests build a
+one-guest rack of their own. There is no DHCP server: a guest PXE-booted through its
+BMC shows iPXE on its serial log and then fails to configure, which is all we need.
+Every rack is torn down by ``down`` in a finalizer, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from provisiond.cli import app
+from provisiond.config import load_settings
+from provisiond.db import Database
+from provisiond.errors import Conflict
+from provisiond.models import Machine
+from provisiond.netboot.dnsmasq_conf import ProvisioningNetwork
+from provisiond.rack import vrack
+from provisiond.rack.qemu import pid_alive, pid_command
+from provisiond.secrets import SecretBox
+from provisiond.services.inventory import Source, apply
+from tests.support.netns import require
+
+PASSWORD = "rack-secret"  # the simulated BMCs' password
+BOOT_S = 30
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vrack.RackState]:
+    require("ip", "qemu-system-x86_64", "ipmitool")
+    name = f"t{secrets.token_hex(3)}"
+    state_dir = tmp_path_factory.mktemp("vrack") / name
+    try:
+        yield vrack.up(2, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=8)
+    finally:
+        vrack.down(name, state_dir)
+    assert not Path("/run/netns", f"pvd-{name}").exists()
+
+
+def ipmi(port: int, *args: str) -> str:
+    cmd = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port),
+           "-U", "admin", "-P", PASSWORD, "-C", "3", *args]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def ns(rack: vrack.RackState, *cmd: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", rack.netns, *cmd],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+
+
+def qemu_pid(guest: vrack.GuestState) -> int:
+    pid = int(Path(guest.pidfile).read_text())
+    assert pid_alive(pid) and "qemu-system-x86_64" in pid_command(pid)
+    return pid
+
+
+def wait_gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def test_network_namespace_bridge_and_taps(rack: vrack.RackState) -> None:
+    addrs = ns(rack, "ip", "-o", "addr", "show", "dev", "br0")
+    assert "inet 10.213.0.1/24" in addrs and "inet6 fd00:213::1/64" in addrs
+    assert "tentative" not in addrs
+    assert ns(rack, "cat", "/proc/sys/net/ipv6/conf/br0/accept_dad").strip() == "0"
+    on_bridge = ns(rack, "ip", "-o", "link", "show", "master", "br0")
+    assert "tap1:" in on_bridge and "tap2:" in on_bridge
+    assert "lo: <LOOPBACK,UP" in ns(rack, "ip", "-o", "link", "show", "lo")
+
+
+def test_guests_disks_and_state_file(rack: vrack.RackState) -> None:
+    assert [(g.name, g.ip, g.tap) for g in rack.guests] == [
+        ("vm1", "10.213.0.11", "tap1"), ("vm2", "10.213.0.12", "tap2")]  # fmt: skip
+    assert len({g.mac for g in rack.guests}) == 2
+    assert rack.guests[1].bmc_port == rack.guests[0].bmc_port + 1
+    disk = Path(rack.guests[0].disk).read_bytes()
+    mib = 1 << 20
+    assert len(disk) == 8 * mib
+    assert disk[:mib] == vrack.FILL and disk[-mib:] == vrack.FILL
+    assert disk[mib:-mib] == bytes(6 * mib)
+    assert vrack.load(rack.name, Path(rack.state_dir)) == rack  # rack.json round-trips
+    assert all(g.power == "off" for g in vrack.status(rack.name, Path(rack.state_dir)).guests)
+
+
+def test_pxe_boot_power_cycle_and_off_through_the_bmc(rack: vrack.RackState) -> None:
+    guest = rack.guests[0]
+    port = guest.bmc_port
+    assert ipmi(port, "power", "status") == "Chassis Power is off"
+    ipmi(port, "chassis", "bootdev", "pxe")
+    ipmi(port, "power", "on")
+    pid = qemu_pid(guest)
+    try:
+        cmdline = pid_command(pid)
+        assert "-boot n" in cmdline and f"mac={guest.mac}" in cmdline
+        assert "-accel tcg" in cmdline
+        # QEMU runs in the rack's namespace (ip netns exec execs it: same PID).
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{rack.netns}").st_ino
+        serial = Path(guest.serial_log)
+        deadline = time.monotonic() + BOOT_S
+        while time.monotonic() < deadline and f"net0: {guest.mac}" not in _text(serial):
+            time.sleep(0.5)
+        assert "iPXE" in _text(serial) and f"net0: {guest.mac}" in _text(serial), _text(serial)
+        assert ipmi(port, "power", "status") == "Chassis Power is on"
+        state = vrack.status(rack.name, Path(rack.state_dir))
+        assert [(g.name, g.power, g.pid) for g in state.guests] == [
+            ("vm1", "on", pid), ("vm2", "off", None)]  # fmt: skip
+        assert state.farm_running and state.guests[0].last_serial_line
+
+        ipmi(port, "chassis", "bootdev", "disk")
+        ipmi(port, "power", "cycle")
+        assert wait_gone(pid)
+        pid = qemu_pid(guest)
+        assert "-boot c" in pid_command(pid)
+    finally:
+        ipmi(port, "power", "off")
+    assert wait_gone(pid)
+    assert not Path(guest.pidfile).exists()
+    assert ipmi(port, "power", "status") == "Chassis Power is off"
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_inventory_applies_to_a_fresh_database(
+    rack: vrack.RackState, sqlite_db: Database, tmp_path: Path
+) -> None:
+    box = SecretBox.from_key_file(tmp_path / "secret.key")
+    text = rack.inventory_file.read_text()
+    with sqlite_db.transaction() as session:
+        plan = apply(
+            session, Source(text, {vrack.PASSWORD_ENV: PASSWORD}), secrets=box, actor="test"
+        )
+    assert plan.summary["create"] == 3, plan  # the rack and two machines
+    with sqlite_db.read_session() as session:
+        machines = {m.name: m for m in session.exec(select(Machine))}
+        vm2 = machines["vm2"]
+        assert vm2.u_position == 2 and vm2.arch == "x86_64"
+        assert [(n.mac, n.ip_address, n.pxe) for n in vm2.nics] == [
+            (rack.guests[1].mac, "10.213.0.12", True)]  # fmt: skip
+        assert vm2.bmc is not None
+        assert (vm2.bmc.driver, vm2.bmc.address, vm2.bmc.port) == (
+            "ipmi", "127.0.0.1", rack.guests[1].bmc_port)  # fmt: skip
+        assert vm2.bmc.secret_encrypted is not None
+        assert box.decrypt(vm2.bmc.secret_encrypted) == PASSWORD
+
+
+def test_network_toml_is_a_provisioning_network(rack: vrack.RackState, tmp_path: Path) -> None:
+    config = tomllib.loads(rack.network_file.read_text())
+    net = ProvisioningNetwork(**config["networks"][0])
+    # Appended to a daemon config file, it loads as the daemon's one network.
+    daemon_toml = tmp_path / "provisiond.toml"
+    daemon_toml.write_text('data_dir = "/tmp/x"\n' + rack.network_file.read_text())
+    assert load_settings(daemon_toml).networks == [net]
+    assert (net.name, net.interface, net.netns) == (rack.name, "br0", rack.netns)
+    assert str(net.boot_address) == "10.213.0.1" and net.http_port == 8080
+    assert (str(net.range_start), str(net.range_end)) == ("10.213.0.100", "10.213.0.200")
+    assert net.dhcp_mode == "full" and net.ipv6_ra and str(net.ipv6_prefix) == "fd00:213::/64"
+
+
+def test_second_up_is_refused_with_a_hint(rack: vrack.RackState) -> None:
+    with pytest.raises(Conflict) as info:
+        vrack.up(1, name=rack.name, state_dir=Path(rack.state_dir))
+    assert "already up" in info.value.message and "rack down" in info.value.hint
+
+
+def test_cli_status_json_and_bad_input(rack: vrack.RackState) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["rack", "status", "--name", rack.name, "--state-dir", rack.state_dir, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert '"farm_running": true' in result.output and rack.guests[1].mac in result.output
+    result = runner.invoke(app, ["rack", "up", "2", "--name", "Not_Valid"])
+    assert result.exit_code == 1 and "hint:" in result.output and "Traceback" not in result.output
+
+
+def test_crashed_rack_is_cleaned_by_up_and_down(tmp_path: Path) -> None:
+    require("ip", "qemu-system-x86_64", "ipmitool")
+    name = f"t{secrets.token_hex(3)}"
+    state_dir = tmp_path / name
+    try:
+        first = vrack.up(1, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=4)
+        ipmi(first.guests[0].bmc_port, "power", "on")
+        old_qemu = qemu_pid(first.guests[0])
+        assert first.farm_pid is not None
+        os.kill(first.farm_pid, signal.SIGKILL)
+        assert wait_gone(first.farm_pid)
+        assert not vrack.status(name, state_dir).farm_running
+        assert pid_alive(old_qemu)  # orphaned, as after a real crash
+
+        # A stale rack (farm dead) is cleaned up by the next up, which then succeeds.
+        second = vrack.up(1, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=4)
+        assert not pid_alive(old_qemu)
+        assert second.farm_pid is not None and second.farm_pid != first.farm_pid
+        ipmi(second.guests[0].bmc_port, "power", "on")
+        qemu = qemu_pid(second.guests[0])
+
+        # Crash again, and leave a torn state file behind.
+        os.kill(second.farm_pid, signal.SIGKILL)
+        assert wait_gone(second.farm_pid)
+        (state_dir / "rack.json").write_text('{"name": "')
+        removed = vrack.down(name, state_dir)
+        assert not pid_alive(qemu)
+        assert f"network namespace pvd-{name}" in removed
+        assert any(line.startswith("QEMU vm1") for line in removed), removed
+        assert not Path("/run/netns", f"pvd-{name}").exists()
+        assert not state_dir.exists()
+        assert vrack.down(name, state_dir) == []  # idempotent
+    finally:
+        vrack.down(name, state_dir)
