@@ -498,6 +498,13 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
                 removed.append(f"QEMU {pidfile.stem} (pid {pid})")
     netns = f"pvd-{name}"
     if _netns_exists(netns):
+        users = _run("ip", "netns", "pids", netns).split()
+        if users and not data and not pidfiles:
+            raise Conflict(
+                f"network namespace {netns} is in use (pids {', '.join(users[:5])}), and "
+                f"{state_dir} holds no rack state: it may be a rack in another folder",
+                hint=f"'provisiond rack down --name {name} --state-dir DIR' with its own folder",
+            )
         _run("ip", "netns", "del", netns)
         removed.append(f"network namespace {netns}")
     patterns = (

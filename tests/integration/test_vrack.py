@@ -101,7 +101,9 @@ def test_guests_disks_and_state_file(rack: vrack.RackState) -> None:
     assert all(g.power == "off" for g in vrack.status(rack.name, Path(rack.state_dir)).guests)
 
 
-def test_pxe_boot_power_cycle_and_off_through_the_bmc(rack: vrack.RackState) -> None:
+def test_pxe_boot_power_cycle_and_off_through_the_bmc(
+    rack: vrack.RackState, tmp_path: Path
+) -> None:
     guest = rack.guests[0]
     port = guest.bmc_port
     assert ipmi(port, "power", "status") == "Chassis Power is off"
@@ -124,6 +126,10 @@ def test_pxe_boot_power_cycle_and_off_through_the_bmc(rack: vrack.RackState) -> 
         assert [(g.name, g.power, g.pid) for g in state.guests] == [
             ("vm1", "on", pid), ("vm2", "off", None)]  # fmt: skip
         assert state.farm_running and state.guests[0].last_serial_line
+        # A down with the wrong folder must not pull the namespace from under a live guest.
+        with pytest.raises(Conflict, match="in use"):
+            vrack.down(rack.name, tmp_path / "elsewhere")
+        assert Path("/run/netns", rack.netns).exists() and pid_alive(pid)
 
         ipmi(port, "chassis", "bootdev", "disk")
         ipmi(port, "power", "cycle")
