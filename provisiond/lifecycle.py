@@ -1,6 +1,7 @@
 """Machine lifecycle: the states, the transition table, and :func:`advance`.
 
-``advance`` is the only code that changes ``Machine.state``. It checks the
+``advance`` is the only code that changes ``Machine.state`` (besides
+:func:`claim_available`, the allocator's atomic ``available -> allocated``). It checks the
 transition against :data:`TRANSITIONS`, moves the row with a conditional UPDATE
 (so two writers racing on one machine cannot both win, on SQLite or PostgreSQL),
 sets or clears the state's deadline, and writes the :class:`Event` row in the
@@ -13,12 +14,13 @@ Power state (on/off/unknown) is kept apart and is not a lifecycle state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlalchemy import ColumnElement, func, update
+from sqlmodel import Session, col, select
 
 from provisiond.config import StateTimeouts
 from provisiond.errors import ConcurrentChange, InvalidTransition
@@ -217,3 +219,74 @@ def advance(
     session.add(row)
     session.flush()
     return row
+
+
+def claim_available(
+    session: Session,
+    conditions: Sequence[ColumnElement[bool]],
+    *,
+    actor: str,
+    allocation_uuid: str,
+    timeouts: StateTimeouts | None = None,
+    request_id: str = "",
+    now: datetime | None = None,
+) -> Machine | None:
+    """Atomically move one ``available`` machine matching ``conditions`` to ``allocated``.
+
+    One statement does the pick and the move, so two claimers can never get the
+    same machine: ``UPDATE machine ... WHERE id = (SELECT id ... LIMIT 1 FOR UPDATE
+    SKIP LOCKED) AND state = 'available' RETURNING id``. PostgreSQL skips rows other
+    claimers hold; SQLite (which ignores FOR UPDATE) runs writers one at a time under
+    ``BEGIN IMMEDIATE``, and the outer state check keeps the UPDATE conditional there
+    too. The smallest machine that fits wins (best fit), leaving big ones for big
+    requests. Writes the ``allocate`` transition Event in the same transaction; the
+    caller commits. Returns None when nothing matches.
+    """
+    now = now or utcnow()
+    limits = timeouts or StateTimeouts()
+    pick = (
+        select(col(Machine.id))
+        .where(col(Machine.state) == S.AVAILABLE.value, *conditions)
+        .order_by(
+            func.coalesce(col(Machine.cpus), 0),
+            func.coalesce(col(Machine.ram_mib), 0),
+            col(Machine.id),
+        )
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    claimed = session.execute(
+        update(Machine)
+        .where(col(Machine.id) == pick, col(Machine.state) == S.AVAILABLE.value)
+        .values(
+            state=S.ALLOCATED.value,
+            state_changed_at=now,
+            deadline=now + timedelta(seconds=limits.allocated),
+            maintenance_reason="",
+            updated_at=now,
+        )
+        .returning(col(Machine.id))
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if claimed is None:
+        return None
+    machine = session.get(Machine, claimed, populate_existing=True)
+    assert machine is not None
+    session.add(
+        Event(
+            at=now,
+            machine_id=machine.id,
+            machine_name=machine.name,
+            kind="transition",
+            event=Ev.ALLOCATE.value,
+            from_state=S.AVAILABLE.value,
+            to_state=S.ALLOCATED.value,
+            actor=actor,
+            message=f"allocated to {allocation_uuid}",
+            details={"allocation": allocation_uuid},
+            request_id=request_id,
+        )
+    )
+    session.flush()
+    return machine

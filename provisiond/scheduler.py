@@ -12,7 +12,7 @@ import asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from provisiond.logging import get_logger
-from provisiond.services import power_sync, reaper
+from provisiond.services import allocation_queue, power_sync, reaper
 from provisiond.services.container import Services
 
 log = get_logger(__name__)
@@ -36,11 +36,19 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         except Exception:  # logged; the next run tries again
             log.exception("power_sync_failed")
 
+    async def allocation_job() -> None:
+        try:
+            await allocation_queue.queue_job(services)
+        except Exception:  # logged; the next run tries again
+            log.exception("allocation_queue_failed")
+
     for job, interval, name in (
         (reap_job, settings.reaper_interval_s, "reaper"),
         (power_sync_job, settings.power_sync_interval_s, "power_sync"),
+        (allocation_job, allocation_queue.INTERVAL_S, "allocations"),
     ):
         scheduler.add_job(
             job, "interval", seconds=interval, id=name, max_instances=1, coalesce=True
         )
+    allocation_queue.wire_kick(scheduler, services, "allocations")
     return scheduler

@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from provisiond.api.routers import (
     agent,
+    allocations,
     boot,
     credentials,
     discovery,
@@ -33,5 +34,6 @@ ROUTERS: list[APIRouter] = [
     inventory.router,
     discovery.router,
     boot.router,
+    allocations.router,
     agent.router,
 ]
