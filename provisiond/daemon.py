@@ -16,9 +16,12 @@ from provisiond.db import Database
 from provisiond.errors import ConfigError
 from provisiond.executor import BlockingExecutor
 from provisiond.logging import get_logger
+from provisiond.netboot.netns_socket import bind_in_netns
+from provisiond.netboot.runtime import Netboot
 from provisiond.scheduler import build_scheduler
 from provisiond.secrets import SecretBox
 from provisiond.services.container import Services
+from provisiond.services.deploy_engine import DeployEngine
 
 log = get_logger(__name__)
 
@@ -38,21 +41,26 @@ def build_services(settings: Settings, *, check_schema: bool = True) -> Services
 
 def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     """Bind the listening socket ourselves: a clear error, and a backlog for PXE storms."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="another process holds the port; stop it or set listen_port "
-            "(PROVISIOND_LISTEN_PORT)",
-        ) from None
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
+    return bind_in_netns(None, host, port, backlog=backlog)
+
+
+def boot_sockets(settings: Settings) -> list[socket.socket]:
+    """One listener per provisioning network at its boot address (inside its netns)."""
+    out: list[socket.socket] = []
+    for net in settings.networks:
+        host = str(net.boot_address)
+        if net.netns is None and (host, net.http_port) == (
+            settings.listen_host,
+            settings.listen_port,
+        ):
+            continue
+        try:
+            out.append(bind_in_netns(net.netns, host, net.http_port))
+        except ConfigError:
+            for sock in out:
+                sock.close()
+            raise
+    return out
 
 
 class _Server(uvicorn.Server):
@@ -70,33 +78,52 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    extra = boot_sockets(settings)
     app = create_app(services)
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="off",
+        backlog=2048,
+        timeout_keep_alive=30,
     )
     server = _Server(config)
+    netboot = Netboot(services)
+    services.netboot = netboot
+    await netboot.start()
     scheduler = build_scheduler(services)
     scheduler.start()
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    engine = DeployEngine(services)
+    engine_task = asyncio.create_task(engine.run(stop))
+    task = asyncio.create_task(server.serve(sockets=[sock, *extra]))
     log.info(
         "provisiond_started",
         listen=f"http://{settings.listen_host}:{settings.listen_port}",
+        boot=[
+            f"{n.name}: http://{n.boot_address}:{n.http_port} ({n.dhcp_mode})"
+            for n in settings.networks
+        ],
         database=services.db.safe_url,
         instance=services.instance,
     )
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("provisiond_stopping")
+    stop.set()
     server.should_exit = True
     scheduler.shutdown(wait=False)
     await task
     stopper.cancel()
+    services.wake_deployer()
+    await asyncio.wait({engine_task}, timeout=10)
+    await netboot.stop()
+    services.netboot = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     sock.close()
+    for s in extra:
+        s.close()
     services.close()
     log.info("provisiond_stopped")
 

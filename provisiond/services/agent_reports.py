@@ -36,7 +36,6 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from provisiond.agent_schemas import (
-    DEFAULT_HEARTBEAT_INTERVAL_S,
     AgentReply,
     Heartbeat,
     InventoryReport,
@@ -45,7 +44,10 @@ from provisiond.agent_schemas import (
 from provisiond.config import Settings
 from provisiond.errors import Unauthorized
 from provisiond.lifecycle import Ev, State, advance
+from provisiond.metrics import Metrics
 from provisiond.models import Deployment, Event, Machine, Nic, utcnow
+from provisiond.services import boot_telemetry
+from provisiond.services.deploy import finish, mark_phase, running_deployment
 
 #: The actor recorded on events the agent causes.
 ACTOR = "agent"
@@ -107,8 +109,7 @@ def authenticate_agent(session: Session, machine_uuid: str, authorization: str |
 
 
 def _interval(settings: Settings) -> float:
-    # Settings.agent_heartbeat_interval_s arrives with the deploy engine; until then, 15 s.
-    return float(getattr(settings, "agent_heartbeat_interval_s", DEFAULT_HEARTBEAT_INTERVAL_S))
+    return settings.agent_heartbeat_interval_s
 
 
 def _dmi(value: str) -> str:
@@ -171,7 +172,12 @@ def _record(
 
 
 def record_inventory(
-    session: Session, machine: Machine, report: InventoryReport, *, settings: Settings
+    session: Session,
+    machine: Machine,
+    report: InventoryReport,
+    *,
+    settings: Settings,
+    metrics: Metrics | None = None,
 ) -> AgentReply:
     """Store what the agent found; an ``inspecting`` machine becomes ``available``."""
     now = utcnow()
@@ -222,6 +228,11 @@ def record_inventory(
     session.flush()
     action = None
     if machine.state == State.INSPECTING:
+        boot_telemetry.record_phase(session, machine, "inventory", metrics=metrics, actor=ACTOR)
+        record = running_deployment(session, machine.id) if machine.id else None
+        if record is not None:
+            finish(record, "available")
+            session.add(record)
         advance(
             session,
             machine,
@@ -244,14 +255,19 @@ def _running_deployment(session: Session, machine: Machine) -> Deployment | None
 
 
 def _finish_deployment(deployment: Deployment, now: datetime) -> dict[str, float]:
-    deployment.phases = {**deployment.phases, "agent_heartbeat": now.isoformat()}
+    mark_phase(deployment, "agent_heartbeat", now)
     deployment.outcome = "active"
     deployment.finished_at = now
     return {"deploy_total_s": round((now - deployment.started_at).total_seconds(), 3)}
 
 
 def record_heartbeat(
-    session: Session, machine: Machine, hb: Heartbeat, *, settings: Settings
+    session: Session,
+    machine: Machine,
+    hb: Heartbeat,
+    *,
+    settings: Settings,
+    metrics: Metrics | None = None,
 ) -> AgentReply:
     """Note that the agent lives; the first heartbeat after install makes the machine active."""
     now = utcnow()
@@ -261,10 +277,17 @@ def record_heartbeat(
     session.add(machine)
     session.flush()
     if machine.state == State.INSTALLING_AGENT:
+        boot_telemetry.record_phase(
+            session, machine, "agent_heartbeat", metrics=metrics, actor=ACTOR, at=now
+        )
         deployment = _running_deployment(session, machine)
         timings = _finish_deployment(deployment, now) if deployment else {}
         if deployment is not None:
             session.add(deployment)
+            if metrics is not None:
+                metrics.deploy_seconds.labels(deployment.kind, "active").observe(
+                    timings["deploy_total_s"]
+                )
         advance(
             session,
             machine,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 from sqlmodel import Session, col, or_, select
 
 from provisiond import lifecycle
-from provisiond.config import StateTimeouts
+from provisiond.config import Settings, StateTimeouts
 from provisiond.errors import Conflict, MachineLocked, NotFound, Problem, ValidationFailed
 from provisiond.lifecycle import Ev, State
 from provisiond.models import CredentialSet, Machine, Nic, Rack, Switch, SwitchPort, utcnow
@@ -29,7 +29,7 @@ from provisiond.schemas import (
     NicIn,
 )
 from provisiond.secrets import SecretBox
-from provisiond.services import credentials
+from provisiond.services import credentials, deploy
 from provisiond.services.crud import apply_patch, ensure_name_free
 from provisiond.services.events import audit
 from provisiond.services.placement import Placed, check_rack
@@ -200,18 +200,37 @@ def fire_event(
     actor: str,
     timeouts: StateTimeouts,
     request_id: str = "",
+    settings: Settings | None = None,
+    secrets: SecretBox | None = None,
 ) -> MachineOut:
+    """Fire a lifecycle event; inspect and release go through the deploy service."""
     machine = find(session, ident)
     ensure_unlocked(machine)
-    lifecycle.advance(
-        session,
-        machine,
-        Ev(spec.event),
-        actor=actor,
-        timeouts=timeouts,
-        reason=spec.reason,
-        request_id=request_id,
-    )
+    event = Ev(spec.event)
+    if event is Ev.INSPECT and settings is not None and secrets is not None:
+        # An inspection needs its record (per-boot key, phases) and a power-cycle.
+        deploy.start_inspection(
+            session,
+            machine,
+            actor=actor,
+            settings=settings,
+            secrets=secrets,
+            reason=spec.reason or "inspection requested",
+        )
+    elif event is Ev.RELEASE and settings is not None:
+        deploy.start_release(
+            session, machine, actor=actor, reason=spec.reason or "released", settings=settings
+        )
+    else:
+        lifecycle.advance(
+            session,
+            machine,
+            event,
+            actor=actor,
+            timeouts=timeouts,
+            reason=spec.reason,
+            request_id=request_id,
+        )
     return to_out(session, [machine])[0]
 
 

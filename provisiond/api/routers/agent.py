@@ -85,11 +85,15 @@ AgentMachine = Annotated[Machine, Depends(_agent_machine)]
 def inventory(
     report: InventoryReport, machine: AgentMachine, session: WriteSession, services: ServicesDep
 ) -> AgentReply:
-    return agent_reports.record_inventory(session, machine, report, settings=services.settings)
+    return agent_reports.record_inventory(
+        session, machine, report, settings=services.settings, metrics=services.metrics
+    )
 
 
 @router.post("/{machine_uuid}/heartbeat", response_model=AgentReply)
 def heartbeat(
     hb: Heartbeat, machine: AgentMachine, session: WriteSession, services: ServicesDep
 ) -> AgentReply:
-    return agent_reports.record_heartbeat(session, machine, hb, settings=services.settings)
+    return agent_reports.record_heartbeat(
+        session, machine, hb, settings=services.settings, metrics=services.metrics
+    )

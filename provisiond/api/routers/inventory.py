@@ -57,9 +57,16 @@ def apply_inventory(
     services: ServicesDep,
     prune: bool = False,
 ) -> Plan:
-    return inventory.apply(
+    plan = inventory.apply(
         session, source, secrets=services.secrets, actor=actor(request), prune=prune
     )
+    session.commit()
+    touched = [c for c in plan.changes if c.kind == "machine" and c.action != "unchanged"]
+    services.hosts_changed(
+        [c.name for c in touched if c.action != "delete"],
+        removed=[c.name for c in touched if c.action == "delete"],
+    )
+    return plan
 
 
 @router.get(

@@ -26,9 +26,12 @@ def list_machines(
 def create_machine(
     spec: MachineIn, request: Request, _: Operator, session: WriteSession, services: ServicesDep
 ) -> MachineOut:
-    return machines.create_machine(
+    out = machines.create_machine(
         session, services.secrets, spec, actor=actor(request), request_id=rid(request)
     )
+    session.commit()
+    services.hosts_changed([out.name])
+    return out
 
 
 @router.get("/{ident}", response_model=MachineOut)
@@ -45,14 +48,23 @@ def update_machine(
     session: WriteSession,
     services: ServicesDep,
 ) -> MachineOut:
-    return machines.update_machine(
+    before = machines.get_machine(session, ident).name
+    out = machines.update_machine(
         session, services.secrets, ident, patch, actor=actor(request), request_id=rid(request)
     )
+    session.commit()
+    services.hosts_changed([out.name], removed=[before] if before != out.name else [])
+    return out
 
 
 @router.delete("/{ident}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_machine(ident: Key, request: Request, _: Operator, session: WriteSession) -> None:
+def delete_machine(
+    ident: Key, request: Request, _: Operator, session: WriteSession, services: ServicesDep
+) -> None:
+    name = machines.get_machine(session, ident).name
     machines.delete_machine(session, ident, actor=actor(request), request_id=rid(request))
+    session.commit()
+    services.hosts_changed([], removed=[name])
 
 
 @router.post("/{ident}/events", response_model=MachineOut)
@@ -65,6 +77,16 @@ def fire_event(
     services: ServicesDep,
 ) -> MachineOut:
     timeouts = services.settings.timeouts
-    return machines.fire_event(
-        session, ident, spec, actor=actor(request), timeouts=timeouts, request_id=rid(request)
+    result = machines.fire_event(
+        session,
+        ident,
+        spec,
+        actor=actor(request),
+        timeouts=timeouts,
+        request_id=rid(request),
+        settings=services.settings,
+        secrets=services.secrets,
     )
+    session.commit()
+    services.wake_deployer()
+    return result
