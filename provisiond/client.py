@@ -6,14 +6,25 @@
             print(m["name"], m["state"])
 
 Errors come back as :class:`ApiError` with the server's code, message and hint.
+
+Allocations (machines for CI) have their own helpers; the :class:`Allocation`
+returned releases the machine when its ``with`` block ends::
+
+    with Client().allocate(image="debian-12", tags=["ci"], ssh_keys=["~/.ssh/id.pub"],
+                           lease="2h") as machine:
+        print(machine.address, machine.ssh_user, machine.host_key_fingerprint)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -96,10 +107,18 @@ class Client:
         params: dict[str, Any] | None = None,
         content: str | bytes | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
+        """One call; ``timeout`` overrides the client's (for long-polls)."""
         try:
             response = self._http.request(
-                method, path, json=json, params=params, content=content, headers=headers
+                method,
+                path,
+                json=json,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
@@ -136,3 +155,235 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    # --- allocations -----------------------------------------------------------
+
+    def allocate(
+        self,
+        *,
+        image: str,
+        ssh_keys: Sequence[str | os.PathLike[str]],
+        arch: str | None = None,
+        min_cpus: int | None = None,
+        min_ram_mib: int | None = None,
+        min_disk_gb: int | None = None,
+        tags: Sequence[str] = (),
+        rack: str | None = None,
+        site: str | None = None,
+        names: Sequence[str] = (),
+        user_data: str = "",
+        lease: int | str = "1h",
+        ssh_user: str = "root",
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        timeout: float = 1800.0,
+        on_change: Callable[[Allocation], None] | None = None,
+    ) -> Allocation:
+        """Ask for a machine; with ``wait`` (the default) return once it is ready.
+
+        ``ssh_keys`` are public key lines or paths to ``.pub`` files. ``lease`` is
+        seconds or a duration (``"2h"``). Waiting raises :class:`AllocationFailed`
+        if the deploy failed on every machine tried, and :class:`AllocationTimeout`
+        after ``timeout`` seconds; on a timeout or an interrupt the request is
+        released first, so a dying CI job does not keep a machine.
+        """
+        constraints = {
+            "arch": arch,
+            "min_cpus": min_cpus,
+            "min_ram_mib": min_ram_mib,
+            "min_disk_gb": min_disk_gb,
+            "tags": list(tags),
+            "rack": rack,
+            "site": site,
+            "names": list(names),
+        }
+        body = {
+            "image": image,
+            "ssh_keys": [_read_key(k) for k in ssh_keys],
+            "user_data": user_data,
+            "lease": lease,
+            "ssh_user": ssh_user,
+            "constraints": {k: v for k, v in constraints.items() if v not in (None, [])},
+        }
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        allocation = Allocation(
+            self, self.request("POST", "/allocations", json=body, headers=headers)
+        )
+        if on_change is not None:
+            on_change(allocation)
+        if wait:
+            allocation.wait(timeout=timeout, on_change=on_change)
+        return allocation
+
+    def get_allocation(self, allocation_id: str) -> Allocation:
+        return Allocation(self, self.get(f"/allocations/{quote(allocation_id, safe='')}"))
+
+    def allocations(self, state: str | None = None) -> list[Allocation]:
+        return [Allocation(self, a) for a in self.get("/allocations", state=state)]
+
+    def release(self, allocation_id: str) -> Allocation:
+        """Hand the machine back (wiped, then available to others). Repeating it is harmless."""
+        return Allocation(self, self.delete(f"/allocations/{quote(allocation_id, safe='')}"))
+
+
+def _read_key(key: str | os.PathLike[str]) -> str:
+    if isinstance(key, str) and key.split(None, 1)[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        return key.strip()
+    path = Path(key).expanduser()
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ApiError(
+            0, "bad_ssh_key", f"cannot read SSH public key {path}: {exc.strerror}",
+            "pass the key line itself or the path of a .pub file",
+        ) from None  # fmt: skip
+
+
+class AllocationFailed(Exception):
+    """The allocation ended without a ready machine (``failed``, ``expired``, ``released``)."""
+
+    def __init__(self, allocation: Allocation, message: str) -> None:
+        super().__init__(message)
+        self.allocation = allocation
+
+
+class AllocationTimeout(AllocationFailed):
+    """It was not ready within the time given; it has been released."""
+
+
+#: States after which an allocation never changes again.
+FINAL_STATES = frozenset({"failed", "released", "expired"})
+#: The longest single long-poll the client asks for (the server allows 300 s).
+POLL_S = 60.0
+
+
+class Allocation:
+    """A machine lent to you. Use it as a context manager to release it on the way out::
+
+    with Client().allocate(image="debian-12", tags=["ci"], ssh_keys=[key]) as m:
+        subprocess.run(["ssh", f"{m.ssh_user}@{m.address}", "make", "test"], check=True)
+    """
+
+    def __init__(self, client: Client, data: dict[str, Any]) -> None:
+        self._client = client
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Allocation(id={self.id!r}, state={self.state!r}, machine={self.machine!r})"
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    @property
+    def state(self) -> str:
+        """pending | deploying | ready | failed | released | expired"""
+        return str(self.data["state"])
+
+    @property
+    def machine(self) -> str | None:
+        return self._opt("machine")
+
+    @property
+    def address(self) -> str | None:
+        """Where to SSH to, once ready."""
+        return self._opt("address")
+
+    @property
+    def ssh_user(self) -> str:
+        return str(self.data.get("ssh_user") or "root")
+
+    @property
+    def host_key(self) -> str | None:
+        """The machine's SSH host key line, for known_hosts."""
+        return self._opt("host_key")
+
+    @property
+    def host_key_fingerprint(self) -> str | None:
+        return self._opt("host_key_fingerprint")
+
+    @property
+    def expires_at(self) -> str | None:
+        return self._opt("expires_at")
+
+    @property
+    def failure_reason(self) -> str:
+        return str(self.data.get("failure_reason") or "")
+
+    def _opt(self, key: str) -> str | None:
+        value = self.data.get(key)
+        return None if value is None else str(value)
+
+    @property
+    def _path(self) -> str:
+        return f"/allocations/{quote(self.id, safe='')}"
+
+    def refresh(self) -> Allocation:
+        self.data = self._client.get(self._path)
+        return self
+
+    def wait(
+        self,
+        *,
+        timeout: float = 1800.0,
+        on_change: Callable[[Allocation], None] | None = None,
+    ) -> Allocation:
+        """Block (long-polling, no busy loop) until ready; see :meth:`Client.allocate`."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.state != "ready":
+                if self.state in FINAL_STATES:
+                    raise AllocationFailed(
+                        self, f"allocation {self.id} is {self.state}: {self.failure_reason}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AllocationTimeout(
+                        self, f"allocation {self.id} not ready after {timeout:.0f}s ({self.state})"
+                    )
+                before = self.state
+                self._poll(min(POLL_S, remaining), before)
+                if on_change is not None and self.state != before:
+                    on_change(self)
+        except AllocationTimeout:
+            self._release_quietly()
+            raise
+        except AllocationFailed:
+            raise
+        except BaseException:
+            self._release_quietly()
+            raise
+        return self
+
+    def _poll(self, wait: float, since_state: str) -> None:
+        params = {"wait": f"{wait:.1f}", "since_state": since_state}
+        try:
+            self.data = self._client.request("GET", self._path, params=params, timeout=wait + 30)
+        except ApiError as exc:
+            if exc.status != 0 and exc.status < 500:
+                raise
+            time.sleep(min(2.0, wait))  # daemon restarting or unreachable: try again
+
+    def renew(self, lease: int | str) -> Allocation:
+        self.data = self._client.post(self._path + "/renew", {"lease": lease})
+        return self
+
+    def release(self) -> Allocation:
+        self.data = self._client.delete(self._path)
+        return self
+
+    def _release_quietly(self) -> None:
+        with contextlib.suppress(ApiError):
+            self.release()
+
+    def __enter__(self) -> Allocation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state not in FINAL_STATES:
+            self.release()

@@ -7,6 +7,7 @@ import typer
 
 from provisiond.cli import (
     admin,
+    allocate,
     credentials,
     discover,
     events,
@@ -35,6 +36,9 @@ app.command("discover")(discover.discover)
 app.add_typer(sim.app, name="sim")
 app.add_typer(rack.app, name="rack")
 app.add_typer(images.app, name="images")
+app.command("allocate")(allocate.allocate)
+app.command("release")(allocate.release)
+app.add_typer(allocate.app, name="allocations")
 
 
 def main() -> None:
