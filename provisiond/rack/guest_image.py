@@ -513,6 +513,8 @@ def build_guest_image(
     try:
         if out.is_dir() and not force:  # another process built it while we waited
             return _image(out, key, recipe, built=False)
+        for stale in cache.glob(f".build-{key}-*"):  # left by a builder that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         debs = _download(versions, cache / "debs", say)
         kernel_pkg = next(p for p in versions if p.startswith("linux-image-"))
         release = kernel_pkg.removeprefix("linux-image-")

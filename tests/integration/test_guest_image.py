@@ -325,3 +325,41 @@ def test_a_second_builder_of_a_recipe_waits_for_the_lock(
     finally:
         os.close(held)
     os.close(guest_image._lock(lock))  # free again once the holder lets go
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers each request with the next status from ``server.statuses``."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status = self.server.statuses.pop(0)  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("statuses", "answered", "tries"),
+    [([503, 429, 200], True, 3), ([403, 200], False, 1), ([500, 500, 500], False, 3)],
+)
+def test_phone_home_retries_are_bounded_and_stop_when_refused(
+    statuses: list[int], answered: bool, tries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ph = phone_home()
+    monkeypatch.setattr(ph, "TRIES", 3)
+    monkeypatch.setattr(ph, "PAUSE", 0.01)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    server.statuses = list(statuses)  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/boot/callback/u1?token=t"
+        answer = ph.request("phone_home", url, b"instance_id=u1")
+        assert (answer is not None) == answered
+        assert len(statuses) - len(server.statuses) == tries  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
