@@ -55,6 +55,11 @@ def configure(level: str = "info", log_file: Path | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Chatty libraries: APScheduler logs every run of every job at INFO, and paramiko
+    # logs each refused connection attempt with a traceback; our own events say more.
+    for name in ("apscheduler", "paramiko"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 
 def get_logger(name: str) -> Any:

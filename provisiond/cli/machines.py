@@ -90,6 +90,58 @@ def show(
         emit(machine["nics"], False, columns=("mac", "name", "pxe", "ip_address", "switch_port"))
     else:
         console.print("no NICs")
+    with api() as client:
+        records = client.get(f"/machines/{quote(name, safe='')}/deployments?limit=1")
+    for record in records:
+        title = (
+            f"{record['kind']} {record['uuid'][:8]} (attempt {record['attempt']}, "
+            f"{record['outcome']})"
+            + (f": {record['failure_reason']}" if record["failure_reason"] else "")
+        )
+        emit(
+            [
+                {"phase": p["phase"], "seconds": "" if p["seconds"] is None else p["seconds"]}
+                for p in record["phases"]
+            ],
+            False,
+            columns=("phase", "seconds"),
+            title=title,
+        )
+
+
+def _event(name: str, event: str, reason: str) -> dict[str, Any]:
+    with api() as client:
+        result: dict[str, Any] = client.post(
+            f"/machines/{quote(name, safe='')}/events", json={"event": event, "reason": reason}
+        )
+    return result
+
+
+def _print_state(machine: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(machine, True)
+    else:
+        console.print(f"{machine['name']}: {machine['state']}", highlight=False)
+
+
+@app.command("inspect")
+def inspect(
+    name: Annotated[str, typer.Argument(help="Machine name or uuid")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Boot the machine into the inspection ramdisk; its agent reports the hardware."""
+    _print_state(_event(name, "inspect", reason), as_json)
+
+
+@app.command("release")
+def release(
+    name: Annotated[str, typer.Argument(help="Machine name or uuid")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Wipe the disks (first and last MiB, verified), power off, back to available."""
+    _print_state(_event(name, "release", reason), as_json)
 
 
 POWER_ACTIONS = ("status", "on", "off", "soft_off", "cycle", "reset")

@@ -23,7 +23,8 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open on ``fd``."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -47,7 +48,7 @@ def bind_in_netns(netns: str | None, host: str, port: int, *, backlog: int = 204
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
-                _setns(fd)
+                setns(fd)
             finally:
                 os.close(fd)
             result.append(_bind(host, port, backlog))
@@ -87,3 +88,36 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def connect_in_netns(netns: str | None, address: tuple[str, int], timeout: float) -> socket.socket:
+    """A TCP connection made from inside ``netns`` (SSH to a machine on that network).
+
+    Machines on a namespaced provisioning network are reachable only from inside it;
+    connecting from the host would send the packets to the host's default route.
+    """
+    if netns is None:
+        return socket.create_connection(address, timeout=timeout)
+    path = NETNS_DIR / netns
+    result: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            result.append(socket.create_connection(address, timeout=timeout))
+        except BaseException as exc:  # handed back to the caller's thread
+            result.append(exc)
+
+    thread = threading.Thread(target=work, name=f"netns-connect-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    if not result:
+        raise TimeoutError(f"connect to {address[0]}:{address[1]} in {netns} timed out")
+    outcome = result[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

@@ -172,6 +172,8 @@ class Netboot:
 def _dhcp_phase(event: DhcpEvent) -> str | None:
     if event.is_ipxe:
         return "ipxe_dhcp" if event.kind == "ack" else None
+    if not event.is_pxe:  # the booted OS's own DHCP client
+        return "os_dhcp" if event.kind == "ack" else None
     if event.kind == "discover":
         return "dhcp_discover"
     if event.kind == "ack":

@@ -14,6 +14,7 @@ dhcp_ack               dnsmasq log: DHCPACK to the PXE ROM
 tftp                   dnsmasq log: the iPXE binary was sent
 ipxe_dhcp              dnsmasq log: DHCPACK to iPXE (option 175 / user class)
 ipxe_script            ``GET /boot/{mac}.ipxe``
+os_dhcp                dnsmasq log: DHCPACK to the booted OS (no PXE class)
 kernel, initrd         ``GET /images/...`` of the deploy image's files
 seed                   ``GET /meta/{uuid}/user-data``
 os_callback            ``POST /boot/callback/{uuid}``

@@ -30,6 +30,7 @@ restarted). A step that fails closes the deployment with a reason, e.g.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shlex
 import socket
 from dataclasses import dataclass
@@ -208,6 +209,17 @@ class DeployEngine:
                 )
             )
 
+    def _netns_for(self, address: str) -> str | None:
+        """The namespace of the provisioning network that holds ``address``, if any."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        for net in self.settings.networks:
+            if isinstance(ip, ipaddress.IPv4Address) and ip in net.subnet:
+                return net.netns
+        return None
+
     def _policy(self) -> PowerPolicy:
         return PowerPolicy(call_timeout=self.settings.power_call_timeout_s)
 
@@ -286,6 +298,7 @@ class DeployEngine:
                 private,
                 env,
                 attempts=self.settings.ssh_connect_attempts,
+                netns=self._netns_for(address),
                 timeout=budget,
                 key=f"ssh:{address}",
                 what=f"agent install on {item.name}",
@@ -350,6 +363,7 @@ class DeployEngine:
                     host_key,
                     private,
                     attempts=3,
+                    netns=self._netns_for(address),
                     timeout=self.settings.timeouts.releasing,
                     key=f"ssh:{address}",
                     what=f"disk wipe on {item.name}",
@@ -444,11 +458,11 @@ def _agent_files() -> tuple[bytes, bytes, bytes]:
 
 
 def install_agent(
-    address: str, host_key: str, private_key: str, env: str, *, attempts: int
+    address: str, host_key: str, private_key: str, env: str, *, attempts: int, netns: str | None
 ) -> None:
     """Upload the agent, its token and its service definition; (re)start it."""
     agent, unit, init = _agent_files()
-    with Remote.connect(address, host_key, private_key, attempts=attempts) as remote:
+    with Remote.connect(address, host_key, private_key, attempts=attempts, netns=netns) as remote:
         remote.put(agent, f"{AGENT_DIR}/agent.py", mode=0o755)
         remote.check(f"mkdir -p {shlex.quote(ENV_FILE.rsplit('/', 1)[0])} && umask 077")
         remote.put(env.encode(), ENV_FILE, mode=0o600)
@@ -494,9 +508,11 @@ echo "wiped:$out"
 """.replace("WIPE_SKIP", WIPE_SKIP)
 
 
-def wipe_disks(address: str, host_key: str, private_key: str, *, attempts: int) -> list[str]:
+def wipe_disks(
+    address: str, host_key: str, private_key: str, *, attempts: int, netns: str | None
+) -> list[str]:
     """Zero and verify the first and last MiB of every disk, then power the OS off."""
-    with Remote.connect(address, host_key, private_key, attempts=attempts) as remote:
+    with Remote.connect(address, host_key, private_key, attempts=attempts, netns=netns) as remote:
         out = remote.check("sh -s", stdin=WIPE_SCRIPT.encode(), timeout=300)
         line = next((x for x in out.splitlines() if x.startswith("wiped:")), "wiped:")
         wiped = line.split(":", 1)[1].split()

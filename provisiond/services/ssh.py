@@ -25,6 +25,7 @@ from types import TracebackType
 import paramiko
 
 from provisiond.errors import ProvisiondError
+from provisiond.netboot.netns_socket import connect_in_netns
 
 
 class SshError(ProvisiondError):
@@ -77,8 +78,12 @@ class Remote:
         timeout: float = 10.0,
         deadline_s: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        netns: str | None = None,
     ) -> Remote:
-        """Connect with retries (jittered backoff) until ``attempts`` or ``deadline_s``."""
+        """Connect with retries (jittered backoff) until ``attempts`` or ``deadline_s``.
+
+        ``netns``: the provisioning network's namespace the address lives in.
+        """
         pinned = parse_host_key(host_key)
         pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key_pem))
         started = time.monotonic()
@@ -89,8 +94,10 @@ class Remote:
             name = address if port == 22 else f"[{address}]:{port}"
             client.get_host_keys().add(name, pinned.get_name(), pinned)
             try:
+                sock = connect_in_netns(netns, (address, port), timeout)
                 client.connect(
                     address,
+                    sock=sock,
                     port=port,
                     username=user,
                     pkey=pkey,

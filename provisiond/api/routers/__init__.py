@@ -7,6 +7,7 @@ from provisiond.api.routers import (
     allocations,
     boot,
     credentials,
+    deployments,
     discovery,
     events,
     health,
@@ -34,6 +35,7 @@ ROUTERS: list[APIRouter] = [
     inventory.router,
     discovery.router,
     boot.router,
+    deployments.router,
     allocations.router,
     agent.router,
 ]
