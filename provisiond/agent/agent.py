@@ -317,9 +317,15 @@ def send(
 # --- actions ------------------------------------------------------------------
 
 
+#: Seconds between a poweroff request and the poweroff, so the SSH session that just
+#: started this agent can end cleanly instead of hanging on a vanished peer.
+POWEROFF_DELAY_S = 5.0
+
+
 def power_off() -> None:
     argv = ["systemctl", "poweroff"] if os.path.isdir("/run/systemd/system") else ["poweroff", "-f"]
-    log.warning("powering off: %s", " ".join(argv))
+    log.warning("powering off in %.0fs: %s", POWEROFF_DELAY_S, " ".join(argv))
+    time.sleep(POWEROFF_DELAY_S)
     try:
         subprocess.run(argv, check=False, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:

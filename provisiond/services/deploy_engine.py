@@ -478,7 +478,7 @@ def install_agent(
             "rm -f /etc/systemd/system/provisiond-agent.service.new && "
             "/etc/init.d/provisiond-agent stop >/dev/null 2>&1; "
             "/etc/init.d/provisiond-agent start; fi",
-            timeout=60,
+            timeout=30,
         )
 
 

@@ -150,6 +150,12 @@ class Remote:
                         f"{command.split()[0]!r} on {self.address} did not finish in {timeout:g}s",
                         hint="the machine is slow or stuck",
                     )
+                if not chan.is_active():
+                    raise SshError(
+                        f"SSH connection to {self.address} was lost during "
+                        f"{command.split()[0]!r}",
+                        hint="the machine rebooted or powered off",
+                    )
                 if session.recv_ready():
                     out += session.recv(65536)
                 elif session.recv_stderr_ready():
