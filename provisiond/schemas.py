@@ -268,7 +268,9 @@ class MachineOut(Out):
 
 
 #: Events an operator may fire; the others belong to the daemon (agent, reaper, allocation).
-OperatorEvent = Literal["inspect", "manage", "retire", "provide"]
+#: ``release`` wipes and frees a failed or leftover machine (an allocation's own release
+#: goes through DELETE /allocations/{id}).
+OperatorEvent = Literal["inspect", "manage", "retire", "provide", "release"]
 
 
 class MachineEventIn(Strict):

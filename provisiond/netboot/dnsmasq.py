@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -192,8 +194,32 @@ class DnsmasqSupervisor:
         finally:
             await self._terminate()
 
+    @property
+    def pidfile(self) -> Path:
+        return self.conf.parent / "dnsmasq.pid"
+
+    def _kill_stale(self) -> None:
+        """Kill a dnsmasq a crashed daemon left running on this config (it holds the port)."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if not any(b"dnsmasq" in part for part in cmdline[:1]) or not any(
+            part == f"--conf-file={self.conf}".encode() for part in cmdline
+        ):
+            return  # the PID was reused by something else: never touch it
+        log.warning("dnsmasq_stale_killed", network=self.name, pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(40):  # bounded: 2 s
+            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                break
+            time.sleep(0.05)
+
     async def _run_once(self) -> int | None:
         self.tail.clear()
+        self._kill_stale()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.command(),
@@ -201,11 +227,14 @@ class DnsmasqSupervisor:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except (OSError, ConfigError) as exc:
             self.tail.append(str(exc))
             return None
         self._proc = proc
+        with contextlib.suppress(OSError):
+            self.pidfile.write_text(f"{proc.pid}\n")
         assert proc.stderr is not None
         parser = BootLogParser()
         while True:
@@ -236,6 +265,19 @@ class DnsmasqSupervisor:
                 self.on_event(event)
             except Exception:
                 log.exception("boot event callback failed", network=self.name)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the daemon dies (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
 
 
 def host_entries(

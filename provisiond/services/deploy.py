@@ -283,3 +283,33 @@ def host_key_fingerprint(host_key: str) -> str:
         return ""
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return f"SHA256:{digest}"
+
+
+#: What a machine waits for in each transitional state, for deadline reasons.
+WAITING_FOR = {
+    State.DEPLOYING: "no OS callback",
+    State.INSPECTING: "no inspection report",
+    State.INSTALLING_AGENT: "no agent heartbeat",
+    State.RELEASING: "release not finished",
+    State.ALLOCATED: "deploy not started",
+}
+
+
+def deadline_reason(
+    session: Session, machine: Machine, limit_s: float
+) -> tuple[str, dict[str, Any]]:
+    """Why a machine's deadline passed, naming the last boot phase it reached."""
+    waiting = WAITING_FOR.get(State(machine.state), f"still {machine.state}")
+    record = running_deployment(session, machine.id) if machine.id is not None else None
+    details: dict[str, Any] = {}
+    last = ""
+    if record is not None:
+        reached = sorted(
+            (v, k) for k, v in record.phases.items() if isinstance(v, str) and "T" in v
+        )
+        last = reached[-1][1] if reached else ""
+        details = {"deployment": record.uuid, "last_phase": last}
+    reason = f"{machine.state}: {waiting} within {limit_s:.0f}s" + (
+        f" (last phase: {last})" if last else ""
+    )
+    return reason, details

@@ -18,6 +18,7 @@ from provisiond.errors import ConcurrentChange, InvalidTransition
 from provisiond.lifecycle import TRANSITIONAL, Ev
 from provisiond.logging import get_logger
 from provisiond.models import Machine, utcnow
+from provisiond.services import deploy
 
 log = get_logger(__name__)
 
@@ -43,14 +44,19 @@ def reap(
                 if machine is None or machine.deadline is None or machine.deadline >= now:
                     continue
                 limit = getattr(timeouts, machine.state)
+                reason, details = deploy.deadline_reason(session, machine, limit)
+                record = deploy.running_deployment(session, machine.id) if machine.id else None
+                if record is not None:
+                    deploy.finish(record, "failed", reason)
+                    session.add(record)
                 lifecycle.advance(
                     session,
                     machine,
                     Ev.FAIL,
                     actor=actor,
                     timeouts=timeouts,
-                    reason=f"deadline passed: still {machine.state} after {limit:.0f}s",
-                    details={"deadline": machine.deadline.isoformat()},
+                    reason=f"deadline passed: {reason}",
+                    details={"deadline": machine.deadline.isoformat(), **details},
                     now=now,
                 )
                 failed.append(machine.name)

@@ -55,7 +55,7 @@ def test_reaper_fails_only_overdue_unlocked_machines(db: Database) -> None:
     assert failed.deadline is None
     assert failed.last_error is not None
     assert failed.last_error["phase"] == "deploying"
-    assert failed.last_error["reason"] == "deadline passed: still deploying after 30s"
+    assert failed.last_error["reason"] == "deadline passed: deploying: no OS callback within 30s"
     assert _state(db, locked).state == "deploying"
     assert _state(db, inspecting).state == "inspecting"
     assert _state(db, resting).state == "enrolled"

@@ -1,0 +1,281 @@
+"""Instance ready, end to end, on a QEMU virtual rack (TCG) behind simulated IPMI BMCs.
+
+Real parts only: the guest image built from Debian packages, QEMU guests with a real
+iPXE ROM on a bridge inside a namespace this test creates, the daemon's supervised
+dnsmasq there, ``provisiond serve`` as a process, the BMC farm over IPMI, the agent
+installed over SSH. One rack of two guests serves every test in this module, in
+order: discovery, inspection, concurrent deploy, SSH with the allocation's key,
+release with the wipe checked on the disk images, then the failure paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from provisiond.rack.scenario import Scenario, netns_socket
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and taps need root"),
+    pytest.mark.timeout(600),
+]
+
+CONFIG = """\
+reaper_interval_s = 2
+[timeouts]
+inspecting = 240
+deploying = 75
+installing_agent = 120
+releasing = 120
+"""
+
+
+def _keypair() -> tuple[str, str]:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    pub = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return pem, f"{pub} e2e@test"
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    workdir = tmp_path_factory.mktemp("vrack")
+    lines: list[str] = []
+    sc = Scenario(
+        f"e2e{os.getpid() % 10000}",
+        2,
+        workdir,
+        subnet="10.214.0.0/24",
+        ipv6_prefix="fd00:214::/64",
+        extra_config=CONFIG,
+        log=lines.append,
+    )
+    try:
+        sc.up()
+        yield sc
+    finally:
+        sc.down()
+        assert not Path(f"/run/netns/pvd-{sc.name}").exists()
+
+
+@pytest.fixture(scope="module")
+def keypair() -> tuple[str, str]:
+    return _keypair()
+
+
+def _ssh(sc: Scenario, address: str, pem: str, host_key: str, command: str) -> str:
+    assert sc.rack is not None
+    with netns_socket(sc.rack.netns, (address, 22)) as sock:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        kind, blob = host_key.split()[:2]
+        pinned = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        client.get_host_keys().add(address, kind, pinned)
+        client.connect(
+            address,
+            sock=sock,
+            username="root",
+            pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(pem)),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=20,
+        )
+        try:
+            _, out, _ = client.exec_command(command, timeout=30)
+            return str(out.read().decode())
+        finally:
+            client.close()
+
+
+def _diagnose(sc: Scenario) -> str:
+    parts = [sc.serve_log()[-4000:]]
+    for guest in sc.rack.guests if sc.rack else []:
+        log = Path(guest.serial_log)
+        parts.append(
+            f"--- {guest.name}\n"
+            + (log.read_text(errors="replace")[-1500:] if log.exists() else "")
+        )
+    return "\n".join(parts)
+
+
+def test_discover_and_inspect(rack: Scenario) -> None:
+    assert rack.rack is not None
+    found = rack.discover()
+    assert found["responders"] == 2 and not found["failed"], found
+    assert sorted(found["updated"] + found["unchanged"]) == ["vm1", "vm2"]
+    try:
+        machines = rack.inspect_all(timeout=240)
+    except Exception as exc:
+        pytest.fail(f"{exc}\n{_diagnose(rack)}")
+    for guest in rack.rack.guests:
+        m = machines[guest.name]
+        # The agent's inventory matches the QEMU command line of the guest.
+        assert m["cpus"] == guest.cpus
+        assert guest.ram_mib * 0.7 < m["ram_mib"] <= guest.ram_mib
+        disks = {d["name"]: d["size_bytes"] for d in m["disks"]}
+        assert disks == {"vda": guest.disk_mib * 2**20}
+        assert [n["mac"] for n in m["nics"]] == [guest.mac]
+        record = rack.deployments(guest.name)[0]
+        assert record["kind"] == "inspect" and record["outcome"] == "available"
+        phases = [p["phase"] for p in record["phases"]]
+        for phase in ("power_cycle", "ipxe_dhcp", "ipxe_script", "kernel", "initrd",
+                      "seed", "os_callback", "inventory"):  # fmt: skip
+            assert phase in phases, (phase, phases)
+        _wait_unlocked(rack, guest.name)
+
+
+def _wait_unlocked(sc: Scenario, name: str, timeout: float = 60) -> None:
+    """The engine's step ends (and drops its DB lock) shortly after the state changes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sc.machine(name)["lock_owner"] is None:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} still locked after {timeout:.0f}s: {sc.machine(name)}")
+
+
+def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str, str]) -> None:
+    assert rack.rack is not None
+    pem, pub = keypair
+    ids = rack.allocate(["vm1", "vm2"], [pub])
+    allocations = rack.wait_allocations(ids, timeout=300)
+    assert [a["state"] for a in allocations] == ["ready", "ready"], _diagnose(rack)
+    for alloc, guest in zip(allocations, rack.rack.guests, strict=True):
+        assert alloc["address"] == guest.ip and alloc["host_key_fingerprint"].startswith("SHA256:")
+        # The allocation's own key works, and the host key the daemon pinned is the
+        # one the machine really has (RejectPolicy with only that key known).
+        out = _ssh(
+            rack, alloc["address"], pem, alloc["host_key"], "hostname; cat /sys/block/vda/size"
+        )
+        assert out.split() == [guest.name, str(guest.disk_mib * 2048)]
+        record = rack.deployments(guest.name)[0]
+        phases = {p["phase"]: p["seconds"] for p in record["phases"]}
+        assert record["outcome"] == "active"
+        assert 0 < phases["os_callback"] < phases["agent_heartbeat"] < 120
+    for guest in rack.rack.guests:
+        assert rack.machine(guest.name)["state"] == "active"
+    with rack.api() as api:
+        for alloc in allocations:
+            assert api.delete(f"/allocations/{alloc['id']}").status_code == 200
+    rack.wait_states(["vm1", "vm2"], {"available"}, timeout=180, fail={"release_failed"})
+    for guest in rack.rack.guests:
+        data = Path(guest.disk).read_bytes()
+        assert data[: 2**20] == bytes(2**20), f"{guest.name}: first MiB not wiped"
+        assert data[-(2**20) :] == bytes(2**20), f"{guest.name}: last MiB not wiped"
+        _wait_unlocked(rack, guest.name)
+
+
+def test_bmc_that_refuses_power_fails_the_deploy(rack: Scenario, keypair: tuple[str, str]) -> None:
+    _, pub = keypair
+    with rack.api() as api:
+        r = api.patch("/machines/vm2", json={"bmc": {"password": "not-the-bmc-password"}})
+        assert r.status_code == 200, r.text
+    try:
+        mark = _last_event(rack, "vm2")
+        rack.allocate(["vm2"], [pub])
+        failed = _wait_event(rack, "vm2", "fail", after=mark, timeout=120)
+        assert "BMC power-cycle failed" in failed["message"], failed
+        _wait_unlocked(rack, "vm2")
+    finally:
+        with rack.api() as api:
+            for a in api.get("/allocations", params={"state": "pending,deploying,ready"}).json():
+                api.delete(f"/allocations/{a['id']}")
+            r = api.patch("/machines/vm2", json={"bmc": {"password": rack.bmc_password}})
+            assert r.status_code == 200, r.text
+            # The release after the failed deploy could not power off either; retry it.
+            rack.wait_states(["vm2"], {"available", "release_failed"}, timeout=120)
+            if rack.machine("vm2")["state"] == "release_failed":
+                r = api.post("/machines/vm2/events", json={"event": "release"})
+                assert r.status_code == 200, r.text
+        rack.wait_states(["vm2"], {"available"}, timeout=120, fail={"release_failed"})
+
+
+def test_os_that_never_calls_back_hits_the_deadline(
+    rack: Scenario, keypair: tuple[str, str], tmp_path: Path
+) -> None:
+    # A kernel with an initrd that is not one: it panics and never phones home.
+    assert rack.image is not None
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"not an initramfs" * 1024)
+    rack.cli("images", "add", "broken", "--kernel", str(rack.image.kernel), "--initrd", str(junk),
+             "--kernel-args", "console=ttyS0 panic=-1")  # fmt: skip
+    _, pub = keypair
+    mark = _last_event(rack, "vm1")
+    with rack.api() as api:
+        r = api.post("/allocations", json={"constraints": {"names": ["vm1"]}, "image": "broken",
+                                           "ssh_keys": [pub], "lease": "10m"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        alloc_id = r.json()["id"]
+    failed = _wait_event(rack, "vm1", "fail", after=mark, timeout=150)
+    # The reason names what never came and the last phase that did (the kernel booted
+    # from our HTTP server, then nothing).
+    assert "deploying: no OS callback within 75s" in failed["message"], failed
+    assert failed["details"]["last_phase"] in ("initrd", "kernel", "os_dhcp"), failed
+    with rack.api() as api:
+        api.delete(f"/allocations/{alloc_id}")
+    rack.wait_states(["vm1"], {"available", "deploy_failed"}, timeout=120)
+
+
+def test_daemon_killed_while_installing_agent_resumes(
+    rack: Scenario, keypair: tuple[str, str]
+) -> None:
+    pem, pub = keypair
+    with rack.api() as api:
+        for a in api.get("/allocations", params={"state": "pending,deploying,ready"}).json():
+            api.delete(f"/allocations/{a['id']}")
+    rack.wait_states(["vm1", "vm2"], {"available"}, timeout=180, fail={"release_failed"})
+    [alloc_id] = rack.allocate(["vm1"], [pub])
+    deadline = time.monotonic() + 120
+    state = ""
+    while time.monotonic() < deadline:
+        state = rack.machine("vm1")["state"]
+        if state in ("installing_agent", "active", "deploy_failed"):
+            break
+        time.sleep(0.05)
+    assert state == "installing_agent", f"never saw installing_agent (last {state})"
+    rack.kill_daemon(signal.SIGKILL)
+    rack.start_daemon()
+    [alloc] = rack.wait_allocations([alloc_id], timeout=180)
+    assert alloc["state"] == "ready", alloc
+    assert rack.machine("vm1")["state"] == "active"
+    assert _ssh(rack, alloc["address"], pem, alloc["host_key"], "echo ok").strip() == "ok"
+
+
+def _last_event(sc: Scenario, machine: str) -> int:
+    with sc.api() as api:
+        rows = api.get("/events", params={"machine": machine, "limit": 1}).json()
+    return int(rows[0]["id"]) if rows else 0
+
+
+def _wait_event(
+    sc: Scenario, machine: str, event: str, *, after: int, timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with sc.api() as api:
+        while time.monotonic() < deadline:
+            rows = api.get("/events", params={"machine": machine, "limit": 50}).json()
+            for row in reversed(rows):
+                if row["id"] > after and row["event"] == event:
+                    return dict(row)
+            time.sleep(1)
+    raise AssertionError(f"no {event} event for {machine} in {timeout:.0f}s\n{_diagnose(sc)}")
