@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""`make demo`: provisiond on SQLite with the example inventory, serving until Ctrl-C.
+"""`make demo`: three bare-metal machines to instance-ready, on a QEMU virtual rack.
 
-It runs the real commands a new user would: `provisiond db upgrade`, `token create`,
-`serve`, `inventory apply`, then starts three simulated IPMI BMCs on
-127.0.0.1:16001-16003 (`provisiond sim bmc`), stores a credential set, discovers the
-BMCs over IPMI (they match the inventory's machines, which gain serial, vendor and
-model), powers vm1 on through its BMC and lists the machines. DEMO_ONESHOT=1 stops
-after the summary (exit 0 on success), for scripts. Everything it starts is stopped
-by PID on exit. PXE boot and deploy to instance-ready come with the deploy issue.
+It builds (or reuses) the guest image from Debian packages, brings up a 3-machine rack
+(QEMU on TCG, each behind a simulated IPMI BMC on 127.0.0.1) in its own network
+namespace, starts `provisiond serve` on SQLite with the rack's provisioning network
+(dnsmasq runs inside the namespace), then does the main job as an operator would:
+discover the BMCs, inspect every machine, deploy all three at once through the
+allocation API, and print a table with each machine's address and per-phase times.
+It keeps serving on 127.0.0.1:8080 until Ctrl-C; DEMO_ONESHOT=1 exits after the
+table (0 when every machine is instance-ready). Everything is torn down on exit.
+
+Environment: DEMO_PORT (8080), DEMO_DATA_DIR (.provisiond-demo), DEMO_RACK (demo),
+DEMO_MACHINES (3).
 """
 
 from __future__ import annotations
@@ -15,99 +19,83 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rich.console import Console
+from rich.table import Table
+
+from provisiond.rack.scenario import Scenario, ScenarioError
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("DEMO_DATA_DIR", ROOT / ".provisiond-demo"))
+DATA = Path(os.environ.get("DEMO_DATA_DIR", ROOT / ".provisiond-demo")).absolute()
 PORT = int(os.environ.get("DEMO_PORT", "8080"))
-BMC_PORT = int(os.environ.get("DEMO_BMC_PORT", "16001"))  # the example inventory's BMCs
-URL = f"http://127.0.0.1:{PORT}"
-PROVISIOND = [sys.executable, "-m", "provisiond"]
+RACK = os.environ.get("DEMO_RACK", "demo")
+COUNT = int(os.environ.get("DEMO_MACHINES", "3"))
+#: The columns of the summary: (title, phase the time is read at).
+COLUMNS = (
+    ("DHCP", "ipxe_dhcp"),
+    ("iPXE script", "ipxe_script"),
+    ("kernel+initrd", "initrd"),
+    ("OS callback", "os_callback"),
+    ("ready", "agent_heartbeat"),
+)
+console = Console(width=None if sys.stdout.isatty() else 150)
+started = time.monotonic()
 
 
-def step(title: str) -> None:
-    print(f"\n\033[1m==> {title}\033[0m", flush=True)
+def step(message: str) -> None:
+    console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}", highlight=False)
 
 
-def run(env: dict[str, str], *args: str, capture: bool = False, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [*PROVISIOND, *args], env=env, text=True, capture_output=capture, check=False, input=stdin
+def ssh_key(path: Path) -> str:
+    """The demo user's key pair (private half 0600), as `ssh -i` would use it."""
+    key = Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
     )
-    if result.returncode != 0:
-        if capture:
-            sys.stderr.write(result.stderr)
-        raise SystemExit(f"demo: 'provisiond {' '.join(args)}' failed ({result.returncode})")
-    return result.stdout if capture else ""
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return public.decode() + " demo@provisiond"
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: provisiond serve exited; see {DATA / 'serve.log'}")
-        try:
-            if httpx.get(URL + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"demo: provisiond did not become healthy in {timeout:.0f}s")
-
-
-def stop_by_pid(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` s: only the processes the demo started."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def wait_listening(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the BMC simulator exited; see {log}")
-        if b"listening on" in log.read_bytes():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"demo: the BMC simulator did not start in {timeout:.0f}s")
+def summary(sc: Scenario, allocations: list[dict[str, Any]]) -> tuple[Table, bool]:
+    table = Table(title="provisiond demo: instance ready", title_justify="left")
+    for title in ("machine", "state", "address", *[c[0] for c in COLUMNS], "host key"):
+        table.add_column(title)
+    ok = True
+    for alloc in allocations:
+        name = alloc["machine"] or "?"
+        machine = sc.machine(name) if alloc["machine"] else {"state": "-"}
+        record = sc.deployments(name)[0] if alloc["machine"] else {"phases": []}
+        phases = {p["phase"]: p["seconds"] for p in record["phases"]}
+        ok = ok and machine["state"] == "active" and alloc["state"] == "ready"
+        table.add_row(
+            name,
+            machine["state"],
+            alloc.get("address") or "-",
+            *[f"{phases[p]:.1f}s" if phases.get(p) is not None else "-" for _, p in COLUMNS],
+            (alloc.get("host_key_fingerprint") or "-")[:19],
+        )
+    table.caption = "times are seconds after the BMC power-cycle; TCG (no KVM) on this machine"
+    return table, ok
 
 
 def main() -> int:
     oneshot = os.environ.get("DEMO_ONESHOT") == "1"
-    shutil.rmtree(DATA, ignore_errors=True)
-    DATA.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIOND_")}
-    env.update(
-        PROVISIOND_DATA_DIR=str(DATA),
-        PROVISIOND_LISTEN_PORT=str(PORT),
-        PROVISIOND_URL=URL,
-        PROVISIOND_POWER_SYNC_INTERVAL_S="5",  # so the table fills in while the demo serves
-    )
-
-    step("provisiond db upgrade (SQLite in .provisiond-demo/)")
-    run(env, "db", "upgrade")
-    step("provisiond token create --name demo-admin --role admin")
-    token = run(env, "token", "create", "--name", "demo-admin", "--role", "admin", capture=True)
-    token = token.strip().splitlines()[-1]
-    token_file = DATA / "admin.token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    env["PROVISIOND_TOKEN"] = token
-
-    step(f"provisiond serve on {URL}")
-    log = (DATA / "serve.log").open("ab")
-    server = subprocess.Popen([*PROVISIOND, "serve"], env=env, stdout=log, stderr=log)
-    bmcs: subprocess.Popen[bytes] | None = None
+    if DATA.exists():
+        shutil.rmtree(DATA / "data", ignore_errors=True)
+    DATA.mkdir(parents=True, exist_ok=True)
     stop = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -116,66 +104,55 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    sc = Scenario(RACK, COUNT, DATA, api_port=PORT, log=step)
     try:
-        wait_healthy(server)
-        inventory = ROOT / "inventory" / "example.yaml"
-        if BMC_PORT != 16001:  # tests move the simulated BMCs off the default ports
-            text = inventory.read_text()
-            for i in range(3):
-                text = text.replace(f"port: {16001 + i}", f"port: {BMC_PORT + i}")
-            inventory = DATA / "example.yaml"
-            inventory.write_text(text)
-        step("provisiond inventory apply inventory/example.yaml")
-        run(env, "inventory", "apply", str(inventory))
-
-        ports = f"{BMC_PORT}-{BMC_PORT + 2}"
-        step(f"provisiond sim bmc --count 3 --base-port {BMC_PORT}  (simulated IPMI BMCs)")
-        bmc_log = (DATA / "bmc-sim.log").open("ab")
-        bmcs = subprocess.Popen(
-            [*PROVISIOND, "sim", "bmc", "--count", "3", "--base-port", str(BMC_PORT)],
-            env=env,
-            stdout=bmc_log,
-            stderr=bmc_log,
+        step(f"building (or reusing) the guest image, then a {COUNT}-machine rack")
+        sc.up()
+        step(f"provisiond serve on {sc.url} (SQLite in {sc.data_dir}); images and inventory in")
+        found = sc.discover()
+        step(
+            f"discover 127.0.0.1 BMCs over IPMI: {found['responders']} answered, "
+            f"{len(found['updated'])} matched the inventory, {len(found['failed'])} failed"
         )
-        wait_listening(bmcs, DATA / "bmc-sim.log")
-        step("provisiond credentials add lab-default --username admin --password-stdin")
-        run(
-            env,
-            "credentials",
-            "add",
-            "lab-default",
-            "-u",
-            "admin",
-            "--password-stdin",
-            stdin="password\n",
+        inspected = sc.inspect_all(timeout=300)
+        step(
+            "inspected: "
+            + ", ".join(
+                f"{n} ({m['cpus']} CPU, {m['ram_mib']} MiB, "
+                f"{sum(d['size_bytes'] for d in m['disks']) // 2**20} MiB disk)"
+                for n, m in inspected.items()
+            )
         )
-        step(f"provisiond discover 127.0.0.1/32 --ports {ports} --credentials lab-default")
-        run(env, "discover", "127.0.0.1/32", "--ports", ports, "--credentials", "lab-default")
-        step("provisiond machines power vm1 on")
-        run(env, "machines", "power", "vm1", "on")
-        step("provisiond machines list")
-        run(env, "machines", "list")
-        print(
-            f"\nprovisiond is serving the example inventory; its BMCs are simulated on "
-            f"127.0.0.1:{ports}.\n"
-            f"  API:     {URL}/api/v1   (OpenAPI docs: {URL}/docs)\n"
-            f"  health:  {URL}/healthz   metrics: {URL}/metrics\n"
-            f"  logs:    {DATA / 'serve.log'}\n"
-            f"  try:     export PROVISIOND_URL={URL} PROVISIOND_TOKEN=$(cat {token_file})\n"
-            f"           {sys.executable} -m provisiond events --limit 5\n",
-            flush=True,
+        key_file = DATA / "demo_ed25519"
+        names = sorted(inspected)
+        ids = sc.allocate(names, [ssh_key(key_file)])
+        step(f"allocated {len(ids)} machines; deploying all at once")
+        allocations = sc.wait_allocations(ids, timeout=420)
+        table, ok = summary(sc, allocations)
+        console.print(table)
+        for alloc in allocations:
+            if alloc["state"] == "failed":
+                console.print(f"[red]{alloc['machine']}: {alloc['failure_reason']}[/]")
+        console.print(
+            f"\n  API:      {sc.url}/api/v1  (docs {sc.url}/docs, metrics {sc.url}/metrics)\n"
+            f"  token:    export PROVISIOND_URL={sc.url} PROVISIOND_TOKEN={sc.token}\n"
+            f"  machines: {sys.executable} -m provisiond machines show vm1\n"
+            f"  ssh:      ip netns exec pvd-{RACK} ssh -i {key_file} root@<address>\n"
+            f"  logs:     {DATA / 'serve.log'}, {DATA / 'rack'}/vm*.serial.log",
+            highlight=False,
         )
         if oneshot:
-            return 0
-        print("Ctrl-C stops the demo.", flush=True)
-        while not stop and server.poll() is None:
+            return 0 if ok else 1
+        console.print("Serving until Ctrl-C.")
+        while not stop and sc.proc is not None and sc.proc.poll() is None:
             time.sleep(0.2)
         return 0 if stop else 1
+    except ScenarioError as exc:
+        console.print(f"[red]demo failed:[/] {exc}\n  see {DATA / 'serve.log'}", highlight=False)
+        return 1
     finally:
-        stop_by_pid(bmcs, 10)
-        stop_by_pid(server, 15)
-        log.close()
-        print("demo: stopped provisiond and the simulated BMCs", flush=True)
+        sc.down()
+        console.print("demo: stopped provisiond and removed the virtual rack")
 
 
 if __name__ == "__main__":

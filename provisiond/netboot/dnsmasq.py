@@ -227,7 +227,7 @@ class DnsmasqSupervisor:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except (OSError, ConfigError) as exc:
             self.tail.append(str(exc))
@@ -267,7 +267,7 @@ class DnsmasqSupervisor:
                 log.exception("boot event callback failed", network=self.name)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL it if the daemon dies (PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from provisiond.netboot.dnsmasq import die_with_parent
 from provisiond.netboot.netns_socket import connect_in_netns
 from provisiond.rack import vrack
 from provisiond.rack.guest_image import GuestImage, build_guest_image
@@ -171,7 +172,13 @@ class Scenario:
     def start_daemon(self, timeout: float = 30) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "serve.log").open("ab")
-        self.proc = subprocess.Popen([*PROVISIOND, "serve"], env=self.env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [*PROVISIOND, "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,  # prctl only: safe between fork and exec
+        )
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
