@@ -97,8 +97,10 @@ class DnsmasqSupervisor:
         name: str = "dnsmasq",
         backoff: Sequence[float] = BACKOFF_S,
         stable_s: float = STABLE_S,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.conf = conf
+        self.extra_args = tuple(extra_args)
         self.netns = netns
         self.on_event = on_event
         self.binary = binary
@@ -125,7 +127,7 @@ class DnsmasqSupervisor:
             raise ConfigError(
                 f"{self.binary} is not installed", hint="apt-get install dnsmasq-base"
             )
-        cmd = [exe, "--keep-in-foreground", f"--conf-file={self.conf}"]
+        cmd = [exe, "--keep-in-foreground", f"--conf-file={self.conf}", *self.extra_args]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return cmd
@@ -255,6 +257,7 @@ class DnsmasqSupervisor:
             self._emit(parser.feed(line))
         self._emit(parser.flush())
         self.healthy = False
+        self.reason = "dnsmasq exited; restarting"  # never "down: " with no reason
         return await proc.wait()
 
     def _emit(self, events: Iterable[BootEvent]) -> None:
@@ -271,6 +274,18 @@ def die_with_parent() -> None:
     """In the child before exec: SIGKILL it if the daemon dies (PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def _keep_credentials(net: ProvisioningNetwork) -> tuple[str, ...]:
+    """``--group=`` (empty: no setgid) when dnsmasq stays root, so it dies with the daemon.
+
+    The kernel clears PR_SET_PDEATHSIG when a process's effective uid or gid changes.
+    Debian's dnsmasq switches to group ``dip`` by default even as ``user=root``, which
+    used to leave it running, holding port 67, after the daemon was SIGKILLed
+    (measured). A dnsmasq that drops to another user (``nobody``, the default) loses
+    the setting anyway; the next daemon start kills it through the pidfile.
+    """
+    return ("--group=",) if net.dnsmasq_user == "root" else ()
 
 
 def _zombie(pid: int) -> bool:
@@ -344,7 +359,12 @@ class DnsmasqService:
         self.hosts = HostsDir(self.paths.hosts)
         self.ipxe_dir = ipxe_dir
         self.supervisor = DnsmasqSupervisor(
-            self.paths.conf, netns=net.netns, on_event=on_event, name=net.name, backoff=backoff
+            self.paths.conf,
+            netns=net.netns,
+            on_event=on_event,
+            name=net.name,
+            backoff=backoff,
+            extra_args=_keep_credentials(net),
         )
 
     def prepare(self) -> None:

@@ -62,7 +62,7 @@ class Netboot:
         self.dropped = 0
         self.dnsmasq: dict[str, DnsmasqService] = {
             net.name: DnsmasqService(
-                net, settings.data_dir / "dnsmasq", self._templates, on_event=self._on_event
+                net, settings.data_dir, self._templates, on_event=self._on_event
             )
             for net in self.networks
         }
