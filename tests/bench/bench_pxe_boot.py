@@ -129,16 +129,18 @@ def main() -> None:
         fresh = iter(sc.rack.guests)
         for n, chain in plan:
             if chain == "bare":
-                seconds = bare.boot(bare.guests[:n])
+                phases = bare.boot(bare.guests[:n])
+                seconds = {name: p["os_callback"] for name, p in phases.items()}
             else:
                 guests = [next(fresh) for _ in range(n)]
                 since = time.time()
-                seconds = boot_to_callback(
+                boots = boot_to_callback(
                     sc.rack.netns,
                     sc.rack.accel,
                     guests,
                     functools.partial(event_times, sc, "os_callback", since),
                 )
+                seconds = {name: boot.seconds for name, boot in boots.items()}
             results[(chain, n)].extend(seconds.values())
             shown = " ".join(f"{s:.1f}" for s in sorted(seconds.values()))
             print(f"  round N={n} {chain:10s} power-on -> callback s: {shown}  ({loadavg()})")

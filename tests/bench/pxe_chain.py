@@ -13,8 +13,9 @@ guest (its BMC farm idles: the chain never uses it). Inside that namespace run
 - this file run as ``serve``: ``http.server``'s ``SimpleHTTPRequestHandler`` (what
   ``python3 -m http.server`` runs) on a ``ThreadingHTTPServer``, serving a static iPXE
   script, the guest kernel and initrd and a static NoCloud ``user-data``, plus a
-  ``do_POST`` that records each phone_home callback (time, client address) as one
-  JSON line, because ``http.server`` alone answers POST with 501.
+  ``do_POST`` for the phone_home callback (``http.server`` alone answers POST with
+  501). Each request's arrival (time, client address, method, path) is one JSON
+  line, so a bare boot splits into the daemon's phase names (:data:`PHASES`).
 
 The static script boots the same kernel line as the daemon's deploy template
 (``initrd=``, the image's kernel args, ``ds=nocloud-net;s=<seed>``), in one script
@@ -30,7 +31,8 @@ Every wait is bounded; every process is stopped by PID.
     chain = BareChain("bpxe-bare", 4, workdir, image)
     chain.up()
     try:
-        seconds = chain.boot(chain.guests[:4])   # {"vm1": 9.8, ...} power-on -> callback
+        phases = chain.boot(chain.guests[:4])   # {"vm1": {"kernel": 2.1, ...,
+                                                #          "os_callback": 9.8}, ...}
     finally:
         chain.down()
 """
@@ -70,6 +72,14 @@ BOOT_DEADLINE_S = 180.0
 POLL_S = 0.25
 READY_S = 15.0
 HTTP_PORT = 8080
+#: (method, path) on the bare server -> the daemon's name for the same boot phase.
+PHASES = {
+    ("GET", "/boot.ipxe"): "ipxe_script",
+    ("GET", "/vmlinuz"): "kernel",
+    ("GET", "/initrd.img"): "initrd",
+    ("GET", "/seed/user-data"): "seed",
+    ("POST", "/callback"): "os_callback",
+}
 #: The daemon's user-data shape (pxe/os/default/user-data.j2), with one static key.
 USER_DATA = """\
 #cloud-config
@@ -108,6 +118,18 @@ def serial_tail(guest: vrack.GuestState, chars: int = 800) -> str:
     return f"--- {guest.name} serial log tail:\n{text}"
 
 
+@dataclass(frozen=True)
+class Boot:
+    """One guest's boot: wall-clock (``time.time()``) QEMU start and callback."""
+
+    started: float
+    callback: float
+
+    @property
+    def seconds(self) -> float:
+        return self.callback - self.started
+
+
 def boot_to_callback(
     netns: str,
     accel: str,
@@ -115,16 +137,16 @@ def boot_to_callback(
     callbacks: Callable[[], dict[str, float]],
     *,
     deadline_s: float = BOOT_DEADLINE_S,
-) -> dict[str, float]:
-    """Start every guest (``-boot n``) at once; seconds from its start to its callback.
+) -> dict[str, Boot]:
+    """Start every guest (``-boot n``) at once and wait for each one's callback.
 
-    ``callbacks()`` returns guest name -> wall-clock time (``time.time()`` scale) of
-    its callback; times before this round's start of that guest are ignored. Each
-    guest is killed as soon as its callback shows; all are killed on the way out.
+    ``callbacks()`` returns guest name -> wall-clock time of its callback; times
+    before this round's start of that guest are ignored. Each guest is killed as
+    soon as its callback shows; all are killed on the way out.
     """
     backends = {g.name: QemuBackend(g.qemu_guest(), netns, accel) for g in guests}
     started: dict[str, float] = {}
-    done: dict[str, float] = {}
+    done: dict[str, Boot] = {}
     try:
         for guest in guests:
             started[guest.name] = time.time()
@@ -133,7 +155,7 @@ def boot_to_callback(
         while len(done) < len(guests):
             for name, at in callbacks().items():
                 if name in started and name not in done and at >= started[name]:
-                    done[name] = at - started[name]
+                    done[name] = Boot(started[name], at)
                     backends[name].power_off()
             missing = [g for g in guests if g.name not in done]
             dead = [g for g in missing if not backends[g.name].is_on()]
@@ -275,21 +297,33 @@ class BareChain:
             time.sleep(0.05)
         raise ChainError(f"{what} not ready in {READY_S:.0f}s")
 
-    def callbacks(self) -> dict[str, float]:
-        """Guest name -> time of its latest callback, by the fixed address it POSTed from."""
+    def requests(self) -> list[tuple[str, str, float]]:
+        """(guest, phase, time) of every recorded request, by the guest's fixed address."""
         by_ip = {g.ip: g.name for g in self.guests}
-        seen: dict[str, float] = {}
+        rows: list[tuple[str, str, float]] = []
         with contextlib.suppress(FileNotFoundError):
             for line in self.record_file.read_text().splitlines():
                 with contextlib.suppress(ValueError, KeyError):
                     row = json.loads(line)
-                    if row["client"] in by_ip:
-                        seen[by_ip[row["client"]]] = float(row["at"])
-        return seen
+                    phase = PHASES.get((row["method"], row["path"]))
+                    if row["client"] in by_ip and phase:
+                        rows.append((by_ip[row["client"]], phase, float(row["at"])))
+        return rows
 
-    def boot(self, guests: Sequence[vrack.GuestState]) -> dict[str, float]:
+    def callbacks(self) -> dict[str, float]:
+        """Guest name -> time of its latest callback."""
+        return {name: at for name, phase, at in self.requests() if phase == "os_callback"}
+
+    def boot(self, guests: Sequence[vrack.GuestState]) -> dict[str, dict[str, float]]:
+        """Boot ``guests`` at once; per guest, phase -> seconds since its QEMU start."""
         assert self.rack is not None
-        return boot_to_callback(self.rack.netns, self.rack.accel, guests, self.callbacks)
+        boots = boot_to_callback(self.rack.netns, self.rack.accel, guests, self.callbacks)
+        phases: dict[str, dict[str, float]] = {name: {} for name in boots}
+        for name, phase, at in self.requests():
+            boot = boots.get(name)
+            if boot and boot.started <= at <= boot.callback:
+                phases[name].setdefault(phase, at - boot.started)
+        return phases
 
     def down(self) -> None:
         for proc in self.procs:
@@ -303,16 +337,25 @@ class BareChain:
 
 
 class _Handler(SimpleHTTPRequestHandler):
+    """http.server's file handler; every request (and a POST's answer) is recorded."""
+
     record: Path
     lock = threading.Lock()
 
-    def do_POST(self) -> None:
-        at = time.time()
-        length = min(int(self.headers.get("Content-Length") or 0), 1 << 16)
-        self.rfile.read(length)
-        row = {"at": at, "client": self.client_address[0], "path": self.path}
+    def _record(self) -> None:
+        row = {"at": time.time(), "client": self.client_address[0], "method": self.command}
+        row["path"] = self.path
         with self.lock, self.record.open("a") as out:
             out.write(json.dumps(row) + "\n")
+
+    def do_GET(self) -> None:
+        self._record()
+        super().do_GET()
+
+    def do_POST(self) -> None:
+        self._record()
+        length = min(int(self.headers.get("Content-Length") or 0), 1 << 16)
+        self.rfile.read(length)
         self.send_response(200)
         self.send_header("Content-Length", "3")
         self.end_headers()
