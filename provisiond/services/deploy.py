@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 from provisiond.config import Settings
 from provisiond.errors import Conflict
 from provisiond.lifecycle import Ev, State, advance
-from provisiond.models import Allocation, Deployment, Machine, utcnow
+from provisiond.models import Allocation, Deployment, Event, Machine, utcnow
 from provisiond.secrets import SecretBox
 
 #: Deployment.kind values.
@@ -103,6 +103,7 @@ def _new_record(
     allocation: Allocation | None,
     image_id: int | None,
     secrets: SecretBox,
+    attempt: int | None = None,
 ) -> Deployment:
     assert machine.id is not None
     for old in session.exec(
@@ -110,8 +111,7 @@ def _new_record(
     ).all():
         finish(old, "superseded", f"superseded by a new {kind}")
         session.add(old)
-    attempt = 1
-    if allocation is not None and allocation.id is not None:
+    if attempt is None and allocation is not None and allocation.id is not None:
         attempt = 1 + len(
             session.exec(
                 select(Deployment.id).where(
@@ -124,7 +124,7 @@ def _new_record(
         allocation_id=allocation.id if allocation else None,
         kind=kind,
         image_id=image_id,
-        attempt=attempt,
+        attempt=attempt or 1,
     )
     private, public = new_ssh_keypair(f"provisiond-{kind}-{record.uuid[:8]}")
     record.ssh_public_key = public
@@ -313,3 +313,37 @@ def deadline_reason(
         f" (last phase: {last})" if last else ""
     )
     return reason, details
+
+
+def retry_from_power_cycle(
+    session: Session, machine: Machine, record: Deployment, *, secrets: SecretBox, reason: str
+) -> Deployment:
+    """Start the running deploy or inspection over from the power-cycle, as a new attempt.
+
+    For a boot the daemon lost track of (it was down while the OS tried to call back):
+    a fresh record (new per-deploy key and callback token) supersedes the old one and
+    the engine power-cycles again. The lifecycle state does not change.
+    """
+    allocation = session.get(Allocation, record.allocation_id) if record.allocation_id else None
+    new = _new_record(
+        session,
+        machine,
+        kind=record.kind,
+        allocation=allocation,
+        image_id=record.image_id,
+        secrets=secrets,
+        attempt=record.attempt + 1,
+    )
+    session.add(
+        Event(
+            machine_id=machine.id,
+            machine_name=machine.name,
+            kind="deploy",
+            event="retry",
+            actor="engine",
+            message=f"{record.kind} attempt {new.attempt}: {reason}",
+            details={"deployment": new.uuid, "previous": record.uuid},
+        )
+    )
+    session.flush()
+    return new

@@ -80,6 +80,8 @@ class DeployEngine:
         self.settings = services.settings
         self._inflight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Boots power-cycled before this engine started may have called back to nobody.
+        self.started_at = utcnow()
 
     # --- the loop -------------------------------------------------------------------
 
@@ -134,6 +136,8 @@ class DeployEngine:
                 if record is None:
                     continue
                 step = _step_for(machine, record, now, self.settings.agent_heartbeat_timeout_s)
+                if step is None and _lost_boot(machine, record, now, self.started_at):
+                    step = "repower"
                 if step:
                     out.append(Work(machine.id, machine.name, step))
         return out
@@ -156,6 +160,7 @@ class DeployEngine:
                     "install": self._install_step,
                     "heartbeat_timeout": self._heartbeat_timeout,
                     "release": self._release_step,
+                    "repower": self._repower_step,
                 }[item.step]
                 await step(item)
             finally:
@@ -326,6 +331,35 @@ class DeployEngine:
             expect={State.INSTALLING_AGENT.value, State.INSPECTING.value},
         )
 
+    async def _repower_step(self, item: Work) -> None:
+        await asyncio.to_thread(self._repower, item.machine_id)
+
+    def _repower(self, machine_id: int) -> None:
+        limit = self.settings.deploy_max_attempts
+        reason = (
+            f"no OS callback {LOST_BOOT_S:.0f}s after a power-cycle sent before a daemon "
+            "restart; the callback may have gone unanswered"
+        )
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            if machine is None or machine.state not in (State.DEPLOYING, State.INSPECTING):
+                return
+            record = deploy.running_deployment(session, machine_id)
+            if record is None or not _lost_boot(machine, record, utcnow(), self.started_at):
+                return
+            if record.attempt >= limit:
+                deploy.fail(
+                    session,
+                    machine,
+                    reason=f"{reason}; gave up after {record.attempt} attempts",
+                    actor=ACTOR,
+                    settings=self.settings,
+                )
+                return
+            deploy.retry_from_power_cycle(
+                session, machine, record, secrets=self.services.secrets, reason=reason
+            )
+
     # --- release ----------------------------------------------------------------------
 
     def _release_plan(self, machine_id: int) -> tuple[str, str, str] | None:
@@ -443,6 +477,21 @@ def _step_for(
         if now - since > timedelta(seconds=heartbeat_timeout):
             return "heartbeat_timeout"
     return None
+
+
+#: The guest retries its phone-home for about a minute; a boot older than this that
+#: never called back while the daemon was down is started again.
+LOST_BOOT_S = 90.0
+
+
+def _lost_boot(machine: Machine, record: Deployment, now: datetime, started: datetime) -> bool:
+    if machine.state not in (State.DEPLOYING, State.INSPECTING) or record.host_key:
+        return False
+    stamp = record.phases.get("power_cycle")
+    if not isinstance(stamp, str) or record.phases.get("power_cycle_skipped"):
+        return False
+    cycled = datetime.fromisoformat(stamp)
+    return cycled < started and now - cycled > timedelta(seconds=LOST_BOOT_S)
 
 
 # --- blocking SSH work (runs in the executor) ---------------------------------------
