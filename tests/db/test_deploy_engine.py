@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Deployment, Event, Machine, utcnow
@@ -127,7 +127,9 @@ def test_a_boot_lost_across_a_restart_is_retried_from_power_cycle(services: Serv
         assert m is not None and m.state == State.DEPLOY_FAILED
         assert m.last_error is not None
         assert f"gave up after {attempts} attempts" in m.last_error["reason"]
-        outcomes = [r.outcome for r in s.exec(select(Deployment).order_by(Deployment.id)).all()]
+        outcomes = [
+            r.outcome for r in s.exec(select(Deployment).order_by(col(Deployment.id))).all()
+        ]
         assert outcomes == ["superseded"] * (attempts - 1) + ["failed"]
         retries = s.exec(select(Event).where(Event.event == "retry")).all()
         assert len(retries) == attempts - 1
