@@ -152,8 +152,7 @@ class Remote:
                     )
                 if not chan.is_active():
                     raise SshError(
-                        f"SSH connection to {self.address} was lost during "
-                        f"{command.split()[0]!r}",
+                        f"SSH connection to {self.address} was lost during {command.split()[0]!r}",
                         hint="the machine rebooted or powered off",
                     )
                 if session.recv_ready():
