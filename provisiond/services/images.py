@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
 from provisiond.errors import Conflict, Problem, ValidationFailed
-from provisiond.models import Allocation, Image
+from provisiond.models import Allocation, Deployment, Image
 from provisiond.netboot.images import ImageStore
 from provisiond.schemas import ImageIn, ImageOut, ImagePatch
 from provisiond.services.crud import apply_patch, ensure_name_free, get_by_name
@@ -79,6 +79,14 @@ def delete_image(session: Session, name: str, *, actor: str, request_id: str = "
             f"image {name} is referenced by {used} allocation(s), {live} of them holding a machine",
             hint="allocations keep their image for the record; PATCH this image or create a "
             "new one under another name instead",
+        )
+    outcomes = session.exec(select(Deployment.outcome).where(Deployment.image_id == image.id)).all()
+    deploys, running = len(outcomes), sum(1 for o in outcomes if o == "")
+    if deploys:
+        raise Conflict(
+            f"image {name} was used by {deploys} deploy(s), {running} of them running",
+            hint="deploy records keep their image for the record; PATCH this image or create "
+            "a new one under another name instead",
         )
     audit(session, "image_delete", f"deleted image {name}", actor=actor, request_id=request_id)
     session.delete(image)

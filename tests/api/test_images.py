@@ -5,7 +5,9 @@ from typing import Any
 from sqlmodel import select
 
 from provisiond.auth import create_token
-from provisiond.models import Allocation, Image
+from provisiond.lifecycle import Ev, advance
+from provisiond.models import Allocation, Image, Machine
+from provisiond.services import deploy
 from provisiond.services.container import Services
 from tests.conftest import Api
 
@@ -69,3 +71,28 @@ def test_image_used_by_an_allocation_is_kept(api: Api, services: Services) -> No
     err = r.json()["error"]
     assert "1 allocation" in err["message"] and "new one" in err["hint"]
     assert api.ci.get(f"{IMG}/debian12").status_code == 200
+
+
+def test_image_used_by_a_deploy_is_kept(api: Api, services: Services) -> None:
+    assert api.operator.post(IMG, json=image()).status_code == 201
+    with services.db.transaction() as s:
+        image_id = s.exec(select(Image.id)).one()
+        m = Machine(name="m1")
+        advance(s, m, Ev.ENROLL, actor="test")
+        for ev in (Ev.INSPECT, Ev.DONE, Ev.ALLOCATE):
+            advance(s, m, ev, actor="test")
+        deploy.start_deploy(
+            s,
+            m,
+            allocation=None,
+            image_id=image_id,
+            ssh_keys=[],
+            user_data="",
+            actor="test",
+            settings=services.settings,
+            secrets=services.secrets,
+        )
+    r = api.operator.delete(f"{IMG}/debian12")
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert "1 deploy(s), 1 of them running" in err["message"] and "new one" in err["hint"]
