@@ -15,7 +15,9 @@ import ctypes.util
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from provisiond.errors import ConfigError
 
@@ -31,18 +33,17 @@ def setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def bind_in_netns(netns: str | None, host: str, port: int, *, backlog: int = 2048) -> socket.socket:
-    """A non-blocking listening TCP socket on ``host:port`` inside ``netns``."""
-    if netns is None:
-        return _bind(host, port, backlog)
+T = TypeVar("T")
+
+
+def run_in_netns(netns: str, fn: Callable[[], T], *, timeout: float) -> T:
+    """Run ``fn`` on a short-lived thread that joined ``netns``; its result or its error.
+
+    Sockets ``fn`` creates stay in that namespace; no other thread ever leaves the
+    host's namespace.
+    """
     path = NETNS_DIR / netns
-    if not path.exists():
-        raise ConfigError(
-            f"network namespace {netns!r} does not exist",
-            hint=f"create it (ip netns add {netns}) or bring the virtual rack up "
-            "(provisiond rack up) before starting the daemon",
-        )
-    result: list[socket.socket | BaseException] = []
+    result: list[tuple[T | None, BaseException | None]] = []
 
     def work() -> None:
         try:
@@ -51,25 +52,41 @@ def bind_in_netns(netns: str | None, host: str, port: int, *, backlog: int = 204
                 setns(fd)
             finally:
                 os.close(fd)
-            result.append(_bind(host, port, backlog))
+            result.append((fn(), None))
         except BaseException as exc:  # handed back to the caller's thread
-            result.append(exc)
+            result.append((None, exc))
 
-    thread = threading.Thread(target=work, name=f"netns-bind-{netns}", daemon=True)
+    thread = threading.Thread(target=work, name=f"netns-{netns}", daemon=True)
     thread.start()
-    thread.join(10.0)
+    thread.join(timeout)
     if not result:
-        raise ConfigError(f"binding in namespace {netns!r} timed out", hint="check the host")
-    outcome = result[0]
-    if isinstance(outcome, ConfigError):
-        raise outcome
-    if isinstance(outcome, BaseException):
+        raise TimeoutError(f"no result from namespace {netns!r} within {timeout:g}s")
+    value, error = result[0]
+    if error is not None:
+        raise error
+    return value  # type: ignore[return-value]
+
+
+def bind_in_netns(netns: str | None, host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host:port`` inside ``netns``."""
+    if netns is None:
+        return _bind(host, port, backlog)
+    if not (NETNS_DIR / netns).exists():
         raise ConfigError(
-            f"cannot listen on {host}:{port} in namespace {netns!r}: {outcome}",
+            f"network namespace {netns!r} does not exist",
+            hint=f"create it (ip netns add {netns}) or bring the virtual rack up "
+            "(provisiond rack up) before starting the daemon",
+        )
+    try:
+        return run_in_netns(netns, lambda: _bind(host, port, backlog), timeout=10.0)
+    except ConfigError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} in namespace {netns!r}: {exc}",
             hint="the daemon needs root (CAP_SYS_ADMIN) to join a namespace, and the "
             "address must be on an interface inside it",
-        ) from outcome
-    return outcome
+        ) from exc
 
 
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
@@ -98,26 +115,6 @@ def connect_in_netns(netns: str | None, address: tuple[str, int], timeout: float
     """
     if netns is None:
         return socket.create_connection(address, timeout=timeout)
-    path = NETNS_DIR / netns
-    result: list[socket.socket | BaseException] = []
-
-    def work() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                setns(fd)
-            finally:
-                os.close(fd)
-            result.append(socket.create_connection(address, timeout=timeout))
-        except BaseException as exc:  # handed back to the caller's thread
-            result.append(exc)
-
-    thread = threading.Thread(target=work, name=f"netns-connect-{netns}", daemon=True)
-    thread.start()
-    thread.join(timeout + 5)
-    if not result:
-        raise TimeoutError(f"connect to {address[0]}:{address[1]} in {netns} timed out")
-    outcome = result[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    return run_in_netns(
+        netns, lambda: socket.create_connection(address, timeout=timeout), timeout=timeout + 5
+    )

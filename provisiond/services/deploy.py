@@ -217,15 +217,22 @@ def ensure_inspection_record(
     return record
 
 
+def _close_running(
+    session: Session, machine: Machine, outcome: str, reason: str
+) -> Deployment | None:
+    assert machine.id is not None
+    running = running_deployment(session, machine.id)
+    if running is not None:
+        finish(running, outcome, reason)
+        session.add(running)
+    return running
+
+
 def start_release(
     session: Session, machine: Machine, *, actor: str, reason: str, settings: Settings
 ) -> None:
     """``active | deploy_failed | allocated | release_failed -> releasing``."""
-    assert machine.id is not None
-    running = running_deployment(session, machine.id)
-    if running is not None:
-        finish(running, "released", reason)
-        session.add(running)
+    _close_running(session, machine, "released", reason)
     advance(session, machine, Ev.RELEASE, actor=actor, timeouts=settings.timeouts, reason=reason)
 
 
@@ -251,11 +258,7 @@ def fail(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Fail the machine's running deploy or inspection and close its record."""
-    assert machine.id is not None
-    running = running_deployment(session, machine.id)
-    if running is not None:
-        finish(running, "failed", reason)
-        session.add(running)
+    running = _close_running(session, machine, "failed", reason)
     advance(
         session,
         machine,
