@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,26 @@ class BootConfig:
         return self.public_url or request_base.rstrip("/")
 
 
+#: What iPXE (``${net0/mac}``, ``${net0/mac:hexhyp}``) and people write: six octets
+#: joined by one of ``:`` or ``-`` throughout, twelve bare hex digits, or Cisco's
+#: ``aabb.ccdd.eeff``. Stricter than :func:`normalize_mac`, which drops separators
+#: and whitespace anywhere: ``/boot/..52:54:00:12:34:56%0a.ipxe`` is no boot request.
+_BOOT_MAC = re.compile(
+    r"^(?:[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
+    r"|[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})$"
+)
+
+
 def parse_mac(value: str) -> str:
+    hint = "iPXE sends ${net0/mac}, e.g. 52:54:00:12:34:56"
     if len(value) > 64:
-        raise BadRequest("MAC address too long", hint="use aa:bb:cc:dd:ee:ff")
+        raise BadRequest("MAC address too long", hint=hint)
+    if not _BOOT_MAC.fullmatch(value):
+        raise BadRequest(f"{value[:64]!r} is not a MAC address", hint=hint)
     try:
         return normalize_mac(value)
     except ValueError as exc:
-        raise BadRequest(str(exc), hint="iPXE sends ${net0/mac}, e.g. 52:54:00:12:34:56") from None
+        raise BadRequest(str(exc), hint=hint) from None
 
 
 def render_script(templates: Templates, kind: str, arch: str, **context: Any) -> str:

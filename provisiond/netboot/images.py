@@ -8,8 +8,9 @@ renames the folder into place, so a reader never sees a half-copied image.
 :meth:`ImageStore.open_file` is the only way the HTTP route reaches a file. It
 accepts one plain file name inside one image folder: no ``/``, no leading dot (so
 no ``..`` and no manifest), the image folder opened with ``O_NOFOLLOW`` and the
-file opened relative to it with ``O_NOFOLLOW``, and only regular files. A symlink
-planted inside the store therefore cannot lead outside it.
+file opened relative to it with ``O_NOFOLLOW | O_NONBLOCK``, and only regular files.
+A symlink planted inside the store therefore cannot lead outside it, and a FIFO
+cannot hang the daemon in ``open()``.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ class ImageStore:
             ) from None
         try:
             try:
-                fd = os.open(file, flags, dir_fd=dfd)
+                # O_NONBLOCK: a FIFO planted in the store must not block the event loop
+                # in open() (it is then refused as not a regular file).
+                fd = os.open(file, flags | os.O_NONBLOCK, dir_fd=dfd)
             except FileNotFoundError:
                 raise missing from None
             except OSError:
@@ -188,11 +191,12 @@ class ImageStore:
     @staticmethod
     def _etag(dfd: int, file: str, info: os.stat_result) -> str:
         try:
-            mfd = os.open(MANIFEST, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dfd)
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            mfd = os.open(MANIFEST, flags, dir_fd=dfd)
             with os.fdopen(mfd, "rb") as handle:
                 sums = json.loads(handle.read(65536))
             digest = sums.get(file) if isinstance(sums, dict) else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # a damaged manifest: a weak ETag
             digest = None
         if isinstance(digest, str) and digest:
             return f'"{digest}"'

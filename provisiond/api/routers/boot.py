@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from provisiond.api.deps import ServicesDep, WriteSession
 from provisiond.errors import BadRequest
@@ -87,6 +88,8 @@ def seed(
 
 #: A phone-home body is a few host keys; anything bigger is refused unread.
 CALLBACK_MAX_BYTES = 16 * 1024
+#: cloud-init's phone_home posts a handful of fields.
+MAX_FORM_FIELDS = 32
 
 
 @router.post("/boot/callback/{machine}")
@@ -123,10 +126,15 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > limit:
         raise BadRequest(f"body over {limit} bytes", hint="post only the host keys")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(f"body over {limit} bytes", hint="post only the host keys")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(f"body over {limit} bytes", hint="post only the host keys")
+    except ClientDisconnect:  # nobody is left to read an answer; no traceback in the log
+        raise BadRequest(
+            "client went away before sending the whole body", hint="send the whole body"
+        ) from None
     return bytes(body)
 
 
@@ -135,12 +143,18 @@ def _callback_fields(raw: bytes, content_type: str) -> dict[str, str]:
     if "json" in content_type:
         try:
             data = json.loads(text or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             raise BadRequest("callback body is not JSON", hint="post a JSON object") from None
         if not isinstance(data, dict):
             raise BadRequest("callback body must be a JSON object", hint='{"pub_key_ed25519": ...}')
         return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
-    return {k: v for k, v in parse_qsl(text, keep_blank_values=True, max_num_fields=32)}
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # more fields than that
+        raise BadRequest(
+            f"callback form has over {MAX_FORM_FIELDS} fields", hint="post only the host keys"
+        ) from None
+    return dict(pairs)
 
 
 @router.head("/images/{name}/{file}", operation_id="image_file_head")
