@@ -1,15 +1,19 @@
-"""`provisiond machines ...`: list, show, power."""
+"""`provisiond machines ...`: list, show, power, inspect, deploy, release."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
+from provisiond.cli.allocate import allocate
 from provisiond.cli.common import JsonFlag, api, console, emit, fail
 
-app = typer.Typer(help="Machines: list, show, power.", no_args_is_help=True)
+app = typer.Typer(
+    help="Machines: list, show, power, inspect, deploy, release.", no_args_is_help=True
+)
 
 
 def _u(machine: dict[str, Any]) -> str:
@@ -115,6 +119,37 @@ def _event(name: str, event: str, reason: str) -> dict[str, Any]:
             f"/machines/{quote(name, safe='')}/events", json={"event": event, "reason": reason}
         )
     return result
+
+
+@app.command("deploy")
+def deploy(
+    name: Annotated[str, typer.Argument(help="Machine name")],
+    image: Annotated[str, typer.Option("--image", help="Image name (provisiond images list)")],
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-key", help="Public key file or line; repeat for more"),
+    ] = None,
+    user_data: Annotated[
+        Path | None, typer.Option("--user-data", help="cloud-init user-data file")
+    ] = None,
+    lease: Annotated[
+        str, typer.Option("--lease", help="e.g. 12h, 1d (operators: up to 7d)")
+    ] = "1d",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until ready")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait")] = 1800,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy this machine: an allocation pinned to it (release it with 'provisiond release')."""
+    allocate(
+        image=image,
+        ssh_key=ssh_key,
+        name=[name],
+        user_data=user_data,
+        lease=lease,
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+    )
 
 
 def _print_state(machine: dict[str, Any], as_json: bool) -> None:

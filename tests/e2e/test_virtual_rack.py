@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisiond.rack.scenario import Scenario, netns_socket
+from provisiond.rack.scenario import DEPLOY_IMAGE, Scenario, netns_socket
 
 pytestmark = [
     pytest.mark.slow,
@@ -244,7 +245,19 @@ def test_daemon_killed_while_installing_agent_resumes(
         for a in api.get("/allocations", params={"state": "pending,deploying,ready"}).json():
             api.delete(f"/allocations/{a['id']}")
     rack.wait_states(["vm1", "vm2"], {"available"}, timeout=180, fail={"release_failed"})
-    [alloc_id] = rack.allocate(["vm1"], [pub])
+    # The operator's way: `machines deploy` (an allocation pinned to the machine).
+    out = rack.cli(
+        "machines",
+        "deploy",
+        "vm1",
+        "--image",
+        DEPLOY_IMAGE,
+        "--ssh-key",
+        pub,
+        "--no-wait",
+        "--json",
+    )
+    alloc_id = json.loads(out)["id"]
     deadline = time.monotonic() + 120
     state = ""
     while time.monotonic() < deadline:
