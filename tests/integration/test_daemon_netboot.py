@@ -97,11 +97,11 @@ class Env:
             )
             if got.get("ip") == expected_ip:
                 break
-            self._bounce()
+            self.bounce()
             time.sleep(0.5)
         return got
 
-    def _bounce(self) -> None:
+    def bounce(self) -> None:
         for state in ("down", "up"):
             subprocess.run(
                 ["ip", "-n", self.client, "link", "set", "c0", state], check=True, timeout=10
@@ -229,7 +229,7 @@ def test_host_files_follow_the_api_without_restarting_dnsmasq(running: Env) -> N
         assert r.status_code == 200, r.text
         assert env.host_files() == {file: f"{MAC},{moved},set:provisiond,{MACHINE}\n"}
         assert env.dnsmasq_pid() == pid
-        env._bounce()
+        env.bounce()
         lease = env.lease(moved)
         assert lease["ip"] == moved, lease
         assert env.dnsmasq_pid() == pid
@@ -271,6 +271,7 @@ def test_killed_dnsmasq_is_restarted_and_healthz_says_so(running: Env) -> None:
     status, body = env.health()
     assert status == 200 and body["checks"][key] == "ok", body
     # The gap is short (0.5 s backoff); when it was seen, it must say what is down.
+    print(f"/healthz while dnsmasq was down ({len(down_reasons)} polls): {down_reasons[:1]}")
     for reason in down_reasons:
         assert reason.startswith("down: dnsmasq "), down_reasons
     metrics = httpx.get(env.daemon.url + "/metrics", timeout=5).text
