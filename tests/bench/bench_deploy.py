@@ -22,8 +22,9 @@ OS callback, plus the agent install. So the same run measures
 The verdict compares medians: (request -> active) minus the agent install
 (``agent_install`` -> ``agent_heartbeat``: SSH, upload, service start, first
 heartbeat) against the bare PXE -> callback time. The rest of the daemon's path
-(allocation, BMC, its iPXE chain, reacting to the callback) counts as overhead. Rounds
-run bare first, then provisiond; each round deploys fresh machines (the rack has
+(allocation, BMC, its iPXE chain, reacting to the callback) counts as overhead. The
+chains alternate which goes first from round to round (the 2 CPUs are shared, so the
+load average is printed); each round deploys fresh machines (the rack has
 ``rounds x 4`` guests, inspected at once before the first round).
 
     .venv/bin/python tests/bench/bench_deploy.py [--rounds 2]
@@ -154,21 +155,25 @@ def main() -> None:
         )
         names = iter(g.name for g in sc.rack.guests)
         key = public_key()
-        for n in (n for _ in range(args.rounds) for n in SIZES):
-            booted = list(chain.boot(chain.guests[:n]).values())
-            bare[n].extend(booted)
-            callback = sorted(p["os_callback"] for p in booted)
-            print(
-                f"  N={n} bare PXE -> callback s: {' '.join(f'{s:.1f}' for s in callback)}"
-                f"  ({loadavg()})"
-            )
-            deployed = list(deploy(sc, [next(names) for _ in range(n)], key).values())
-            runs[n].extend(deployed)
-            active = sorted(p["agent_heartbeat"] for p in deployed)
-            print(
-                f"  N={n} provisiond request -> active s: {' '.join(f'{s:.1f}' for s in active)}"
-                f"  ({loadavg()})"
-            )
+        plan = [
+            (n, which)
+            for r in range(args.rounds)
+            for n in SIZES
+            for which in (("bare", "provisiond") if r % 2 == 0 else ("provisiond", "bare"))
+        ]
+        for n, which in plan:
+            if which == "bare":
+                booted = list(chain.boot(chain.guests[:n]).values())
+                bare[n].extend(booted)
+                shown = sorted(p["os_callback"] for p in booted)
+                what = "bare PXE -> callback"
+            else:
+                deployed = list(deploy(sc, [next(names) for _ in range(n)], key).values())
+                runs[n].extend(deployed)
+                shown = sorted(p["agent_heartbeat"] for p in deployed)
+                what = "provisiond request -> active"
+            seconds = " ".join(f"{s:.1f}" for s in shown)
+            print(f"  N={n} {what} s: {seconds}  ({loadavg()})")
         ok = True
     except (ChainError, ScenarioError) as exc:
         print(f"bench_deploy failed: {exc}\n  logs kept in {work}")
