@@ -72,12 +72,17 @@ def record_phase(
     metrics: Metrics | None = None,
     actor: str = "boot",
     at: datetime | None = None,
+    deployment: Deployment | None = None,
     **details: Any,
 ) -> bool:
-    """Record ``phase`` for the machine's running deployment; True if it was new."""
+    """Record ``phase`` for the machine's running deployment; True if it was new.
+
+    ``deployment`` names the record when the caller knows it, e.g. an agent install
+    that ends after the agent's first heartbeat already closed the record.
+    """
     if machine is None or machine.id is None:
         return False
-    deployment = running_deployment(session, machine.id)
+    deployment = deployment or running_deployment(session, machine.id)
     if deployment is None:
         return False
     at = at or utcnow()

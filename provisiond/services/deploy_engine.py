@@ -194,11 +194,22 @@ class DeployEngine:
             (end - start).total_seconds()
         )
 
-    def _phase(self, machine_id: int, phase: str, **details: Any) -> None:
+    def _phase(self, machine_id: int, phase: str, *, deployment: str = "", **details: Any) -> None:
         with self.services.db.transaction() as session:
             machine = session.get(Machine, machine_id)
+            record = (
+                session.exec(select(Deployment).where(Deployment.uuid == deployment)).first()
+                if deployment
+                else None
+            )
             boot_telemetry.record_phase(
-                session, machine, phase, metrics=self.services.metrics, actor=ACTOR, **details
+                session,
+                machine,
+                phase,
+                metrics=self.services.metrics,
+                actor=ACTOR,
+                deployment=record,
+                **details,
             )
 
     def _event(self, machine_id: int, name: str, event: str, message: str) -> None:
@@ -262,8 +273,8 @@ class DeployEngine:
 
     # --- agent install ----------------------------------------------------------------
 
-    def _install_plan(self, machine_id: int) -> tuple[str, str, str, str, str, int] | None:
-        """(address, host key, private key, agent URL, machine uuid, attempt) and a token."""
+    def _install_plan(self, machine_id: int) -> tuple[str, str, str, str, str, str] | None:
+        """(address, host key, private key, agent URL, machine uuid, deployment uuid)."""
         with self.services.db.transaction() as session:
             machine = session.get(Machine, machine_id)
             if machine is None:
@@ -271,8 +282,9 @@ class DeployEngine:
             record = deploy.running_deployment(session, machine_id)
             if record is None or not record.host_key or not record.address:
                 return None
-            deploy.mark_phase(record, "agent_install")
-            session.add(record)
+            boot_telemetry.record_phase(
+                session, machine, "agent_install", metrics=self.services.metrics, actor=ACTOR
+            )
             agent_url = str(record.phases.get("agent_url") or "")
             return (
                 record.address,
@@ -280,7 +292,7 @@ class DeployEngine:
                 self.services.secrets.decrypt(record.ssh_private_key_encrypted),
                 agent_url,
                 machine.uuid,
-                record.attempt,
+                record.uuid,
             )
 
     async def _install_step(self, item: Work) -> None:
@@ -288,7 +300,7 @@ class DeployEngine:
         plan = await asyncio.to_thread(self._install_plan, item.machine_id)
         if plan is None:
             return
-        address, host_key, private, agent_url, machine_uuid, _ = plan
+        address, host_key, private, agent_url, machine_uuid, record_uuid = plan
         token = await asyncio.to_thread(self._issue_token, item.machine_id)
         env = (
             f"PROVISIOND_URL={agent_url}\nPROVISIOND_MACHINE={machine_uuid}\n"
@@ -314,7 +326,7 @@ class DeployEngine:
         except (SshError, ProvisiondError) as exc:
             self._fail(item.machine_id, f"agent install failed: {exc.message}", expect=expect)
             return
-        self._phase(item.machine_id, "agent_installed")
+        self._phase(item.machine_id, "agent_installed", deployment=record_uuid)
 
     def _issue_token(self, machine_id: int) -> str:
         with self.services.db.transaction() as session:

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisiond.rack.scenario import DEPLOY_IMAGE, Scenario, netns_socket
+from provisiond.rack.scenario import DEPLOY_IMAGE, PROVISIOND, Scenario, netns_socket
 
 pytestmark = [
     pytest.mark.slow,
@@ -158,9 +159,40 @@ def _wait_unlocked(sc: Scenario, name: str, timeout: float = 60) -> None:
 def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str, str]) -> None:
     assert rack.rack is not None
     pem, pub = keypair
-    ids = rack.allocate(["vm1", "vm2"], [pub])
-    allocations = rack.wait_allocations(ids, timeout=300)
+    # What a CI job runs: `provisiond allocate ... --wait --json`, two at once.
+    jobs = [
+        subprocess.Popen(
+            [
+                *PROVISIOND,
+                "allocate",
+                "--name",
+                name,
+                "--image",
+                DEPLOY_IMAGE,
+                "--ssh-key",
+                pub,
+                "--lease",
+                "2h",
+                "--wait",
+                "--timeout",
+                "300",
+                "--json",
+            ],
+            env=rack.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("vm1", "vm2")
+    ]
+    allocations = []
+    for job in jobs:
+        out, err = job.communicate(timeout=330)
+        assert job.returncode == 0, f"{err}\n{_diagnose(rack)}"
+        allocations.append(json.loads(out))
     assert [a["state"] for a in allocations] == ["ready", "ready"], _diagnose(rack)
+    for a in allocations:
+        assert {"id", "state", "address", "ssh_user", "host_key_fingerprint"} <= set(a)
     for alloc, guest in zip(allocations, rack.rack.guests, strict=True):
         assert alloc["address"] == guest.ip and alloc["host_key_fingerprint"].startswith("SHA256:")
         # The allocation's own key works, and the host key the daemon pinned is the
