@@ -98,6 +98,11 @@ class Database:
             if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
+            # Connections are cheap for SQLite, and the default pool (5 + 10 overflow)
+            # made the API's 40 worker threads queue for one (measured: a third of
+            # their time under load); writers are serialized by the gate anyway.
+            kwargs["pool_size"] = 16
+            kwargs["max_overflow"] = 64
         else:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 10
