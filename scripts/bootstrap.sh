@@ -43,3 +43,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || true
   fi
 fi
+
+# The guest image is assembled from Debian packages with `apt-get download`, which
+# needs package lists; a fresh machine may have none even when nothing is missing.
+if [ "$(id -u)" -eq 0 ] && ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  echo "bootstrap: apt-get update (package lists for the guest image)" >&2
+  apt-get update -qq
+fi
