@@ -46,7 +46,8 @@ fi
 
 # The guest image is assembled from Debian packages with `apt-get download`, which
 # needs package lists; a fresh machine may have none even when nothing is missing.
-if [ "$(id -u)" -eq 0 ] && ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+candidate=$(apt-cache policy linux-image-amd64 2>/dev/null || true)
+if [ "$(id -u)" -eq 0 ] && [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
   echo "bootstrap: apt-get update (package lists for the guest image)" >&2
   apt-get update -qq
 fi
