@@ -324,3 +324,26 @@ def _wait_event(
                     return dict(row)
             time.sleep(1)
     raise AssertionError(f"no {event} event for {machine} in {timeout:.0f}s\n{_diagnose(sc)}")
+
+
+def test_a_host_key_that_does_not_match_fails_the_deploy(
+    rack: Scenario, keypair: tuple[str, str]
+) -> None:
+    # The guest phones home with a key its sshd does not use, as an impostor on the
+    # machine's address would: the daemon must not trust the SSH server it finds.
+    assert rack.image is not None
+    args = f"{rack.image.kernel_args} provisiond.fault=impostor-host-key"
+    image = ["--kernel", str(rack.image.kernel), "--initrd", str(rack.image.initrd)]
+    rack.cli("images", "add", "impostor", *image, "--kernel-args", args)
+    _, pub = keypair
+    mark = _last_event(rack, "vm2")
+    with rack.api() as api:
+        r = api.post("/allocations", json={"constraints": {"names": ["vm2"]}, "image": "impostor",
+                                           "ssh_keys": [pub], "lease": "10m"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+    failed = _wait_event(rack, "vm2", "fail", after=mark, timeout=180)
+    assert "SSH host key mismatch" in failed["message"], failed
+    _wait_unlocked(rack, "vm2")
+    record = next(d for d in rack.deployments("vm2") if d["outcome"] == "failed")
+    assert "os_callback" in [p["phase"] for p in record["phases"]]
+    assert "agent_installed" not in [p["phase"] for p in record["phases"]]

@@ -170,6 +170,18 @@ def start_dropbear() -> bool:
     return False
 
 
+def impostor_key() -> str:
+    """A fresh host key sshd never uses: what an impostor on the machine's address sends.
+
+    Only for the virtual rack's failure tests (``provisiond.fault=impostor-host-key`` on
+    the kernel line): the daemon must refuse to trust the real sshd's different key.
+    """
+    path = "/run/impostor_ed25519"  # tmpfs only root writes (the ramdisk has no users)
+    subprocess.run(["dropbearkey", "-t", "ed25519", "-f", path], capture_output=True, check=False)
+    out = subprocess.run(["dropbearkey", "-y", "-f", path], capture_output=True, text=True)
+    return next((line for line in out.stdout.splitlines() if line.startswith("ssh-")), "")
+
+
 def main() -> int:
     with open("/proc/cmdline") as cmdline:
         args = kernel_args(cmdline.read())
@@ -195,6 +207,9 @@ def main() -> int:
         return 0
     with open(HOST_KEY + ".pub") as pub:
         host_key = pub.read().strip()
+    if args.get("provisiond.fault") == "impostor-host-key":
+        host_key = impostor_key()
+        log("fault injection: phoning home with a host key sshd does not use")
     form = {
         "pub_key_ed25519": host_key,
         "instance_id": instance_id,
