@@ -22,31 +22,38 @@ Checks at build time: every ELF file's NEEDED libraries must be in the tree, and
 extracted interpreter (run through the extracted dynamic loader) must import the
 modules the agent uses while it precompiles the standard library, so a guest does not
 compile bytecode under TCG on every boot.
+
+This module is the recipe and the build's order of steps; the file-level steps (ELF
+reading, kernel module closure, pruning, the library check, the cpio writer) live in
+:mod:`provisiond.rack.guest_files`, whose :class:`GuestImageError` is re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import gzip
 import hashlib
 import importlib.resources
 import json
-import lzma
 import os
 import re
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisiond.errors import ProvisiondError
+from provisiond.rack.guest_files import GuestImageError as GuestImageError  # re-exported
+from provisiond.rack.guest_files import (
+    check_libraries,
+    module_closure,
+    prune,
+    write_cpio_gz,
+)
 
 BUILDER_VERSION = 1
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -116,10 +123,6 @@ LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 DEFAULT_CACHE = Path("/var/cache/provisiond/guest-images")
 LOCK_WAIT = 1200.0  # s; a cold build takes about a minute
 APT_TIMEOUT = 600.0
-
-
-class GuestImageError(ProvisiondError):
-    code = "guest_image_failed"
 
 
 @dataclass(frozen=True)
@@ -249,121 +252,6 @@ def _download(
     return have
 
 
-def _elf_sections(data: bytes) -> list[tuple[str, int, int, int, int]] | None:
-    """(name, type, offset, size, link) of each section of a little-endian ELF64 file."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return None
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    raw = [struct.unpack_from("<IIQQQQI", data, shoff + i * shentsize) for i in range(shnum)]
-    names_at = raw[shstrndx][4] if shnum else 0
-
-    def cstr(at: int) -> str:
-        return data[at : data.index(b"\0", at)].decode()
-
-    return [(cstr(names_at + n), t, off, size, link) for n, t, _f, _a, off, size, link in raw]
-
-
-def elf_needed(data: bytes) -> list[str]:
-    """The DT_NEEDED sonames of an ELF64 file ([] for static or non-ELF files)."""
-    sections = _elf_sections(data) or []
-    needed = []
-    for _name, kind, off, size, link in sections:
-        if kind == 6:  # SHT_DYNAMIC; sh_link names its string table
-            strtab = sections[link][2]
-            for tag, val in struct.iter_unpack("<qQ", data[off : off + size]):
-                if tag == 1:  # DT_NEEDED
-                    needed.append(data[strtab + val : data.index(b"\0", strtab + val)].decode())
-    return needed
-
-
-def modinfo(data: bytes) -> dict[str, list[str]]:
-    """The .modinfo strings of a kernel module: key → values."""
-    info: dict[str, list[str]] = {}
-    for name, _kind, off, size, _link in _elf_sections(data) or []:
-        if name == ".modinfo":
-            for item in data[off : off + size].split(b"\0"):
-                key, sep, value = item.decode(errors="replace").partition("=")
-                if sep:
-                    info.setdefault(key, []).append(value)
-    return info
-
-
-def _module_closure(moddir: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    """The wanted modules and their depends= (and softdep pre:), dependencies first."""
-    index = {}
-    for path in moddir.rglob("*.ko*"):
-        index[path.name.split(".ko")[0].replace("-", "_")] = path
-    order: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        name = name.replace("-", "_")
-        if name in seen:
-            return
-        if name not in index:
-            raise GuestImageError(
-                f"kernel module {name} not found (needed via {' → '.join(chain)})",
-                hint="is it built in? then drop it from MODULES",
-            )
-        seen.add(name)
-        path = index[name]
-        data = path.read_bytes()
-        if path.name.endswith(".xz"):
-            data = lzma.decompress(data)  # busybox insmod takes plain .ko files only
-        elif not path.name.endswith(".ko"):
-            raise GuestImageError(
-                f"cannot decompress {path.name}", hint="only .ko and .ko.xz are supported"
-            )
-        info = modinfo(data)
-        deps = [d for v in info.get("depends", []) for d in v.split(",") if d]
-        for soft in info.get("softdep", []):
-            pre = soft.split("pre:", 1)[1].split("post:")[0] if "pre:" in soft else ""
-            deps += [d for d in pre.split() if d.replace("-", "_") in index]
-        for dep in deps:
-            visit(dep, (*chain, name))
-        order.append((name, data))
-
-    for module in wanted:
-        visit(module, (module,))
-    return order
-
-
-def _prune(root: Path, patterns: tuple[str, ...]) -> None:
-    for pattern in patterns:
-        head, brace, rest = pattern.partition("{")
-        alternatives = rest.split("}")[0].split(",") if brace else [""]
-        tail = rest.split("}", 1)[1] if brace else ""
-        for alt in alternatives:
-            for path in root.glob(head + alt + tail):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-
-
-def _check_libraries(root: Path) -> None:
-    """Every dynamic ELF file's NEEDED libraries must be in the tree."""
-    present = {p.name for d in LIB_DIRS if (root / d).is_dir() for p in (root / d).iterdir()}
-    missing: dict[str, list[str]] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            with path.open("rb") as f:
-                if f.read(4) != b"\x7fELF":
-                    continue
-            for soname in elf_needed(path.read_bytes()):
-                if soname not in present:
-                    missing.setdefault(soname, []).append(str(path.relative_to(root)))
-    if missing:
-        detail = "; ".join(
-            f"{s} (needed by {', '.join(u[:3])})" for s, u in sorted(missing.items())
-        )
-        raise GuestImageError(
-            f"libraries missing from the guest: {detail}",
-            hint="add the package that ships them to PACKAGES, or PRUNE the users",
-        )
-
-
 def _python_in_tree(root: Path, *args: str) -> None:
     """Run the tree's own interpreter through the tree's own dynamic loader."""
     loader = root / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -377,9 +265,9 @@ def _python_in_tree(root: Path, *args: str) -> None:
 
 
 def _assemble(root: Path, kernel_tree: Path, kernel_release: str, recipe: Recipe) -> None:
-    _prune(root, recipe.prune)
+    prune(root, recipe.prune)
     moddir = kernel_tree / "lib/modules" / kernel_release
-    modules = _module_closure(moddir, recipe.modules)
+    modules = module_closure(moddir, recipe.modules)
     (root / "lib/modules/provisiond").mkdir(parents=True)
     for name, data in modules:
         (root / "lib/modules/provisiond" / f"{name}.ko").write_bytes(data)
@@ -401,7 +289,7 @@ def _assemble(root: Path, kernel_tree: Path, kernel_release: str, recipe: Recipe
         if not path.exists() and not path.is_symlink():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.symlink_to("/bin/busybox")
-    _check_libraries(root)
+    check_libraries(root, LIB_DIRS)
     _python_in_tree(root, "-c", f"import {SMOKE_IMPORTS}")
     _python_in_tree(
         root,
@@ -417,50 +305,6 @@ def _assemble(root: Path, kernel_tree: Path, kernel_release: str, recipe: Recipe
         str(root / "usr/lib" / PYTHON),
         str(root / "usr/lib/provisiond"),
     )
-
-
-def _cpio_entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
-            yield os.path.relpath(path, root), os.lstat(path)
-
-
-def write_cpio_gz(root: Path, out: Path) -> None:
-    """A gzip'd newc cpio of ``root`` (owner root, mtime 0) plus the DEVICES nodes."""
-
-    def header(
-        f: gzip.GzipFile, name: str, ino: int, mode: int, size: int, rdev: tuple[int, int]
-    ) -> None:
-        nlink = 2 if stat.S_ISDIR(mode) else 1
-        fields = (ino, mode, 0, 0, nlink, 0, size, 0, 0, *rdev, len(name) + 1, 0)
-        raw = b"070701" + "".join(f"{v:08x}" for v in fields).encode() + name.encode() + b"\0"
-        f.write(raw + b"\0" * (-len(raw) % 4))
-
-    with (
-        out.open("wb") as dest,
-        gzip.GzipFile(fileobj=dest, mode="wb", compresslevel=6, mtime=0) as f,
-    ):
-        ino = 0
-        for ino, (name, st) in enumerate(_cpio_entries(root), start=1):
-            path = root / name
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(path).encode()
-                header(f, name, ino, st.st_mode, len(target), (0, 0))
-                f.write(target + b"\0" * (-len(target) % 4))
-            elif stat.S_ISREG(st.st_mode):
-                header(f, name, ino, st.st_mode, st.st_size, (0, 0))
-                with path.open("rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 20)
-                f.write(b"\0" * (-st.st_size % 4))
-            elif stat.S_ISDIR(st.st_mode):
-                header(f, name, ino, st.st_mode, 0, (0, 0))
-        for extra, (name, (mode, major, minor)) in enumerate(
-            sorted(DEVICES.items()), start=ino + 1
-        ):
-            header(f, name, extra, mode, 0, (major, minor))
-        header(f, "TRAILER!!!", 0, 0, 0, (0, 0))
 
 
 def default_cache_dir() -> Path:
@@ -527,7 +371,7 @@ def build_guest_image(
             _assemble(root, kernel_tree, release, recipe)
             result.mkdir()
             shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", result / "vmlinuz")
-            write_cpio_gz(root, result / "initrd.img")
+            write_cpio_gz(root, result / "initrd.img", DEVICES)
             (result / "recipe.json").write_text(json.dumps({"versions": versions}, indent=2) + "\n")
             if out.is_dir():  # --force: replace the old build
                 shutil.rmtree(out)

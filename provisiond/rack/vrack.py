@@ -6,7 +6,7 @@
   boot address (``.1`` of the subnet) and ``fd00:213::1/64`` with DAD off, so both
   are usable at once; taps ``tap1..tapN`` on the bridge. The daemon runs dnsmasq
   and its boot HTTP listener inside the namespace (``network.toml`` says how); the
-  rack itself answers nothing on the bridge;
+  rack itself answers nothing on the bridge (:mod:`provisiond.rack.vrack_net`);
 - per guest K: ``vmK``, MAC ``52:54:00:HH:HH:KK`` (HH:HH from the rack name, so two
   racks in one database do not collide), fixed address ``.(10+K)``, a raw disk
   ``vmK.disk`` whose first and last MiB are 0xA5 (a wipe is visible), serial log
@@ -15,15 +15,19 @@
   an IPMI BMC per guest on 127.0.0.1, whose power commands start and kill the
   guest's QEMU (:mod:`provisiond.rack.qemu`). Guests are off after ``up``; power
   goes only through the BMCs. On SIGTERM the farm kills its QEMUs and exits;
-- in the state folder: ``rack.json`` (this module's :class:`RackState`, written
-  atomically), ``inventory.yaml`` for ``provisiond inventory apply`` (BMC password
-  from ``$PROVISIOND_RACK_BMC_PASSWORD``) and ``network.toml``, a ``[[networks]]``
-  entry of the daemon's config (:class:`ProvisioningNetwork`).
+- in the state folder (:mod:`provisiond.rack.vrack_files`): ``rack.json``
+  (:class:`RackState`), ``inventory.yaml`` for ``provisiond inventory apply`` (BMC
+  password from ``$PROVISIOND_RACK_BMC_PASSWORD``) and ``network.toml``, a
+  ``[[networks]]`` entry of the daemon's config (:class:`ProvisioningNetwork`).
 
 ``down`` works from whatever is left after a crash: a missing or partial state
 file, a dead farm, QEMUs named by pidfiles, a stale namespace. It signals only
 PIDs the rack recorded whose command line still names qemu or provisiond, so a
 recycled PID is left alone. Every wait is bounded.
+
+This module is the lifecycle (``up``, ``down``, ``load``, ``status``, the farm's
+entry point); the state and its files are :mod:`provisiond.rack.vrack_files`, whose
+names other code reads from here (``RackState``, ``network_toml``, ...) are re-exported.
 """
 
 from __future__ import annotations
@@ -37,30 +41,47 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from provisiond.errors import BadRequest, ConfigError, Conflict, NotFound, ProvisiondError
 from provisiond.rack.ipmi_bmc import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from provisiond.rack.qemu import (
     QEMU,
     QemuBackend,
-    QemuGuest,
     accel_from_env,
     kill_recorded,
     pid_alive,
     pid_command,
     serve_farm,
 )
+from provisiond.rack.vrack_files import (
+    FARM_LOG,
+    FILL,
+    GUEST_FILES,
+    INVENTORY_FILE,
+    NETWORK_FILE,
+    PASSWORD_ENV,
+    READY_FILE,
+    STATE_FILE,
+    GuestState,
+    RackState,
+    inventory_yaml,
+    make_disk,
+    network_toml,
+    read_json,
+    write_atomic,
+)
+from provisiond.rack.vrack_net import BRIDGE, build_network, delete_netns, netns_exists, netns_pids
 
-__all__ = [
+__all__ = [  # includes names re-exported from vrack_files
+    "FILL",
+    "INVENTORY_FILE",
     "MAX_GUESTS",
+    "NETWORK_FILE",
     "PASSWORD_ENV",
     "GuestState",
     "GuestStatus",
@@ -68,78 +89,16 @@ __all__ = [
     "RackStatus",
     "default_state_dir",
     "down",
+    "inventory_yaml",
+    "network_toml",
     "status",
     "up",
 ]
 
 MAX_GUESTS = 42  # one per U of a 42U rack; addresses .11-.52 stay below the DHCP range
-PASSWORD_ENV = "PROVISIOND_RACK_BMC_PASSWORD"  # noqa: S105 - a variable name
-STATE_FILE, READY_FILE, FARM_LOG = "rack.json", "bmc.ready", "bmc.log"
-INVENTORY_FILE, NETWORK_FILE = "inventory.yaml", "network.toml"
-BRIDGE = "br0"
-FILL = b"\xa5" * (1 << 20)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # as ProvisioningNetwork.name
-_GUEST_FILES = ("vm*.disk", "vm*.pid", "vm*.tmp", "vm*.serial.log")
 _ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-B]|[=>c])")
-_FARM_READY_S, _FARM_STOP_S, _CMD_S = 30.0, 10.0, 15.0
-
-
-@dataclass
-class GuestState:
-    index: int
-    name: str
-    mac: str
-    ip: str
-    tap: str
-    disk: str
-    serial_log: str
-    pidfile: str
-    bmc_address: str
-    bmc_port: int
-    ram_mib: int
-    cpus: int
-    disk_mib: int
-
-    def qemu_guest(self) -> QemuGuest:
-        g = self
-        paths = Path(g.disk), Path(g.serial_log), Path(g.pidfile)
-        return QemuGuest(g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus)
-
-
-@dataclass
-class RackState:
-    """Everything ``rack.json`` records; enough for ``down`` and the farm."""
-
-    name: str
-    state_dir: str
-    netns: str
-    bridge: str
-    subnet: str
-    boot_address: str
-    ipv6_prefix: str
-    ipv6_address: str
-    http_port: int
-    accel: str
-    bmc_username: str
-    farm_pid: int | None = None
-    guests: list[GuestState] = field(default_factory=list)
-
-    @property
-    def inventory_file(self) -> Path:
-        return Path(self.state_dir) / INVENTORY_FILE
-
-    @property
-    def network_file(self) -> Path:
-        return Path(self.state_dir) / NETWORK_FILE
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RackState:
-        names = {f.name for f in fields(cls)}
-        guests = [GuestState(**g) for g in data.get("guests", [])]
-        return cls(**{k: v for k, v in data.items() if k in names and k != "guests"}, guests=guests)
+_FARM_READY_S, _FARM_STOP_S = 30.0, 10.0
 
 
 @dataclass
@@ -184,42 +143,6 @@ def guest_mac(rack: str, index: int) -> str:
 # -- helpers -------------------------------------------------------------------------
 
 
-def _run(*cmd: str) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_CMD_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise ProvisiondError(
-            f"{' '.join(cmd)} timed out", hint="is the host overloaded?"
-        ) from None
-    if proc.returncode != 0:
-        raise ProvisiondError(
-            f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.returncode}",
-            hint="the rack needs root, iproute2 and /dev/net/tun",
-            code="rack_failed",
-        )
-    return proc.stdout
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    tmp.replace(path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """The file's JSON object; {} when it is missing, partial or not JSON (after a crash)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _netns_exists(netns: str) -> bool:
-    return Path("/run/netns", netns).exists()
-
-
 def _check_args(name: str, count: int, ram_mib: int, cpus: int, disk_mib: int) -> None:
     if not _NAME.match(name):
         raise BadRequest(
@@ -247,7 +170,7 @@ def _check_args(name: str, count: int, ram_mib: int, cpus: int, disk_mib: int) -
 
 
 def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
-    pid = data.get("farm_pid") or _read_json(state_dir / READY_FILE).get("pid")
+    pid = data.get("farm_pid") or read_json(state_dir / READY_FILE).get("pid")
     if isinstance(pid, int) and pid_alive(pid) and "provisiond" in pid_command(pid):
         return pid
     return None
@@ -285,7 +208,7 @@ def up(
     accel = accel_from_env()
     state_dir = Path(state_dir or default_state_dir(name)).absolute()
     netns = f"pvd-{name}"
-    existing = _read_json(state_dir / STATE_FILE)
+    existing = read_json(state_dir / STATE_FILE)
     if pid := _farm_running(existing, state_dir):
         raise Conflict(
             f"rack {name!r} is already up (BMC farm pid {pid}, state in {state_dir})",
@@ -293,7 +216,7 @@ def up(
         )
     if existing or (state_dir / READY_FILE).exists():
         down(name, state_dir)  # stale: its farm is gone
-    elif _netns_exists(netns):
+    elif netns_exists(netns):
         raise Conflict(
             f"network namespace {netns} exists, but {state_dir} holds no rack state",
             hint=f"'provisiond rack down --name {name} --state-dir DIR' with the rack's own folder "
@@ -334,44 +257,20 @@ def up(
         )
     password = password or os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
     try:
-        _build_network(rack)
+        build_network(rack)
         for guest in rack.guests:
-            _make_disk(Path(guest.disk), guest.disk_mib)
-        _write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
+            make_disk(Path(guest.disk), guest.disk_mib)
+        write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
         rack.farm_pid, base_port = _start_farm(state_dir, bmc_base_port, password)
         for guest in rack.guests:
             guest.bmc_port = base_port + guest.index - 1
-        _write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
-        _write_atomic(rack.inventory_file, inventory_yaml(rack))
-        _write_atomic(rack.network_file, network_toml(rack))
+        write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
+        write_atomic(rack.inventory_file, inventory_yaml(rack))
+        write_atomic(rack.network_file, network_toml(rack))
     except BaseException:
         down(name, state_dir)
         raise
     return rack
-
-
-def _build_network(rack: RackState) -> None:
-    ns = rack.netns
-    _run("ip", "netns", "add", ns)
-    _run("ip", "-n", ns, "link", "set", "lo", "up")
-    _run("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
-    # DAD off before any address (the link-local one included, which RAs come from).
-    _run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{BRIDGE}.accept_dad=0")
-    prefix = ipaddress.IPv4Network(rack.subnet).prefixlen
-    _run("ip", "-n", ns, "addr", "add", f"{rack.boot_address}/{prefix}", "dev", BRIDGE)
-    _run("ip", "-n", ns, "addr", "add", f"{rack.ipv6_address}/64", "dev", BRIDGE, "nodad")
-    _run("ip", "-n", ns, "link", "set", BRIDGE, "up")
-    for guest in rack.guests:
-        _run("ip", "-n", ns, "tuntap", "add", guest.tap, "mode", "tap")
-        _run("ip", "-n", ns, "link", "set", guest.tap, "master", BRIDGE, "up")
-
-
-def _make_disk(path: Path, size_mib: int) -> None:
-    with open(path, "wb") as disk:
-        disk.truncate(size_mib << 20)  # sparse between the two marked MiB
-        disk.write(FILL)
-        disk.seek((size_mib - 1) << 20)
-        disk.write(FILL)
 
 
 def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, int]:
@@ -403,7 +302,7 @@ def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, in
     )
     deadline = time.monotonic() + _FARM_READY_S
     while time.monotonic() < deadline:
-        ready = _read_json(state_dir / READY_FILE)
+        ready = read_json(state_dir / READY_FILE)
         if ready.get("pid") == pid and isinstance(ready.get("base_port"), int):
             return pid, ready["base_port"]
         if not pid_alive(pid):
@@ -418,60 +317,6 @@ def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, in
     )
 
 
-def inventory_yaml(rack: RackState) -> str:
-    machines = [
-        {
-            "name": g.name,
-            "rack": rack.name,
-            "u_position": g.index,
-            "arch": "x86_64",
-            "cpus": g.cpus,
-            "ram_mib": g.ram_mib,
-            "tags": ["virtual"],
-            "nics": [{"mac": g.mac, "name": "eth0", "ip_address": g.ip, "pxe": True}],
-            "bmc": {
-                "driver": "ipmi",
-                "address": g.bmc_address,
-                "port": g.bmc_port,
-                "username": rack.bmc_username,
-                "password_env": PASSWORD_ENV,
-            },
-        }
-        for g in rack.guests
-    ]
-    doc = {
-        "version": 1,
-        "racks": [{"name": rack.name, "site": "virtual", "u_height": 42}],
-        "machines": machines,
-    }
-    head = (
-        f"# Virtual rack {rack.name!r} (provisiond rack up); BMC password from ${PASSWORD_ENV}.\n"
-        f"#   provisiond inventory apply {rack.inventory_file}\n"
-    )
-    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
-
-
-def network_toml(rack: RackState) -> str:
-    net = ipaddress.IPv4Network(rack.subnet)
-    values: dict[str, Any] = {
-        "name": rack.name,
-        "interface": rack.bridge,
-        "netns": rack.netns,
-        "subnet": rack.subnet,
-        "boot_address": rack.boot_address,
-        "http_port": rack.http_port,
-        "dhcp_mode": "full",
-        "range_start": str(net.network_address + 100),
-        "range_end": str(net.network_address + 200),
-        "ipv6_ra": True,
-        "ipv6_prefix": rack.ipv6_prefix,
-    }
-    # json.dumps writes valid TOML basic strings, integers and booleans.
-    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    head = f"# Provisioning network of virtual rack {rack.name!r}: add to provisiond.toml.\n"
-    return head + "[[networks]]\n" + "\n".join(lines) + "\n"
-
-
 # -- down and status -----------------------------------------------------------------
 
 
@@ -480,7 +325,7 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
     if not _NAME.match(name):
         raise BadRequest(f"rack name {name!r} is not valid", hint="e.g. --name vrack")
     state_dir = Path(state_dir or default_state_dir(name)).absolute()
-    data = _read_json(state_dir / STATE_FILE)
+    data = read_json(state_dir / STATE_FILE)
     removed: list[str] = []
     if pid := _farm_running(data, state_dir):
         kill_recorded(pid, "provisiond", signal.SIGTERM, wait_s=_FARM_STOP_S)
@@ -497,15 +342,15 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
             if kill_recorded(pid, QEMU, signal.SIGKILL, wait_s=3):
                 removed.append(f"QEMU {pidfile.stem} (pid {pid})")
     netns = f"pvd-{name}"
-    if _netns_exists(netns):
-        users = _run("ip", "netns", "pids", netns).split()
+    if netns_exists(netns):
+        users = netns_pids(netns)
         if users and not data and not pidfiles:
             raise Conflict(
                 f"network namespace {netns} is in use (pids {', '.join(users[:5])}), and "
                 f"{state_dir} holds no rack state: it may be a rack in another folder",
                 hint=f"'provisiond rack down --name {name} --state-dir DIR' with its own folder",
             )
-        _run("ip", "netns", "del", netns)
+        delete_netns(netns)
         removed.append(f"network namespace {netns}")
     patterns = (
         STATE_FILE,
@@ -514,7 +359,7 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
         INVENTORY_FILE,
         NETWORK_FILE,
         "*.tmp",
-        *_GUEST_FILES,
+        *GUEST_FILES,
     )
     files = sorted({p for pattern in patterns for p in state_dir.glob(pattern) if p.is_file()})
     for path in files:
@@ -528,7 +373,7 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
 
 def load(name: str = "vrack", state_dir: Path | None = None) -> RackState:
     state_dir = Path(state_dir or default_state_dir(name)).absolute()
-    data = _read_json(state_dir / STATE_FILE)
+    data = read_json(state_dir / STATE_FILE)
     try:
         return RackState.from_dict(data)
     except TypeError:
@@ -573,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--state", type=Path, required=True)
     serve.add_argument("--base-port", type=int, default=0)
     args = parser.parse_args(argv)
-    rack = RackState.from_dict(_read_json(args.state))
+    rack = RackState.from_dict(read_json(args.state))
     serve_farm(
         [g.qemu_guest() for g in rack.guests],
         rack.netns,

@@ -1,0 +1,170 @@
+"""The virtual rack's state folder: what :mod:`provisiond.rack.vrack` writes and reads.
+
+- ``rack.json``: :class:`RackState` with a :class:`GuestState` per guest, written
+  atomically and read forgivingly (:func:`read_json` gives ``{}`` for a missing or
+  partial file, which is what a crash leaves); ``bmc.ready`` and ``bmc.log`` are the
+  farm's;
+- ``inventory.yaml`` (:func:`inventory_yaml`) for ``provisiond inventory apply``: one
+  machine per guest with its IPMI BMC, the password read from ``$PASSWORD_ENV``;
+- ``network.toml`` (:func:`network_toml`): a ``[[networks]]`` entry of the daemon's
+  config (:class:`ProvisioningNetwork`) for the rack's bridge and namespace;
+- ``vmK.disk`` (:func:`make_disk`): sparse, first and last MiB :data:`FILL`, so a
+  wipe is visible.
+
+The two config files are rendered as text from the state; ``vrack.up`` writes them
+with :func:`write_atomic` once the BMC ports are known.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisiond.rack.qemu import QemuGuest
+
+PASSWORD_ENV = "PROVISIOND_RACK_BMC_PASSWORD"  # noqa: S105 - a variable name
+STATE_FILE, READY_FILE, FARM_LOG = "rack.json", "bmc.ready", "bmc.log"
+INVENTORY_FILE, NETWORK_FILE = "inventory.yaml", "network.toml"
+GUEST_FILES = ("vm*.disk", "vm*.pid", "vm*.tmp", "vm*.serial.log")
+FILL = b"\xa5" * (1 << 20)
+
+
+@dataclass
+class GuestState:
+    index: int
+    name: str
+    mac: str
+    ip: str
+    tap: str
+    disk: str
+    serial_log: str
+    pidfile: str
+    bmc_address: str
+    bmc_port: int
+    ram_mib: int
+    cpus: int
+    disk_mib: int
+
+    def qemu_guest(self) -> QemuGuest:
+        g = self
+        paths = Path(g.disk), Path(g.serial_log), Path(g.pidfile)
+        return QemuGuest(g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus)
+
+
+@dataclass
+class RackState:
+    """Everything ``rack.json`` records; enough for ``down`` and the farm."""
+
+    name: str
+    state_dir: str
+    netns: str
+    bridge: str
+    subnet: str
+    boot_address: str
+    ipv6_prefix: str
+    ipv6_address: str
+    http_port: int
+    accel: str
+    bmc_username: str
+    farm_pid: int | None = None
+    guests: list[GuestState] = field(default_factory=list)
+
+    @property
+    def inventory_file(self) -> Path:
+        return Path(self.state_dir) / INVENTORY_FILE
+
+    @property
+    def network_file(self) -> Path:
+        return Path(self.state_dir) / NETWORK_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RackState:
+        names = {f.name for f in fields(cls)}
+        guests = [GuestState(**g) for g in data.get("guests", [])]
+        return cls(**{k: v for k, v in data.items() if k in names and k != "guests"}, guests=guests)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The file's JSON object; {} when it is missing, partial or not JSON (after a crash)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def make_disk(path: Path, size_mib: int) -> None:
+    with open(path, "wb") as disk:
+        disk.truncate(size_mib << 20)  # sparse between the two marked MiB
+        disk.write(FILL)
+        disk.seek((size_mib - 1) << 20)
+        disk.write(FILL)
+
+
+def inventory_yaml(rack: RackState) -> str:
+    machines = [
+        {
+            "name": g.name,
+            "rack": rack.name,
+            "u_position": g.index,
+            "arch": "x86_64",
+            "cpus": g.cpus,
+            "ram_mib": g.ram_mib,
+            "tags": ["virtual"],
+            "nics": [{"mac": g.mac, "name": "eth0", "ip_address": g.ip, "pxe": True}],
+            "bmc": {
+                "driver": "ipmi",
+                "address": g.bmc_address,
+                "port": g.bmc_port,
+                "username": rack.bmc_username,
+                "password_env": PASSWORD_ENV,
+            },
+        }
+        for g in rack.guests
+    ]
+    doc = {
+        "version": 1,
+        "racks": [{"name": rack.name, "site": "virtual", "u_height": 42}],
+        "machines": machines,
+    }
+    head = (
+        f"# Virtual rack {rack.name!r} (provisiond rack up); BMC password from ${PASSWORD_ENV}.\n"
+        f"#   provisiond inventory apply {rack.inventory_file}\n"
+    )
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+
+
+def network_toml(rack: RackState) -> str:
+    net = ipaddress.IPv4Network(rack.subnet)
+    values: dict[str, Any] = {
+        "name": rack.name,
+        "interface": rack.bridge,
+        "netns": rack.netns,
+        "subnet": rack.subnet,
+        "boot_address": rack.boot_address,
+        "http_port": rack.http_port,
+        "dhcp_mode": "full",
+        "range_start": str(net.network_address + 100),
+        "range_end": str(net.network_address + 200),
+        "ipv6_ra": True,
+        "ipv6_prefix": rack.ipv6_prefix,
+    }
+    # json.dumps writes valid TOML basic strings, integers and booleans.
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    head = f"# Provisioning network of virtual rack {rack.name!r}: add to provisiond.toml.\n"
+    return head + "[[networks]]\n" + "\n".join(lines) + "\n"
