@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, and_, col, or_, select
 
 from provisiond.errors import Problem, ValidationFailed
 from provisiond.models import Event, Machine
@@ -98,10 +98,17 @@ def list_events(
         )
     query = select(Event)
     if machine:
-        # By name, plus the current machine of that name under any earlier name.
-        current = session.exec(select(Machine.id).where(Machine.name == machine)).first()
+        # By name, plus the current machine of that name under any earlier name. Only
+        # events since it was created: SQLite may give a new machine the id of a
+        # deleted one, and the audit log keeps the deleted machine's events.
+        current = session.exec(
+            select(Machine.id, Machine.created_at).where(Machine.name == machine)
+        ).first()
         query = query.where(
-            or_(col(Event.machine_name) == machine, col(Event.machine_id) == current)
+            or_(
+                col(Event.machine_name) == machine,
+                and_(col(Event.machine_id) == current[0], col(Event.at) >= current[1]),
+            )
             if current is not None
             else col(Event.machine_name) == machine
         )

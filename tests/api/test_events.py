@@ -95,3 +95,17 @@ def test_cli_events(api: Api, services: Services, live: dict[str, str]) -> None:
     assert "4 event(s)" in r.stdout and "a -> b" in r.stdout and "n2" in r.stdout
     r = runner.invoke(cli_app, ["events", "--limit", "5000"], env=live)
     assert r.exit_code == 1 and "limit" in r.stderr and "hint:" in r.stderr
+
+
+def test_a_new_machine_does_not_inherit_a_deleted_machines_events(
+    api: Api, services: Services
+) -> None:
+    # SQLite hands a deleted row's id to the next insert; the audit log keeps the
+    # deleted machine's events under that id, and they must not show up as the new
+    # machine's history.
+    assert api.operator.post("/api/v1/machines", json={"name": "old"}).status_code == 201
+    assert api.operator.delete("/api/v1/machines/old").status_code == 204
+    assert api.operator.post("/api/v1/machines", json={"name": "new"}).status_code == 201
+    events = api.ci.get(E, params={"machine": "new"}).json()
+    assert events and {e["machine"] for e in events} == {"new"}, events
+    assert "old" in {e["machine"] for e in api.ci.get(E, params={"machine": "old"}).json()}

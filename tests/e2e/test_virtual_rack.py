@@ -347,3 +347,32 @@ def test_a_host_key_that_does_not_match_fails_the_deploy(
     record = next(d for d in rack.deployments("vm2") if d["outcome"] == "failed")
     assert "os_callback" in [p["phase"] for p in record["phases"]]
     assert "agent_installed" not in [p["phase"] for p in record["phases"]]
+
+
+def test_an_unknown_machine_that_pxe_boots_is_enrolled_and_inspected(rack: Scenario) -> None:
+    # Forget vm2 entirely, then network-boot it through its BMC behind the daemon's
+    # back: the daemon has never seen its MAC, so it enrolls it ("discovered via PXE")
+    # and, with auto_enroll on, boots it into inspection.
+    assert rack.rack is not None
+    guest = rack.rack.guests[1]
+    rack.wait_states(["vm2"], {"available", "release_failed", "deploy_failed"}, timeout=180)
+    _wait_unlocked(rack, "vm2")
+    with rack.api() as api:
+        assert api.post("/machines/vm2/events", json={"event": "retire"}).status_code == 200
+        assert api.delete("/machines/vm2").status_code == 204
+    ipmi = ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", str(guest.bmc_port),
+            "-U", rack.rack.bmc_username, "-P", rack.bmc_password]  # fmt: skip
+    for command in (["chassis", "bootdev", "pxe"], ["chassis", "power", "off"],
+                    ["chassis", "power", "on"]):  # fmt: skip
+        done = subprocess.run([*ipmi, *command], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    name = "pxe-" + guest.mac.replace(":", "")
+    machine = rack.wait_states([name], {"available"}, timeout=240, fail={"inspect_failed"})[name]
+    assert [n["mac"] for n in machine["nics"]] == [guest.mac]
+    assert machine["cpus"] == guest.cpus
+    assert machine["disks"][0]["size_bytes"] == guest.disk_mib * 2**20
+    assert machine["nics"][0]["ip_address"].startswith("10.214.0.")  # learnt from dnsmasq's ACK
+    with rack.api() as api:
+        events = api.get("/events", params={"machine": name, "order": "asc"}).json()
+    assert events[0]["event"] == "enroll" and events[0]["message"] == "discovered via PXE"
+    assert any(e["event"] == "inspect" for e in events)
