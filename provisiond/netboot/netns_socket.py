@@ -91,8 +91,12 @@ def bind_in_netns(netns: str | None, host: str, port: int, *, backlog: int = 204
 
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio turns on TCP_NODELAY for accepted connections
+    # only when the socket says it is TCP. Without it every response waited ~40 ms
+    # (Nagle against the client's delayed ACK): measured 43 ms for GET /healthz.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
