@@ -70,6 +70,7 @@ def running_deployment(session: Session, machine_id: int) -> Deployment | None:
         select(Deployment)
         .where(Deployment.machine_id == machine_id, Deployment.outcome == "")
         .order_by(col(Deployment.id).desc())
+        .limit(1)
     ).first()
 
 
@@ -78,6 +79,7 @@ def latest_deployment(session: Session, machine_id: int) -> Deployment | None:
         select(Deployment)
         .where(Deployment.machine_id == machine_id)
         .order_by(col(Deployment.id).desc())
+        .limit(1)
     ).first()
 
 
