@@ -207,6 +207,9 @@ def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str,
         assert 0 < phases["os_callback"] < phases["agent_heartbeat"] < 120
     for guest in rack.rack.guests:
         assert rack.machine(guest.name)["state"] == "active"
+    shown = rack.cli("machines", "show", "vm1")  # the operator's view of the last deploy
+    for text in ("active", "deploy", "power_cycle", "os_callback", "agent_heartbeat"):
+        assert text in shown, shown
     with rack.api() as api:
         for alloc in allocations:
             assert api.delete(f"/allocations/{alloc['id']}").status_code == 200
