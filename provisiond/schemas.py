@@ -261,6 +261,10 @@ class MachineOut(Out):
     deadline: datetime | None
     lock_owner: str | None
     lock_expires: datetime | None
+    #: The pinned SSH host key of the OS now running ("" when none) and the agent's pulse.
+    ssh_host_key: str = ""
+    last_heartbeat_at: datetime | None = None
+    agent_version: str = ""
     nics: list[NicOut]
     bmc: BmcOut | None
     created_at: datetime

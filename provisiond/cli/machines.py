@@ -75,6 +75,9 @@ def show(
         "serial": machine["serial"],
         "tags": ", ".join(machine["tags"]),
         "deadline": machine["deadline"],
+        "agent": f"{machine['agent_version'] or '?'}, last heartbeat {machine['last_heartbeat_at']}"
+        if machine.get("last_heartbeat_at")
+        else None,
         "last error": machine["last_error"],
         "lock": f"{machine['lock_owner']} until {machine['lock_expires']}"
         if machine["lock_owner"]

@@ -251,6 +251,8 @@ def test_heartbeat_on_an_active_machine_only_notes_that_it_lives(
     assert seen is not None and m.last_heartbeat_at is not None and m.last_heartbeat_at >= seen
     with services.db.read_session() as s:
         assert s.exec(select(func.count()).select_from(Event)).one() == before
+    shown = api.ci.get("/api/v1/machines/n1").json()  # operators see the agent's pulse
+    assert shown["agent_version"] == "0.2.0" and shown["last_heartbeat_at"] is not None
 
 
 @pytest.mark.parametrize(
