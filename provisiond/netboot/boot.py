@@ -247,7 +247,7 @@ def machine_script(
             reason = f"no inspection image named {config.inspect_image!r} in the catalog"
             return render_script(templates, "exit", arch, reason=reason, **ctx)
         if settings is not None and secrets is not None:
-            deploy.ensure_inspection_record(session, machine, settings=settings, secrets=secrets)
+            deploy.ensure_inspection_record(session, machine, secrets=secrets)
         boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
         return render_script(
             templates,

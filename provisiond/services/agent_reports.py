@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -45,9 +44,9 @@ from provisiond.config import Settings
 from provisiond.errors import Unauthorized
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
-from provisiond.models import Deployment, Event, Machine, Nic, utcnow
+from provisiond.models import Event, Machine, Nic, utcnow
 from provisiond.services import boot_telemetry
-from provisiond.services.deploy import finish, mark_phase, running_deployment
+from provisiond.services.deploy import finish, running_deployment
 
 #: The actor recorded on events the agent causes.
 ACTOR = "agent"
@@ -246,21 +245,6 @@ def record_inventory(
     return AgentReply(action=action, interval_s=_interval(settings), state=machine.state)
 
 
-def _running_deployment(session: Session, machine: Machine) -> Deployment | None:
-    return session.exec(
-        select(Deployment)
-        .where(Deployment.machine_id == machine.id, Deployment.outcome == "")
-        .order_by(col(Deployment.started_at).desc(), col(Deployment.id).desc())
-    ).first()
-
-
-def _finish_deployment(deployment: Deployment, now: datetime) -> dict[str, float]:
-    mark_phase(deployment, "agent_heartbeat", now)
-    deployment.outcome = "active"
-    deployment.finished_at = now
-    return {"deploy_total_s": round((now - deployment.started_at).total_seconds(), 3)}
-
-
 def record_heartbeat(
     session: Session,
     machine: Machine,
@@ -277,12 +261,20 @@ def record_heartbeat(
     session.add(machine)
     session.flush()
     if machine.state == State.INSTALLING_AGENT:
+        deployment = running_deployment(session, machine.id) if machine.id else None
         boot_telemetry.record_phase(
-            session, machine, "agent_heartbeat", metrics=metrics, actor=ACTOR, at=now
+            session,
+            machine,
+            "agent_heartbeat",
+            metrics=metrics,
+            actor=ACTOR,
+            at=now,
+            deployment=deployment,
         )
-        deployment = _running_deployment(session, machine)
-        timings = _finish_deployment(deployment, now) if deployment else {}
+        timings: dict[str, float] = {}
         if deployment is not None:
+            finish(deployment, "active", at=now)
+            timings["deploy_total_s"] = round((now - deployment.started_at).total_seconds(), 3)
             session.add(deployment)
             if metrics is not None:
                 metrics.deploy_seconds.labels(deployment.kind, "active").observe(

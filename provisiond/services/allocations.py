@@ -218,8 +218,6 @@ def start(
         machine,
         allocation=allocation,
         image_id=allocation.image_id,
-        ssh_keys=allocation.ssh_keys,
-        user_data=allocation.user_data,
         actor=actor,
         settings=settings,
         secrets=services.secrets,

@@ -6,7 +6,6 @@ their own transaction, and then wake the deploy engine after commit:
     with services.db.transaction() as s:
         machine = ...  # already ALLOCATED (by lifecycle.claim/advance)
         deploy.start_deploy(s, machine, allocation=alloc, image_id=alloc.image_id,
-                            ssh_keys=alloc.ssh_keys, user_data=alloc.user_data,
                             actor="token:ci-1", settings=services.settings,
                             secrets=services.secrets)
     services.wake_deployer()
@@ -83,10 +82,12 @@ def latest_deployment(session: Session, machine_id: int) -> Deployment | None:
     ).first()
 
 
-def finish(deployment: Deployment, outcome: str, reason: str = "") -> None:
+def finish(
+    deployment: Deployment, outcome: str, reason: str = "", at: datetime | None = None
+) -> None:
     deployment.outcome = outcome
     deployment.failure_reason = reason[:1024]
-    deployment.finished_at = utcnow()
+    deployment.finished_at = at or utcnow()
 
 
 def mark_phase(deployment: Deployment, phase: str, at: datetime | None = None) -> bool:
@@ -143,18 +144,16 @@ def start_deploy(
     *,
     allocation: Allocation | None,
     image_id: int | None,
-    ssh_keys: list[str],
-    user_data: str,
     actor: str,
     settings: Settings,
     secrets: SecretBox,
 ) -> Deployment:
     """``allocated -> deploying`` plus a new Deployment row; the engine does the rest.
 
-    ``ssh_keys`` and ``user_data`` are the allocation's (served in the NoCloud seed);
-    the per-deploy key pair is made here and only its public half leaves the daemon.
+    The allocation's SSH keys and user-data stay on the allocation, where the NoCloud
+    seed reads them; the per-deploy key pair is made here and only its public half
+    leaves the daemon.
     """
-    del ssh_keys, user_data  # kept on the allocation; the seed reads them from there
     record = _new_record(
         session, machine, kind=DEPLOY, allocation=allocation, image_id=image_id, secrets=secrets
     )
@@ -204,7 +203,7 @@ def start_inspection(
 
 
 def ensure_inspection_record(
-    session: Session, machine: Machine, *, settings: Settings, secrets: SecretBox
+    session: Session, machine: Machine, *, secrets: SecretBox
 ) -> Deployment:
     """The running inspection record of an ``inspecting`` machine, made if missing."""
     assert machine.id is not None
@@ -215,7 +214,6 @@ def ensure_inspection_record(
         session, machine, kind=INSPECT, allocation=None, image_id=None, secrets=secrets
     )
     mark_phase(record, "power_cycle")
-    del settings
     return record
 
 

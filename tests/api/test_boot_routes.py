@@ -126,8 +126,6 @@ def _deploying(services: Services, ip: str, ssh_key: str = "ssh-ed25519 AAAAC3 t
             m,
             allocation=alloc,
             image_id=image_id,
-            ssh_keys=[ssh_key],
-            user_data="",
             actor="test",
             settings=services.settings,
             secrets=services.secrets,

@@ -86,8 +86,6 @@ def test_image_used_by_a_deploy_is_kept(api: Api, services: Services) -> None:
             m,
             allocation=None,
             image_id=image_id,
-            ssh_keys=[],
-            user_data="",
             actor="test",
             settings=services.settings,
             secrets=services.secrets,

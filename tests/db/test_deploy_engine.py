@@ -30,8 +30,6 @@ def _deploying(services: Services, name: str = "m1") -> int:
             m,
             allocation=None,
             image_id=None,
-            ssh_keys=[],
-            user_data="",
             actor="test",
             settings=services.settings,
             secrets=services.secrets,
