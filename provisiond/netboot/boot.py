@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from provisiond.config import Settings
+from provisiond.db import Database
 from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
@@ -437,20 +438,36 @@ def callback(
     return {"machine": machine.name, "state": machine.state, "address": record.address}
 
 
-def image_phase(session: Session, client: str, name: str, file: str, metrics: Metrics) -> None:
-    """Record a kernel or initrd fetch as a boot phase of the client's machine."""
+def _image_phase(session: Session, client: str, name: str, file: str) -> tuple[int, str] | None:
+    """(machine id, ``kernel`` or ``initrd``) when the fetch is a boot phase of the client."""
     machine = boot_telemetry.machine_by_address(session, _canonical(client))
     if machine is None or machine.id is None:
-        return
+        return None
     record = deploy.running_deployment(session, machine.id)
     if record is None:
-        return
+        return None
     image = session.get(Image, record.image_id) if record.image_id else None
     if image is None:
         image = session.exec(select(Image).where(Image.name == name)).first()
     if image is None or image.name != name:
+        return None
+    phase = {image.kernel: "kernel", image.initrd: "initrd"}.get(f"{name}/{file}")
+    if phase is None or phase in record.phases:
+        return None
+    return machine.id, phase
+
+
+def record_image_fetch(db: Database, metrics: Metrics, client: str, name: str, file: str) -> None:
+    """Record a kernel or initrd fetch as a boot phase of the client's machine.
+
+    Image downloads are the hot path of a boot storm: the lookup runs in a read
+    session, and a write transaction is opened only when there is a phase to record.
+    """
+    with db.read_session() as session:
+        found = _image_phase(session, client, name, file)
+    if found is None:
         return
-    path = f"{name}/{file}"
-    phase = {image.kernel: "kernel", image.initrd: "initrd"}.get(path)
-    if phase:
-        boot_telemetry.record_phase(session, machine, phase, metrics=metrics, file=path)
+    machine_id, phase = found
+    with db.transaction() as session:
+        machine = session.get(Machine, machine_id)
+        boot_telemetry.record_phase(session, machine, phase, metrics=metrics, file=f"{name}/{file}")

@@ -176,14 +176,16 @@ async def image_file(name: str, file: str, request: Request, services: ServicesD
             headers={"content-range": f"bytes */{opened.size}", "accept-ranges": "bytes"},
         )
     if not head and (wanted is None or wanted.start == 0) and request.client:
-        await asyncio.to_thread(_image_phase, services, request.client.host, name, file)
+        await asyncio.to_thread(
+            boot.record_image_fetch,
+            services.db,
+            services.metrics,
+            request.client.host,
+            name,
+            file,
+        )
     if wanted is None:
         return FileRangeResponse(opened, head=head)
     return FileRangeResponse(
         opened, start=wanted.start, length=wanted.length, status_code=206, head=head
     )
-
-
-def _image_phase(services: ServicesDep, client: str, name: str, file: str) -> None:
-    with services.db.transaction() as session:
-        boot.image_phase(session, client, name, file, services.metrics)
