@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from provisiond.scheduler import build_scheduler
 from provisiond.secrets import SecretBox
 from provisiond.services.container import Services
 from provisiond.services.deploy_engine import DeployEngine
+from provisiond.watchdog import LoopWatchdog
 
 log = get_logger(__name__)
 
@@ -77,6 +79,13 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # asyncio.to_thread runs database work here. asyncio's own default is sized for
+    # CPU work (cores + 4: 6 threads on 2 cores), and a few writers queued on the
+    # SQLite write slot could leave API reads waiting for a thread.
+    pool = ThreadPoolExecutor(settings.executor_workers, thread_name_prefix="asyncio-pool")
+    loop.set_default_executor(pool)
+    watchdog = LoopWatchdog(loop, pool=pool, metrics=services.metrics)
+    watchdog.start()
 
     extra = boot_sockets(settings)
     app = create_app(services)
@@ -124,8 +133,11 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     sock.close()
     for s in extra:
         s.close()
+    watchdog.stop()
     services.close()
-    log.info("provisiond_stopped")
+    log.info(
+        "provisiond_stopped", loop_stalls=watchdog.stalls, pool_saturations=watchdog.saturations
+    )
 
 
 def run(services: Services, **kwargs: Any) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +34,29 @@ from provisiond.errors import DatabaseNotReady
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Alembic's "Context impl SQLiteImpl" chatter is noise in the daemon's JSON log.
 logging.getLogger("alembic").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 _READ_ONLY = "provisiond_read_only"
 _GATE = "provisiond_write_gate"
+
+
+#: A writer that waited this long for the write slot logs what holds it.
+SLOW_WRITE_SLOT_S = 5.0
+
+
+def _slow_write_slot(holder: list[Any], busy_timeout_s: float) -> float:
+    ident, since = holder
+    frame = sys._current_frames().get(ident) if ident else None
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    log.warning(
+        "sqlite write slot busy for %.1fs; held for %.1fs by thread %s%s; stack of the holder:\n%s",
+        min(SLOW_WRITE_SLOT_S, busy_timeout_s),
+        time.monotonic() - since if since else -1.0,
+        names.get(ident, ident),
+        " (the waiting thread itself: maybe a nested write transaction)" if ident == me else "",
+        "".join(traceback.format_stack(frame, limit=15)) if frame is not None else "(gone)",
+    )
+    return min(SLOW_WRITE_SLOT_S, busy_timeout_s)
 
 
 def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
@@ -53,6 +77,10 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
     # p99 2.2 s with the busy handler alone, 0.6 s with this gate). Other processes
     # (the CLI, a second daemon) still meet the busy handler.
     gate = threading.Lock()
+    # Who took the write slot and when: a writer kept waiting for it logs them (with
+    # the holder thread's stack), so a stall says what it waited behind. The ident is
+    # the thread that began the transaction; FastAPI may commit it on another one.
+    holder: list[Any] = [None, 0.0]
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -60,20 +88,25 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
         if read_only:
             conn.exec_driver_sql("BEGIN")
             return
-        if not gate.acquire(timeout=busy_timeout_s):
-            raise sqlite3.OperationalError(
-                f"database is locked: no write slot in this process after {busy_timeout_s:g}s"
-            )
+        if not gate.acquire(timeout=min(SLOW_WRITE_SLOT_S, busy_timeout_s)):
+            waited = _slow_write_slot(holder, busy_timeout_s)
+            if not gate.acquire(timeout=max(0.0, busy_timeout_s - waited)):
+                raise sqlite3.OperationalError(
+                    f"database is locked: no write slot in this process after {busy_timeout_s:g}s"
+                )
+        holder[:] = [threading.get_ident(), time.monotonic()]
         conn.info[_GATE] = True
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             conn.info.pop(_GATE, None)
+            holder[0] = None
             gate.release()
             raise
 
     def _end(conn: Connection) -> None:
         if conn.info.pop(_GATE, False):
+            holder[0] = None
             gate.release()
 
     event.listen(engine, "commit", _end)
@@ -84,6 +117,7 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
         # Safety net: a connection that went back to the pool mid-transaction (an
         # invalidated connection) must not keep the write slot.
         if record.info.pop(_GATE, False):
+            holder[0] = None
             gate.release()
 
 
@@ -111,6 +145,10 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine, busy_timeout_s)
         self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
+
+    def connections_in_use(self) -> int:
+        checkedout = getattr(self.engine.pool, "checkedout", None)
+        return int(checkedout()) if checkedout is not None else 0
 
     @property
     def dialect(self) -> str:

@@ -44,6 +44,21 @@ class Metrics:
             buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200),
             registry=registry,
         )
+        self.db_connections_in_use = Gauge(
+            "provisiond_db_connections_in_use",
+            "Database connections checked out of the pool (read when scraped)",
+            registry=registry,
+        )
+        self.event_loop_stalls = Counter(
+            "provisiond_event_loop_stalls",
+            "Times the daemon's event loop did not answer for 2 s (see event_loop_stalled)",
+            registry=registry,
+        )
+        self.thread_pool_saturations = Counter(
+            "provisiond_thread_pool_saturations",
+            "Times calls waited 2 s for a thread of the default pool (thread_pool_saturated)",
+            registry=registry,
+        )
         self.dnsmasq_up = Gauge(
             "provisiond_dnsmasq_up",
             "1 while the network's dnsmasq runs, 0 while it is down or restarting",

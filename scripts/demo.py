@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
@@ -141,14 +142,16 @@ def main() -> int:
             f"  logs:     {DATA / 'serve.log'}, {DATA / 'rack'}/vm*.serial.log",
             highlight=False,
         )
+        step(f"daemon during the run: {sc.stall_report()}")
         if oneshot:
             return 0 if ok else 1
         console.print("Serving until Ctrl-C.")
         while not stop and sc.proc is not None and sc.proc.poll() is None:
             time.sleep(0.2)
         return 0 if stop else 1
-    except ScenarioError as exc:
-        console.print(f"[red]demo failed:[/] {exc}\n  see {DATA / 'serve.log'}", highlight=False)
+    except (ScenarioError, httpx.HTTPError) as exc:
+        console.print(f"[red]demo failed:[/] {exc!r}\n  see {DATA / 'serve.log'}", highlight=False)
+        console.print(sc.diagnostics(), highlight=False, markup=False)
         return 1
     finally:
         sc.down()

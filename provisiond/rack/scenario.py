@@ -206,6 +206,37 @@ class Scenario:
         path = self.workdir / "serve.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def stall_report(self) -> str:
+        """How often the daemon said it stalled (event loop, thread pool, write slot)."""
+        text = self.serve_log()
+        counts = {
+            "event-loop stalls": text.count('"event_loop_stalled"'),
+            "thread-pool saturations": text.count('"thread_pool_saturated"'),
+            "slow write-slot waits": text.count("sqlite write slot busy"),
+        }
+        return ", ".join(f"{n} {what}" for what, n in counts.items())
+
+    def diagnostics(self, lines: int = 30) -> str:
+        """What to print when the job fails: the daemon's warnings and errors, and the
+        last events it recorded (read from its API when it still answers)."""
+        noisy = [ln for ln in self.serve_log().splitlines() if '"level": "info"' not in ln]
+        out = [f"--- provisiond serve: warnings and errors (last {lines}) ---"]
+        out += [ln[:2000] for ln in noisy[-lines:]] or ["(none)"]
+        out.append("--- last events ---")
+        try:
+            with self.api() as api:
+                r = api.get("/events", params={"limit": lines}, timeout=5)
+                rows = r.json() if r.status_code == 200 else []
+        except (httpx.HTTPError, ValueError) as exc:
+            rows, out = [], [*out, f"(the API did not answer: {exc!r})"]
+        for row in reversed(rows):
+            out.append(
+                f"{row.get('at')} {row.get('machine') or '-'} {row.get('kind')}/"
+                f"{row.get('event')} {row.get('from_state') or ''}->{row.get('to_state') or ''}"
+                f" {row.get('message') or ''}"
+            )
+        return "\n".join(out)
+
     # --- the job ----------------------------------------------------------------------
 
     def discover(self) -> dict[str, Any]:
@@ -297,7 +328,11 @@ class Scenario:
                 for alloc_id in ids:
                     if out.get(alloc_id, {}).get("state") in ("ready", "failed"):
                         continue
-                    r = api.get(f"/allocations/{alloc_id}", params={"wait": 5})
+                    try:
+                        r = api.get(f"/allocations/{alloc_id}", params={"wait": 5})
+                    except httpx.TransportError as exc:  # a long-poll is simply asked again
+                        self.log(f"GET /allocations/{alloc_id}?wait=5 failed: {exc!r}; again")
+                        continue
                     r.raise_for_status()
                     out[alloc_id] = r.json()
                 if all(out[i]["state"] in ("ready", "failed") for i in ids):

@@ -29,4 +29,5 @@ def healthz(services: ServicesDep) -> JSONResponse:
 
 @router.get("/metrics")
 def metrics(services: ServicesDep) -> Response:
+    services.metrics.db_connections_in_use.set(services.db.connections_in_use())
     return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
