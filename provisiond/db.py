@@ -9,6 +9,7 @@ never waits for writers (WAL).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import sys
@@ -37,6 +38,26 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 _READ_ONLY = "provisiond_read_only"
 _GATE = "provisiond_write_gate"
+
+
+class DatabaseOnEventLoop(RuntimeError):
+    """A programming error: database I/O on the thread that runs an asyncio loop."""
+
+
+def _refuse_on_event_loop(engine: Engine) -> None:
+    # A query on the event loop's thread blocks every request for its duration; a
+    # write waiting there for SQLite's write slot can even wait for a request that
+    # needs the loop to commit (a 30 s freeze until the busy timeout). Refused at
+    # once, so tests catch it: async code uses asyncio.to_thread.
+    @event.listens_for(engine, "begin")
+    def _on_begin(_conn: Connection) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        raise DatabaseOnEventLoop(
+            "database call on the event loop's thread; run it with asyncio.to_thread"
+        )
 
 
 #: A writer that waited this long for the write slot logs what holds it.
@@ -142,6 +163,7 @@ class Database:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
         self.engine = create_engine(url, **kwargs)
+        _refuse_on_event_loop(self.engine)
         if self.is_sqlite:
             _sqlite_setup(self.engine, busy_timeout_s)
         self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})

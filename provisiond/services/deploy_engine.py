@@ -30,8 +30,10 @@ restarted). A step that fails closes the deployment with a reason, e.g.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -182,6 +184,12 @@ class DeployEngine:
                 self._observe(record)
         log.info("deploy_failed", machine_id=machine_id, reason=reason)
 
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a database helper in a worker thread: never on the event loop, where a
+        write waiting for SQLite's write slot would freeze every request (and the
+        request holding the slot may need the loop to commit)."""
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
     def _observe(self, record: Deployment) -> None:
         start = record.started_at
         end = record.finished_at or utcnow()
@@ -241,8 +249,8 @@ class DeployEngine:
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict as exc:  # no BMC: someone must power it on by hand
-            self._event(item.machine_id, item.name, "manual_power_cycle", exc.hint)
-            self._phase(item.machine_id, "power_cycle", manual=True)
+            await self._db(self._event, item.machine_id, item.name, "manual_power_cycle", exc.hint)
+            await self._db(self._phase, item.machine_id, "power_cycle", manual=True)
             return
         executor, policy = self.services.executor, self._policy()
         try:
@@ -253,18 +261,21 @@ class DeployEngine:
             action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
             await power.power(executor, driver, action, policy)
         except BmcManualAction as exc:
-            self._event(item.machine_id, item.name, "manual_power_cycle", exc.message)
-            self._phase(item.machine_id, "power_cycle", manual=True)
+            await self._db(
+                self._event, item.machine_id, item.name, "manual_power_cycle", exc.message
+            )
+            await self._db(self._phase, item.machine_id, "power_cycle", manual=True)
             return
         except (BmcError, ProvisiondError) as exc:
             hint = getattr(exc, "hint", "")
-            self._fail(
+            await self._db(
+                self._fail,
                 item.machine_id,
                 f"BMC power-cycle failed: {exc.message}" + (f" ({hint})" if hint else ""),
                 expect=expect,
             )
             return
-        self._phase(item.machine_id, "power_cycle", action=action.value)
+        await self._db(self._phase, item.machine_id, "power_cycle", action=action.value)
 
     # --- agent install ----------------------------------------------------------------
 
@@ -316,12 +327,16 @@ class DeployEngine:
                 what=f"agent install on {item.name}",
             )
         except HostKeyMismatch as exc:
-            self._fail(item.machine_id, f"SSH host key mismatch: {exc.message}", expect=expect)
+            await self._db(
+                self._fail, item.machine_id, f"SSH host key mismatch: {exc.message}", expect=expect
+            )
             return
         except (SshError, ProvisiondError) as exc:
-            self._fail(item.machine_id, f"agent install failed: {exc.message}", expect=expect)
+            await self._db(
+                self._fail, item.machine_id, f"agent install failed: {exc.message}", expect=expect
+            )
             return
-        self._phase(item.machine_id, "agent_installed", deployment=record_uuid)
+        await self._db(self._phase, item.machine_id, "agent_installed", deployment=record_uuid)
 
     def _issue_token(self, machine_id: int) -> str:
         with self.services.db.transaction() as session:
@@ -388,7 +403,8 @@ class DeployEngine:
         plan = await asyncio.to_thread(self._release_plan, item.machine_id)
         wiped: list[str] = []
         if plan is None:
-            self._event(
+            await self._db(
+                self._event,
                 item.machine_id,
                 item.name,
                 "wipe_skipped",
@@ -412,7 +428,8 @@ class DeployEngine:
             except (SshError, ProvisiondError) as exc:
                 await asyncio.to_thread(self._release_failed, item.machine_id, exc.message)
                 return
-            self._event(
+            await self._db(
+                self._event,
                 item.machine_id,
                 item.name,
                 "disks_wiped",

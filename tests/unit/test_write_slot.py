@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from provisiond import db as db_module
-from provisiond.db import Database
+from provisiond.db import Database, DatabaseOnEventLoop
 
 
 def _hold_the_slot(database: Database, held: threading.Event, release: threading.Event) -> None:
@@ -66,4 +67,26 @@ def test_a_writer_gives_up_after_the_busy_timeout_with_a_clear_error(tmp_path: P
     finally:
         release.set()
         holder.join(5)
+    database.dispose()
+
+
+def test_database_calls_on_the_event_loop_are_refused(tmp_path: Path) -> None:
+    """On the loop's thread a write could wait for the write slot while the request
+    holding it waits for the loop to commit: refused, in a worker thread it works."""
+    database = Database(f"sqlite:///{tmp_path / 'loop.db'}")
+
+    def write() -> int:
+        with database.transaction() as session:
+            session.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+            session.execute(text("INSERT INTO t VALUES (1)"))
+        with database.read_session() as session:
+            return int(session.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+    async def main() -> int:
+        with pytest.raises(DatabaseOnEventLoop, match=r"asyncio\.to_thread"):
+            write()
+        return await asyncio.to_thread(write)
+
+    assert asyncio.run(main()) == 1  # the refused call wrote nothing
+    assert write() == 2
     database.dispose()
