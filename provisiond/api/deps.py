@@ -14,7 +14,9 @@ from provisiond.models import ApiToken
 from provisiond.services.container import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain attribute read, not worth a hop to the thread pool (sync
+    # dependencies run there)
     services: Services = request.app.state.services
     return services
 

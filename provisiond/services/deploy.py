@@ -73,6 +73,18 @@ def running_deployment(session: Session, machine_id: int) -> Deployment | None:
     ).first()
 
 
+def running_deployments(session: Session, machine_ids: list[int]) -> dict[int, Deployment]:
+    """:func:`running_deployment` for many machines in one query: machine id -> record."""
+    if not machine_ids:
+        return {}
+    rows = session.exec(
+        select(Deployment)
+        .where(col(Deployment.machine_id).in_(machine_ids), Deployment.outcome == "")
+        .order_by(col(Deployment.id))
+    ).all()
+    return {row.machine_id: row for row in rows}  # ascending ids: the newest one wins
+
+
 def latest_deployment(session: Session, machine_id: int) -> Deployment | None:
     return session.exec(
         select(Deployment)

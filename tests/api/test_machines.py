@@ -230,6 +230,21 @@ def test_events_drive_the_lifecycle(api: Api) -> None:
     assert events[1]["message"] == "disk swap" and events[1]["request_id"]
 
 
+def test_request_ids_are_echoed_generated_and_recorded(api: Api) -> None:
+    make(api)
+    r = api.operator.post(
+        f"{M}/n1/events", json={"event": "manage"}, headers={"X-Request-ID": "ci-run-42"}
+    )
+    assert r.status_code == 200 and r.headers["x-request-id"] == "ci-run-42"
+    generated = api.ci.get(f"{M}/n1").headers["x-request-id"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    assert api.ci.get(f"{M}/ghost").headers["x-request-id"]  # errors carry one too
+    long = api.ci.get(f"{M}/n1", headers={"X-Request-ID": "x" * 200}).headers["x-request-id"]
+    assert long == "x" * 64
+    events = api.ci.get("/api/v1/events", params={"machine": "n1", "event": "manage"}).json()
+    assert events[0]["request_id"] == "ci-run-42"
+
+
 def test_delete_only_at_rest_and_unlocked(api: Api, services: Services) -> None:
     make(api, nics=[{"mac": "aa:00:00:00:00:01"}], bmc={"address": "10.0.0.9"})
     api.operator.post(f"{M}/n1/events", json={"event": "inspect"})
