@@ -17,6 +17,7 @@ APT_PACKAGES=(
   qemu-system-x86    # the virtual rack's guests (TCG; KVM is used only where it works)
   ipxe-qemu          # the guests' NIC boot ROMs: a real iPXE
   qemu-utils         # qemu-img for the guests' virtual disks
+  systemd            # systemd-analyze: the shipped provisiond.service is verified
 )
 
 missing=()
