@@ -39,25 +39,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from provisiond import locks
 from provisiond.drivers.power.base import BmcError, BmcManualAction, BootDevice, PowerAction
 from provisiond.drivers.power.base import PowerState as PS
 from provisiond.errors import ConcurrentChange, Conflict, InvalidTransition, ProvisiondError
-from provisiond.lifecycle import Ev, State, advance
+from provisiond.lifecycle import State
 from provisiond.logging import get_logger
-from provisiond.models import Deployment, Event, Machine, utcnow
+from provisiond.models import Deployment, Machine, utcnow
 from provisiond.services import boot_telemetry, deploy, machine_power, power
 from provisiond.services.agent_reports import issue_agent_token
 from provisiond.services.container import Services
+from provisiond.services.deploy_release import ACTOR, Releaser, add_event
 from provisiond.services.power import PowerPolicy
-from provisiond.services.remote_ops import install_agent, wipe_disks
+from provisiond.services.remote_ops import install_agent
 from provisiond.services.ssh import HostKeyMismatch, SshError
 
 log = get_logger(__name__)
-
-ACTOR = "engine"
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ class DeployEngine:
         self.settings = services.settings
         self._inflight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.releaser = Releaser(self)
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
 
@@ -159,7 +159,7 @@ class DeployEngine:
                     "power": self._power_step,
                     "install": self._install_step,
                     "heartbeat_timeout": self._heartbeat_timeout,
-                    "release": self._release_step,
+                    "release": self.releaser.step,
                     "repower": self._repower_step,
                 }[item.step]
                 await step(item)
@@ -187,7 +187,7 @@ class DeployEngine:
                 self._observe(record)
         log.info("deploy_failed", machine_id=machine_id, reason=reason)
 
-    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def off_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a database helper in a worker thread: never on the event loop, where a
         write waiting for SQLite's write slot would freeze every request (and the
         request holding the slot may need the loop to commit)."""
@@ -218,11 +218,11 @@ class DeployEngine:
                 **details,
             )
 
-    def _event(self, machine_id: int, name: str, event: str, message: str) -> None:
+    def record_event(self, machine_id: int, name: str, event: str, message: str) -> None:
         with self.services.db.transaction() as session:
-            _add_event(session, machine_id, name, event, message)
+            add_event(session, machine_id, name, event, message)
 
-    def _netns_for(self, address: str) -> str | None:
+    def netns_for(self, address: str) -> str | None:
         """The namespace of the provisioning network that holds ``address``, if any."""
         try:
             ip = ipaddress.ip_address(address)
@@ -233,7 +233,7 @@ class DeployEngine:
                 return net.netns
         return None
 
-    def _policy(self) -> PowerPolicy:
+    def power_policy(self) -> PowerPolicy:
         return PowerPolicy(call_timeout=self.settings.power_call_timeout_s)
 
     # --- power ----------------------------------------------------------------------
@@ -243,10 +243,12 @@ class DeployEngine:
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict as exc:  # no BMC: someone must power it on by hand
-            await self._db(self._event, item.machine_id, item.name, "manual_power_cycle", exc.hint)
-            await self._db(self._phase, item.machine_id, "power_cycle", manual=True)
+            await self.off_loop(
+                self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.hint
+            )
+            await self.off_loop(self._phase, item.machine_id, "power_cycle", manual=True)
             return
-        executor, policy = self.services.executor, self._policy()
+        executor, policy = self.services.executor, self.power_policy()
         try:
             await power.set_boot_device(
                 executor, driver, BootDevice.PXE, persistent=False, policy=policy
@@ -255,21 +257,21 @@ class DeployEngine:
             action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
             await power.power(executor, driver, action, policy)
         except BmcManualAction as exc:
-            await self._db(
-                self._event, item.machine_id, item.name, "manual_power_cycle", exc.message
+            await self.off_loop(
+                self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.message
             )
-            await self._db(self._phase, item.machine_id, "power_cycle", manual=True)
+            await self.off_loop(self._phase, item.machine_id, "power_cycle", manual=True)
             return
         except (BmcError, ProvisiondError) as exc:
             hint = getattr(exc, "hint", "")
-            await self._db(
+            await self.off_loop(
                 self._fail,
                 item.machine_id,
                 f"BMC power-cycle failed: {exc.message}" + (f" ({hint})" if hint else ""),
                 expect=expect,
             )
             return
-        await self._db(self._phase, item.machine_id, "power_cycle", action=action.value)
+        await self.off_loop(self._phase, item.machine_id, "power_cycle", action=action.value)
 
     # --- agent install ----------------------------------------------------------------
 
@@ -315,22 +317,22 @@ class DeployEngine:
                 private,
                 env,
                 attempts=self.settings.ssh_connect_attempts,
-                netns=self._netns_for(address),
+                netns=self.netns_for(address),
                 timeout=budget,
                 key=f"ssh:{address}",
                 what=f"agent install on {item.name}",
             )
         except HostKeyMismatch as exc:
-            await self._db(
+            await self.off_loop(
                 self._fail, item.machine_id, f"SSH host key mismatch: {exc.message}", expect=expect
             )
             return
         except (SshError, ProvisiondError) as exc:
-            await self._db(
+            await self.off_loop(
                 self._fail, item.machine_id, f"agent install failed: {exc.message}", expect=expect
             )
             return
-        await self._db(self._phase, item.machine_id, "agent_installed", deployment=record_uuid)
+        await self.off_loop(self._phase, item.machine_id, "agent_installed", deployment=record_uuid)
 
     def _issue_token(self, machine_id: int) -> str:
         with self.services.db.transaction() as session:
@@ -375,124 +377,6 @@ class DeployEngine:
             deploy.retry_from_power_cycle(
                 session, machine, record, secrets=self.services.secrets, reason=reason
             )
-
-    # --- release ----------------------------------------------------------------------
-
-    def _release_plan(self, machine_id: int) -> tuple[str, str, str] | None:
-        with self.services.db.read_session() as session:
-            machine = session.get(Machine, machine_id)
-            if machine is None or not machine.ssh_host_key:
-                return None
-            record = session.exec(
-                select(Deployment)
-                .where(Deployment.machine_id == machine_id, Deployment.address != "")
-                .order_by(col(Deployment.id).desc())
-            ).first()
-            if record is None or record.host_key != machine.ssh_host_key:
-                return None
-            private = self.services.secrets.decrypt(record.ssh_private_key_encrypted)
-            return record.address, record.host_key, private
-
-    async def _release_step(self, item: Work) -> None:
-        plan = await asyncio.to_thread(self._release_plan, item.machine_id)
-        wiped: list[str] = []
-        notes: list[tuple[str, str]] = []
-        if plan is None:
-            notes.append(_WIPE_SKIPPED)
-        else:
-            address, host_key, private = plan
-            try:
-                wiped = await self.services.executor.run(
-                    wipe_disks,
-                    address,
-                    host_key,
-                    private,
-                    attempts=3,
-                    netns=self._netns_for(address),
-                    timeout=self.settings.timeouts.releasing,
-                    key=f"ssh:{address}",
-                    what=f"disk wipe on {item.name}",
-                )
-            except (SshError, ProvisiondError) as exc:
-                await asyncio.to_thread(self._release_failed, item, exc.message, notes)
-                return
-            await self._db(
-                self._event,
-                item.machine_id,
-                item.name,
-                "disks_wiped",
-                f"wiped and verified the first and last MiB of {', '.join(wiped) or 'no disk'}",
-            )
-        try:
-            _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
-            await power.power(self.services.executor, driver, PowerAction.OFF, self._policy())
-        except BmcManualAction:
-            pass  # nothing to power off remotely; the machine is idle (poweroff -f)
-        except Conflict:
-            pass  # no BMC
-        except (BmcError, ProvisiondError) as exc:
-            await asyncio.to_thread(
-                self._release_failed, item, f"power off failed: {exc.message}", notes
-            )
-            return
-        await asyncio.to_thread(self._released, item, wiped, notes)
-
-    def _release_failed(self, item: Work, reason: str, notes: list[tuple[str, str]]) -> None:
-        with self.services.db.transaction() as session:
-            machine = session.get(Machine, item.machine_id)
-            if machine is None or machine.state != State.RELEASING:
-                return
-            for event, message in notes:
-                _add_event(session, item.machine_id, item.name, event, message)
-            advance(
-                session,
-                machine,
-                Ev.FAIL,
-                actor=ACTOR,
-                timeouts=self.settings.timeouts,
-                reason=f"release failed: {reason}",
-            )
-
-    def _released(self, item: Work, wiped: list[str], notes: list[tuple[str, str]]) -> None:
-        with self.services.db.transaction() as session:
-            machine = session.get(Machine, item.machine_id)
-            if machine is None or machine.state != State.RELEASING:
-                return
-            for event, message in notes:
-                _add_event(session, item.machine_id, item.name, event, message)
-            machine.ssh_host_key = ""
-            machine.agent_token_hash = None
-            session.add(machine)
-            advance(
-                session,
-                machine,
-                Ev.DONE,
-                actor=ACTOR,
-                timeouts=self.settings.timeouts,
-                reason="released: disks wiped, powered off" if wiped else "released",
-                details={"wiped": wiped},
-            )
-
-
-def _add_event(session: Session, machine_id: int, name: str, event: str, message: str) -> None:
-    session.add(
-        Event(
-            machine_id=machine_id,
-            machine_name=name,
-            kind="deploy",
-            event=event,
-            actor=ACTOR,
-            message=message,
-        )
-    )
-
-
-#: Recorded with the release's outcome (one transaction less per release).
-_WIPE_SKIPPED = (
-    "wipe_skipped",
-    "no OS with this daemon's key is running (never deployed, or the deploy failed "
-    "before the OS called back); disks were wiped by the previous release",
-)
 
 
 def _step_for(

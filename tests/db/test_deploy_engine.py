@@ -145,7 +145,7 @@ def test_releasing_machines_are_released(services: Services) -> None:
     assert work.step == "release"
     # No OS with our key ran and no BMC: the wipe is skipped (with an event) and the
     # machine is available again.
-    asyncio.run(engine._release_step(work))
+    asyncio.run(engine.releaser.step(work))
     with services.db.read_session() as s:
         m = s.get(Machine, machine_id)
         assert m is not None and m.state == State.AVAILABLE
