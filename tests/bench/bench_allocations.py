@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from provisiond.rack.scenario import free_port  # noqa: E402
 from tests.support import pg  # noqa: E402
-from tests.support.daemon import Daemon, free_port  # noqa: E402
+from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.procs import stop as stop_proc  # noqa: E402
 
 MACHINES = 1000

@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from provisiond.rack.scenario import free_port  # noqa: E402
 from tests.bench.benchlib import process_cpu, rss_mb  # noqa: E402
-from tests.support.daemon import Daemon, free_port  # noqa: E402
+from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.procs import stop as stop_proc  # noqa: E402
 
 DEADLINE_S = 300.0

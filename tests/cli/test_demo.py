@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import free_port
+from provisiond.rack.scenario import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
