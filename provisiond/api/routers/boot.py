@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from provisiond.api.deps import ServicesDep, WriteSession
 from provisiond.errors import BadRequest
-from provisiond.netboot import boot
+from provisiond.netboot import boot, seeds
 from provisiond.netboot.images import ImageStore
 from provisiond.netboot.sendfile import FileRangeResponse, Unsatisfiable, parse_range
 from provisiond.templates import Templates
@@ -72,7 +72,7 @@ def seed(
     machine: str, file: str, request: Request, services: ServicesDep, session: WriteSession
 ) -> PlainTextResponse:
     config = boot.BootConfig.from_settings(services.settings)
-    text = boot.seed_file(
+    text = seeds.seed_file(
         session,
         _templates(services.settings.templates_dir),
         config,
@@ -109,7 +109,7 @@ def _callback(
     services: ServicesDep, machine: str, token: str, fields: dict[str, str], client: str
 ) -> dict[str, Any]:
     with services.db.transaction() as session:
-        return boot.callback(
+        return seeds.callback(
             session,
             services.secrets,
             services.settings,
