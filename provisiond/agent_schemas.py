@@ -68,6 +68,8 @@ class InventoryReport(_Report):
     hostname: Long = ""
     kernel: Long = ""
     arch: Annotated[str, StringConstraints(max_length=16)] = ""
+    #: How the running kernel was booted ("" from agents that predate the field).
+    firmware: Literal["uefi", "bios", ""] = ""
     cpus: int = Field(ge=1, le=1_000_000)
     cpu_model: Long = ""
     ram_mib: int = Field(ge=0, le=INT_MAX)

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   qemu-system-x86    # the virtual rack's guests (TCG; KVM is used only where it works)
   ipxe-qemu          # the guests' NIC boot ROMs: a real iPXE
   qemu-utils         # qemu-img for the guests' virtual disks
+  ovmf               # UEFI firmware for the virtual rack's UEFI guests (rack up --uefi)
   systemd            # systemd-analyze: the shipped provisiond.service is verified
 )
 

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any, NoReturn
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
 USER_AGENT = f"provisiond-agent/{AGENT_VERSION}"
 DEFAULT_ENV_FILE = "/etc/provisiond/agent.env"
 #: Block devices that are not disks: loop, RAM, compressed swap, device-mapper, optical,
@@ -224,6 +224,8 @@ def inventory(root: str = "/") -> dict[str, Any]:
         "hostname": uname.nodename,
         "kernel": uname.release,
         "arch": uname.machine,
+        # The kernel exposes /sys/firmware/efi only when UEFI booted it.
+        "firmware": "uefi" if os.path.isdir(os.path.join(root, "sys/firmware/efi")) else "bios",
         "cpus": cpus,
         "cpu_model": cpu_model,
         "ram_mib": ram_mib(root),

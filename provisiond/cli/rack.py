@@ -39,6 +39,9 @@ def rack_up(
     http_port: Annotated[
         int, typer.Option("--http-port", min=1, max=65535, help="Daemon's boot HTTP port.")
     ] = 8080,
+    uefi: Annotated[
+        int, typer.Option("--uefi", min=0, help="How many guests (the last ones) boot UEFI.")
+    ] = 0,
 ) -> None:
     """Create the namespace, bridge, taps, disks and BMCs; the guests stay off.
 
@@ -46,15 +49,27 @@ def rack_up(
     """
     with handled():
         rack = vrack.up(
-            count, name=name, state_dir=state_dir, ram_mib=ram, disk_mib=disk, http_port=http_port
+            count,
+            name=name,
+            state_dir=state_dir,
+            ram_mib=ram,
+            disk_mib=disk,
+            http_port=http_port,
+            uefi=uefi,
         )
     emit(
         [
-            {"machine": g.name, "MAC": g.mac, "IP": g.ip, "BMC": f"{g.bmc_address}:{g.bmc_port}"}
+            {
+                "machine": g.name,
+                "MAC": g.mac,
+                "IP": g.ip,
+                "BMC": f"{g.bmc_address}:{g.bmc_port}",
+                "firmware": g.firmware,
+            }
             for g in rack.guests
         ],
         False,
-        columns=("machine", "MAC", "IP", "BMC"),
+        columns=("machine", "MAC", "IP", "BMC", "firmware"),
         title=f"rack {rack.name}: namespace {rack.netns}, {rack.bridge} {rack.boot_address}",
     )
     console.print(f"inventory: {rack.inventory_file}", highlight=False)

@@ -4,10 +4,13 @@ Power on starts ``ip netns exec <ns> qemu-system-x86_64 ... -boot n|c``; ``ip ne
 exec`` execs QEMU, so the child's PID is QEMU's. The PID also goes to a pidfile, so
 another process (``provisiond rack down`` after a crash) can find and kill it.
 
-The guest is a BIOS (SeaBIOS) ``pc`` with one virtio-net NIC on a tap device that
-already exists in the namespace (the rack made it), whose option ROM is the iPXE
-from Debian's ipxe-qemu. The boot device the BMC hands over picks ``-boot n`` (PXE)
-or ``-boot c`` (disk). Every boot starts a new QEMU, so the BMC's one-time boot
+The guest is a ``pc`` with one virtio-net NIC on a tap device that already exists
+in the namespace (the rack made it), whose option ROM is the iPXE from Debian's
+ipxe-qemu. Its firmware is SeaBIOS (``bios``) or OVMF (``uefi``, Debian's ``ovmf``,
+with a per-guest copy of the variable store); under OVMF the NIC's ROM is iPXE's
+EFI build. The boot device the BMC hands over picks ``-boot n`` (PXE) or ``-boot c``
+(disk) under BIOS, and the ``bootindex`` of the NIC or the disk under UEFI (OVMF
+orders boot options by ``bootindex``). Every boot starts a new QEMU, so the BMC's one-time boot
 flags apply to exactly one boot. There is no ``-no-reboot``: a reboot from inside
 the guest stays inside QEMU, as it would on hardware, and keeps the boot order.
 
@@ -59,6 +62,10 @@ __all__ = [
 
 ACCELERATORS = ("tcg", "kvm")
 QEMU = "qemu-system-x86_64"
+FIRMWARES = ("bios", "uefi")
+#: Debian's ovmf: the firmware code (read-only) and the template of a guest's variables.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 _KILL_WAIT_S = 3.0
 
 
@@ -74,6 +81,12 @@ class QemuGuest:
     pidfile: Path
     ram_mib: int = 384
     cpus: int = 1
+    firmware: str = "bios"
+
+    @property
+    def vars_file(self) -> Path:
+        """The guest's own OVMF variable store (UEFI only), next to its disk."""
+        return self.disk.with_suffix(".vars")
 
 
 def accel_from_env() -> str:
@@ -145,7 +158,7 @@ class QemuBackend:
 
     def command(self, boot: BootDevice) -> list[str]:
         g = self.guest
-        return [
+        cmd = [
             "ip", "netns", "exec", self.netns, QEMU,
             "-name", g.name,
             "-accel", self.accel,
@@ -157,9 +170,22 @@ class QemuBackend:
             "-serial", "chardev:s0",
             "-monitor", "none",
             "-netdev", f"tap,id=n0,ifname={g.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={g.mac}",
-            "-drive", f"file={g.disk},if=virtio,format=raw",
-            "-boot", boot.qemu_boot_arg(),
+        ]  # fmt: skip
+        if g.firmware != "uefi":
+            return [
+                *cmd,
+                "-device", f"virtio-net-pci,netdev=n0,mac={g.mac}",
+                "-drive", f"file={g.disk},if=virtio,format=raw",
+                "-boot", boot.qemu_boot_arg(),
+            ]  # fmt: skip
+        pxe = boot.qemu_boot_arg() == "n"
+        return [
+            *cmd,
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={g.vars_file}",
+            "-device", f"virtio-net-pci,netdev=n0,mac={g.mac},bootindex={1 if pxe else 2}",
+            "-drive", f"file={g.disk},if=none,id=d0,format=raw",
+            "-device", f"virtio-blk-pci,drive=d0,bootindex={2 if pxe else 1}",
         ]  # fmt: skip
 
     def pid(self) -> int | None:

@@ -60,6 +60,8 @@ class Scenario:
     api_port: int = field(default_factory=free_port)
     log: Callable[[str], None] = print
     ram_mib: int = 384
+    #: How many guests (the last ones) boot UEFI (OVMF) instead of BIOS.
+    uefi: int = 0
     #: Extra provisiond.toml lines (e.g. shorter timeouts in tests).
     extra_config: str = ""
     image: GuestImage | None = None
@@ -133,8 +135,10 @@ class Scenario:
             ipv6_prefix=self.ipv6_prefix,
             ram_mib=self.ram_mib,
             password=self.bmc_password,
+            uefi=self.uefi,
         )
-        self.log(f"rack {self.name}: {self.count} guests in netns {self.rack.netns}")
+        uefi = f" ({self.uefi} UEFI)" if self.uefi else ""
+        self.log(f"rack {self.name}: {self.count} guests{uefi} in netns {self.rack.netns}")
         network = vrack.network_toml(self.rack) + 'dnsmasq_user = "root"\n'
         self.config_file.write_text(
             f'data_dir = "{self.data_dir}"\n'

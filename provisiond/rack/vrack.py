@@ -50,6 +50,8 @@ from typing import Any
 from provisiond.errors import BadRequest, ConfigError, Conflict, NotFound, ProvisiondError
 from provisiond.rack.ipmi_bmc import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from provisiond.rack.qemu import (
+    OVMF_CODE,
+    OVMF_VARS,
     QEMU,
     QemuBackend,
     accel_from_env,
@@ -179,6 +181,19 @@ def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
 # -- up ------------------------------------------------------------------------------
 
 
+def _check_uefi(count: int, uefi: int) -> None:
+    if not 0 <= uefi <= count:
+        raise BadRequest(
+            f"--uefi {uefi} with {count} guest(s)",
+            hint=f"give 0 to {count}: that many of the guests (the last ones) boot UEFI",
+        )
+    if uefi and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        raise ConfigError(
+            f"UEFI guests need OVMF ({OVMF_CODE}, {OVMF_VARS}), which is missing",
+            hint="apt-get install ovmf (scripts/bootstrap.sh installs it)",
+        )
+
+
 def up(
     count: int,
     *,
@@ -193,12 +208,15 @@ def up(
     bmc_base_port: int = 0,
     username: str = DEFAULT_USERNAME,
     password: str | None = None,
+    uefi: int = 0,
 ) -> RackState:
     """Build the rack and start its BMC farm; the guests stay off. See the module doc.
 
     ``password`` defaults to ``$PROVISIOND_RACK_BMC_PASSWORD``, else ``password``.
+    The last ``uefi`` guests boot OVMF (UEFI) instead of SeaBIOS.
     """
     _check_args(name, count, ram_mib, cpus, disk_mib)
+    _check_uefi(count, uefi)
     net = ipaddress.IPv4Network(subnet)
     v6 = ipaddress.IPv6Network(ipv6_prefix)
     if net.prefixlen > 24 or v6.prefixlen != 64:
@@ -253,6 +271,7 @@ def up(
                 ram_mib=ram_mib,
                 cpus=cpus,
                 disk_mib=disk_mib,
+                firmware="uefi" if k > count - uefi else "bios",
             )
         )
     password = password or os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
@@ -260,6 +279,8 @@ def up(
         build_network(rack)
         for guest in rack.guests:
             make_disk(Path(guest.disk), guest.disk_mib)
+            if guest.firmware == "uefi":
+                shutil.copyfile(OVMF_VARS, guest.qemu_guest().vars_file)
         write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
         rack.farm_pid, base_port = _start_farm(state_dir, bmc_base_port, password)
         for guest in rack.guests:

@@ -30,7 +30,7 @@ from provisiond.rack.qemu import QemuGuest
 PASSWORD_ENV = "PROVISIOND_RACK_BMC_PASSWORD"  # noqa: S105 - a variable name
 STATE_FILE, READY_FILE, FARM_LOG = "rack.json", "bmc.ready", "bmc.log"
 INVENTORY_FILE, NETWORK_FILE = "inventory.yaml", "network.toml"
-GUEST_FILES = ("vm*.disk", "vm*.pid", "vm*.tmp", "vm*.serial.log")
+GUEST_FILES = ("vm*.disk", "vm*.vars", "vm*.pid", "vm*.tmp", "vm*.serial.log")
 FILL = b"\xa5" * (1 << 20)
 
 
@@ -49,11 +49,14 @@ class GuestState:
     ram_mib: int
     cpus: int
     disk_mib: int
+    firmware: str = "bios"
 
     def qemu_guest(self) -> QemuGuest:
         g = self
         paths = Path(g.disk), Path(g.serial_log), Path(g.pidfile)
-        return QemuGuest(g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus)
+        return QemuGuest(
+            g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus, firmware=g.firmware
+        )
 
 
 @dataclass

@@ -217,6 +217,7 @@ def record_inventory(
             "hostname": report.hostname,
             "kernel": report.kernel,
             "arch": report.arch,
+            "firmware": report.firmware,
             "cpu_model": report.cpu_model,
             "agent_version": report.agent_version,
             "nics": [n.model_dump() for n in report.nics],

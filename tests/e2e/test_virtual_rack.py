@@ -71,6 +71,7 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         ipv6_prefix="fd00:214::/64",
         extra_config=CONFIG,
         log=lines.append,
+        uefi=1,  # vm2 boots OVMF: iPXE's EFI build, the kernel's EFI stub
     )
     try:
         sc.up()
@@ -137,6 +138,15 @@ def test_discover_and_inspect(rack: Scenario) -> None:
         disks = {d["name"]: d["size_bytes"] for d in m["disks"]}
         assert disks == {"vda": guest.disk_mib * 2**20}
         assert [n["mac"] for n in m["nics"]] == [guest.mac]
+        # ... and how it was booted: vm2 went through OVMF and iPXE's EFI build.
+        with rack.api() as api:
+            params = {"machine": guest.name, "event": "inventory_reported", "limit": 1}
+            [reported] = api.get("/events", params=params).json()
+        assert (
+            reported["details"]["firmware"]
+            == guest.firmware
+            == ("uefi" if guest.index == 2 else "bios")
+        )
         record = rack.deployments(guest.name)[0]
         assert record["kind"] == "inspect" and record["outcome"] == "available"
         phases = [p["phase"] for p in record["phases"]]

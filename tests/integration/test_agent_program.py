@@ -247,6 +247,7 @@ def test_print_inventory_is_json_without_a_network() -> None:
     assert report["cpus"] == os.cpu_count() and report["ram_mib"] == mem_total_mib()
     assert report["disks"] == host_disks()
     assert report["kernel"] == os.uname().release
+    assert report["firmware"] == ("uefi" if os.path.isdir("/sys/firmware/efi") else "bios")
     assert {n["mac"] for n in report["nics"]} >= {mac for _, mac in host_nics()}
     assert set(report["dmi"]) == {"sys_vendor", "product_name", "product_serial"}
     assert isinstance(report["lldp"], list)

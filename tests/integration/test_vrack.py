@@ -198,6 +198,9 @@ def test_cli_status_json_and_bad_input(rack: vrack.RackState) -> None:
     assert '"farm_running": true' in result.output and rack.guests[1].mac in result.output
     result = runner.invoke(app, ["rack", "up", "2", "--name", "Not_Valid"])
     assert result.exit_code == 1 and "hint:" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["rack", "up", "2", "--uefi", "3", "--name", "uefibad"])
+    assert result.exit_code == 1 and "give 0 to 2" in result.output, result.output
+    assert not Path("/run/netns/pvd-uefibad").exists()
 
 
 def test_crashed_rack_is_cleaned_by_up_and_down(tmp_path: Path) -> None:
