@@ -52,9 +52,9 @@ def add_machines(db: Database, specs: list[dict[str, Any]], state: str = "availa
             machine = Machine(**spec)
             for ev in path:
                 lifecycle.advance(session, machine, ev, actor="test")
-            if ip:
-                session.add(Nic(machine_id=machine.id, mac=_mac(machine.id or 0), ip_address=ip))
             assert machine.id is not None
+            if ip:
+                session.add(Nic(machine_id=machine.id, mac=_mac(machine.id), ip_address=ip))
             ids.append(machine.id)
     return ids
 
