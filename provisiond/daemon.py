@@ -27,6 +27,9 @@ from provisiond.watchdog import LoopWatchdog
 
 log = get_logger(__name__)
 
+#: Threads of the loop's default pool (asyncio.to_thread: database work).
+DEFAULT_POOL_THREADS = 32
+
 
 def build_services(settings: Settings, *, check_schema: bool = True) -> Services:
     db = Database(settings.db_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
@@ -79,14 +82,29 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # asyncio.to_thread runs database work here. asyncio's own default is sized for
-    # CPU work (cores + 4: 6 threads on 2 cores), and a few writers queued on the
-    # SQLite write slot could leave API reads waiting for a thread.
-    pool = ThreadPoolExecutor(settings.executor_workers, thread_name_prefix="asyncio-pool")
+    # asyncio.to_thread runs the engine's, the scheduler's and the async routes'
+    # database work here. asyncio's own default is sized for CPU work (cores + 4: 6
+    # threads on 2 cores), which a few writers queued on SQLite's write slot fill.
+    # Sync routes run on anyio's 40 threads; together they stay under the SQLite
+    # connection pool (16 + 64).
+    pool = ThreadPoolExecutor(DEFAULT_POOL_THREADS, thread_name_prefix="asyncio-pool")
     loop.set_default_executor(pool)
     watchdog = LoopWatchdog(loop, pool=pool, metrics=services.metrics)
     watchdog.start()
+    try:
+        await _serve(services, settings, sock, stop)
+    finally:
+        watchdog.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info(
+        "provisiond_stopped", loop_stalls=watchdog.stalls, pool_saturations=watchdog.saturations
+    )
 
+
+async def _serve(
+    services: Services, settings: Settings, sock: socket.socket, stop: asyncio.Event
+) -> None:
     extra = boot_sockets(settings)
     app = create_app(services)
     config = uvicorn.Config(
@@ -96,6 +114,9 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
         lifespan="off",
         backlog=2048,
         timeout_keep_alive=30,
+        # Long-polls and event streams may be open for minutes: a stop waits this
+        # long for them, well inside the systemd unit's TimeoutStopSec.
+        timeout_graceful_shutdown=10,
     )
     server = _Server(config)
     netboot = Netboot(services)
@@ -128,16 +149,10 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     await asyncio.wait({engine_task}, timeout=10)
     await netboot.stop()
     services.netboot = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
     sock.close()
     for s in extra:
         s.close()
-    watchdog.stop()
     services.close()
-    log.info(
-        "provisiond_stopped", loop_stalls=watchdog.stalls, pool_saturations=watchdog.saturations
-    )
 
 
 def run(services: Services, **kwargs: Any) -> None:

@@ -47,8 +47,9 @@ class DatabaseOnEventLoop(RuntimeError):
 def _refuse_on_event_loop(engine: Engine) -> None:
     # A query on the event loop's thread blocks every request for its duration; a
     # write waiting there for SQLite's write slot can even wait for a request that
-    # needs the loop to commit (a 30 s freeze until the busy timeout). Refused at
-    # once, so tests catch it: async code uses asyncio.to_thread.
+    # needs the loop to commit (a 30 s freeze until the busy timeout). Refused when
+    # the transaction begins (before the write slot; after the pool checkout), so
+    # tests catch it: async code uses asyncio.to_thread.
     @event.listens_for(engine, "begin")
     def _on_begin(_conn: Connection) -> None:
         try:
@@ -65,19 +66,26 @@ SLOW_WRITE_SLOT_S = 5.0
 
 
 def _slow_write_slot(holder: list[Any], busy_timeout_s: float) -> float:
-    ident, since = holder
-    frame = sys._current_frames().get(ident) if ident else None
+    """Log what holds the write slot, when one transaction has held it for long (not
+    when many short ones queue); at most once per :data:`SLOW_WRITE_SLOT_S`."""
+    waited = min(SLOW_WRITE_SLOT_S, busy_timeout_s)
+    ident, since, last_log = holder
+    now = time.monotonic()
+    if ident is None or now - since < SLOW_WRITE_SLOT_S or now - last_log < SLOW_WRITE_SLOT_S:
+        return waited
+    holder[2] = now
+    frame = sys._current_frames().get(ident)
     names = {t.ident: t.name for t in threading.enumerate()}
-    me = threading.get_ident()
     log.warning(
-        "sqlite write slot busy for %.1fs; held for %.1fs by thread %s%s; stack of the holder:\n%s",
-        min(SLOW_WRITE_SLOT_S, busy_timeout_s),
-        time.monotonic() - since if since else -1.0,
+        "sqlite write slot busy: a writer waited %.1fs; one transaction has held the slot "
+        "for %.1fs, begun by thread %s (FastAPI may commit it on another); that thread "
+        "now:\n%s",
+        waited,
+        now - since,
         names.get(ident, ident),
-        " (the waiting thread itself: maybe a nested write transaction)" if ident == me else "",
         "".join(traceback.format_stack(frame, limit=15)) if frame is not None else "(gone)",
     )
-    return min(SLOW_WRITE_SLOT_S, busy_timeout_s)
+    return waited
 
 
 def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
@@ -101,7 +109,7 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
     # Who took the write slot and when: a writer kept waiting for it logs them (with
     # the holder thread's stack), so a stall says what it waited behind. The ident is
     # the thread that began the transaction; FastAPI may commit it on another one.
-    holder: list[Any] = [None, 0.0]
+    holder: list[Any] = [None, 0.0, 0.0]  # thread ident, taken at, last logged at
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -115,19 +123,19 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
                 raise sqlite3.OperationalError(
                     f"database is locked: no write slot in this process after {busy_timeout_s:g}s"
                 )
-        holder[:] = [threading.get_ident(), time.monotonic()]
+        holder[0:2] = [threading.get_ident(), time.monotonic()]
         conn.info[_GATE] = True
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             conn.info.pop(_GATE, None)
-            holder[0] = None
+            holder[0:2] = [None, 0.0]
             gate.release()
             raise
 
     def _end(conn: Connection) -> None:
         if conn.info.pop(_GATE, False):
-            holder[0] = None
+            holder[0:2] = [None, 0.0]
             gate.release()
 
     event.listen(engine, "commit", _end)
@@ -138,7 +146,7 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
         # Safety net: a connection that went back to the pool mid-transaction (an
         # invalidated connection) must not keep the write slot.
         if record.info.pop(_GATE, False):
-            holder[0] = None
+            holder[0:2] = [None, 0.0]
             gate.release()
 
 

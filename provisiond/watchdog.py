@@ -1,22 +1,26 @@
 """Event-loop watchdog: say so, with a stack, when the daemon's loop stops turning.
 
-Everything the API, the boot routes and the deploy engine do passes through one
-asyncio loop. A blocking call made on it by mistake, or a default thread pool with
-every worker waiting, freezes all of them at once, and from outside that only looks
-like timeouts. A plain thread (it must not depend on the loop it watches) posts a
-no-op to the loop every :data:`TICK_S` seconds; when one has not run after
-``stall_s`` seconds it logs ``event_loop_stalled`` once, with what the loop thread
-is executing and how many calls wait for a thread of the default pool, and
-``event_loop_recovered`` with the stall's length when the loop answers again.
+The boot routes' async parts, the deploy engine, the scheduler and uvicorn itself
+share one asyncio loop (sync API routes run on anyio's own worker threads, but get
+there through it). A blocking call made on it by mistake freezes all of them at
+once, and from outside that only looks like timeouts. A plain thread (it must not
+depend on the loop it watches) posts a no-op probe to the loop every
+:data:`TICK_S` seconds; when a probe has waited more than ``stall_s`` seconds it
+logs ``event_loop_stalled`` once, with what the loop thread is executing, and
+``event_loop_recovered`` with the stall's length when the probe runs. Time is
+counted from when the probe was posted, so a watchdog thread that was itself late
+(a stopped process, steal time) reports nothing.
 
-It watches the default thread pool (where ``asyncio.to_thread`` runs database
-work) the same way: calls left queued behind busy workers for ``stall_s`` seconds
-log ``thread_pool_saturated`` once, with what every worker is doing.
+The default thread pool (where ``asyncio.to_thread`` runs database work) is probed
+the same way: a no-op submitted to it that waits ``stall_s`` seconds for a worker
+logs ``thread_pool_saturated`` once per episode, with the distinct stacks the
+workers are in and how many share each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import threading
 import time
@@ -29,6 +33,8 @@ from provisiond.metrics import Metrics
 log = get_logger(__name__)
 
 TICK_S = 0.25
+#: Distinct worker stacks shown in one thread_pool_saturated line.
+MAX_STACKS = 5
 
 
 def _stack_of(thread_id: int, limit: int = 12) -> list[str]:
@@ -47,15 +53,20 @@ class LoopWatchdog:
         pool: ThreadPoolExecutor | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.metrics = metrics
         self.loop = loop
         self.stall_s = stall_s
         self.pool = pool
+        self.metrics = metrics
         self.stalls = 0
         self.saturations = 0
         self.longest_s = 0.0
         self._loop_thread = threading.get_ident()
-        self._last_answer = time.monotonic()
+        # When the pending probe was posted (None: none pending). Plain attribute
+        # stores: the watchdog thread sets them, the loop or a pool worker clears them.
+        self._loop_probe: float | None = None
+        self._pool_probe: float | None = None
+        self._stall_logged = False
+        self._saturation_logged = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
 
@@ -64,67 +75,83 @@ class LoopWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
-    def _answer(self) -> None:
-        self._last_answer = time.monotonic()
+    # --- probes: run on the loop / in the pool ----------------------------------------
 
-    def _backlog(self) -> int | None:
-        queue = getattr(self.pool, "_work_queue", None)
-        return queue.qsize() if queue is not None else None
+    def _loop_answer(self) -> None:
+        posted, self._loop_probe = self._loop_probe, None
+        if self._stall_logged and posted is not None:
+            length = time.monotonic() - posted
+            self.longest_s = max(self.longest_s, length)
+            self._stall_logged = False
+            log.warning("event_loop_recovered", stalled_s=round(length, 1))
 
-    def _worker_stacks(self) -> dict[str, list[str]]:
-        names = {t.ident: t.name for t in threading.enumerate()}
-        prefix = getattr(self.pool, "_thread_name_prefix", None) or "\0"
-        return {
-            names[ident]: _stack_of(ident, limit=6)
-            for ident in list(names)
-            if ident is not None and names[ident].startswith(prefix)
-        }
+    def _pool_answer(self) -> None:
+        self._pool_probe = None
+        self._saturation_logged = False
 
-    def _check_pool(self, queued_since: float | None) -> float | None:
-        backlog = self._backlog()
-        now = time.monotonic()
-        if not backlog:
-            return None
-        if queued_since is None:
-            return now
-        if now - queued_since > self.stall_s:
+    # --- the watchdog thread ----------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(TICK_S):
+            now = time.monotonic()
+            if not self._check_loop(now) or not self._check_pool(now):
+                return
+
+    def _check_loop(self, now: float) -> bool:
+        posted = self._loop_probe
+        if posted is None:
+            self._loop_probe = now
+            try:
+                self.loop.call_soon_threadsafe(self._loop_answer)
+            except RuntimeError:  # the loop is closed: nothing left to watch
+                return False
+        elif not self._stall_logged and now - posted > self.stall_s:
+            self._stall_logged = True
+            self.stalls += 1
+            if self.metrics is not None:
+                self.metrics.event_loop_stalls.inc()
+            log.warning(
+                "event_loop_stalled",
+                silent_s=round(now - posted, 1),
+                loop_stack=_stack_of(self._loop_thread),
+            )
+        return True
+
+    def _check_pool(self, now: float) -> bool:
+        if self.pool is None:
+            return True
+        posted = self._pool_probe
+        if posted is None:
+            self._pool_probe = now
+            try:
+                self.pool.submit(self._pool_answer)
+            except RuntimeError:  # shut down
+                return False
+        elif not self._saturation_logged and now - posted > self.stall_s:
+            self._saturation_logged = True
             self.saturations += 1
             if self.metrics is not None:
                 self.metrics.thread_pool_saturations.inc()
+            queue = getattr(self.pool, "_work_queue", None)
             log.warning(
                 "thread_pool_saturated",
-                backlog=backlog,
-                queued_s=round(now - queued_since, 1),
+                queued_s=round(now - posted, 1),
+                backlog=queue.qsize() if queue is not None else None,
                 workers=self._worker_stacks(),
             )
-            return float("inf")  # logged once per episode; reset when the queue drains
-        return queued_since
+        return True
 
-    def _watch(self) -> None:
-        stalled_since: float | None = None
-        queued_since: float | None = None
-        while not self._stop.wait(TICK_S):
-            queued_since = self._check_pool(queued_since)
-            try:
-                self.loop.call_soon_threadsafe(self._answer)
-            except RuntimeError:  # the loop is closed: nothing left to watch
-                return
-            silent = time.monotonic() - self._last_answer
-            if stalled_since is None and silent > self.stall_s:
-                stalled_since = self._last_answer
-                self.stalls += 1
-                if self.metrics is not None:
-                    self.metrics.event_loop_stalls.inc()
-                log.warning(
-                    "event_loop_stalled",
-                    silent_s=round(silent, 1),
-                    default_pool_backlog=self._backlog(),
-                    loop_stack=_stack_of(self._loop_thread),
-                )
-            elif stalled_since is not None and silent < self.stall_s:
-                length = self._last_answer - stalled_since
-                self.longest_s = max(self.longest_s, length)
-                log.warning("event_loop_recovered", stalled_s=round(length, 1))
-                stalled_since = None
+    def _worker_stacks(self) -> list[dict[str, object]]:
+        prefix = getattr(self.pool, "_thread_name_prefix", None) or "\0"
+        stacks = collections.Counter(
+            tuple(_stack_of(t.ident, limit=6))
+            for t in threading.enumerate()
+            if t.ident is not None and t.name.startswith(prefix)
+        )
+        return [
+            {"threads": count, "stack": list(stack)}
+            for stack, count in stacks.most_common(MAX_STACKS)
+        ]

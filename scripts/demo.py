@@ -151,7 +151,10 @@ def main() -> int:
         return 0 if stop else 1
     except (ScenarioError, httpx.HTTPError) as exc:
         console.print(f"[red]demo failed:[/] {exc!r}\n  see {DATA / 'serve.log'}", highlight=False)
-        console.print(sc.diagnostics(), highlight=False, markup=False)
+        try:
+            console.print(sc.diagnostics(), highlight=False, markup=False)
+        except Exception as diag_exc:  # the failure above is what matters
+            console.print(f"(no diagnostics: {diag_exc!r})", highlight=False, markup=False)
         return 1
     finally:
         sc.down()

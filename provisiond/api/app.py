@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import uuid
 from typing import Any
 
@@ -9,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,6 +85,19 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("database_error", error=str(exc.orig))
         return _error(503, "database_unavailable", "the database did not answer", "retry shortly")
 
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _sqlite_busy(_req: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # raised by the write-slot gate in a begin event, which SQLAlchemy does not wrap
+        log.error("database_error", error=str(exc))
+        return _error(503, "database_busy", "the database is busy", "retry shortly")
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_req: Request, exc: PoolTimeout) -> JSONResponse:
+        log.error("database_pool_exhausted", error=str(exc))
+        return _error(
+            503, "database_busy", "no database connection was free in time", "retry shortly"
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=req.url.path)
@@ -91,6 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
             "an internal error occurred",
             f"report it with request id {getattr(req.state, 'request_id', '')}",
         )
+
+
+#: A client's X-Request-ID is kept only when it is a plain token (it lands in the audit log).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class RequestIdMiddleware:
@@ -111,15 +131,17 @@ class RequestIdMiddleware:
         rid = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value.decode("latin-1")[:64]
+                rid = value.decode("latin-1")
                 break
-        rid = rid or uuid.uuid4().hex
+        if not _REQUEST_ID.fullmatch(rid):  # absent or not a plain token: ours instead
+            rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), header]}
+                kept = [h for h in message.get("headers", ()) if h[0].lower() != header[0]]
+                message = {**message, "headers": [*kept, header]}
             await send(message)
 
         await self.app(scope, receive, send_with_id)

@@ -36,7 +36,11 @@ def _write_session(services: ServicesDep) -> Iterator[Session]:
 
 ReadSession = Annotated[Session, Depends(_read_session)]
 #: Commits after the route returns, rolls back when it raises.
-WriteSession = Annotated[Session, Depends(_write_session)]
+# scope="function": the commit happens before the response is sent. By default a
+# yield dependency closes after the response, so a client saw success for a write
+# that was not committed yet (or failed to commit), and on SQLite the write slot
+# stayed held while the response went out through the event loop.
+WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
 
 
 def require(role: Role) -> Callable[..., ApiToken]:

@@ -155,9 +155,11 @@ class DnsmasqPaths:
         return cls(data_dir.resolve() / "dnsmasq" / net.name)
 
     def create(self) -> None:
-        for folder in (self.root, self.hosts, self.tftp):
+        # dnsmasq may run as nobody: it must reach these folders (from <data_dir>/dnsmasq
+        # down; the data folder itself needs o+x, as the systemd unit's 0711 gives it).
+        for folder in (self.root.parent, self.root, self.hosts, self.tftp):
             folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o755)  # dnsmasq may run as nobody
+            folder.chmod(0o755)
 
 
 def render_config(templates: Templates, net: ProvisioningNetwork, paths: DnsmasqPaths) -> str:

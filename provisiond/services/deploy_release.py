@@ -3,9 +3,11 @@
 One step of the :class:`~provisiond.services.deploy_engine.DeployEngine`, which
 takes the machine's lock and calls :meth:`Releaser.step` for a machine in
 ``releasing``. The wipe needs the OS this daemon deployed (its per-deploy key and
-the host key the OS reported); without one it is skipped, and the event says so.
-The outcome (``available``, or ``release_failed`` with the reason) and the notes
-gathered on the way are written in one transaction.
+the host key the OS reported); without one it is skipped, and a ``wipe_skipped``
+event says so, written in the same transaction as the outcome (``available``, or
+``release_failed`` with the reason). ``disks_wiped`` is recorded as soon as the
+wipe is verified. Nothing is written when the machine left ``releasing`` meanwhile
+(an operator moved it on): the release is then not ours to finish.
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ def _unit() -> configparser.ConfigParser:
 def test_the_unit_kills_the_whole_cgroup_and_restarts_on_failure() -> None:
     service = _unit()["Service"]
     # dnsmasq drops privileges (which clears its PR_SET_PDEATHSIG): only the cgroup
-    # kill stops it when the daemon dies.
-    assert service["KillMode"] == "control-group"
+    # kill stops it when the daemon dies; "mixed" lets the daemon stop it first.
+    assert service["KillMode"] == "mixed"
+    # dnsmasq as nobody must traverse the state folder; the rest stays private.
+    assert service["StateDirectoryMode"] == "0711" and service["UMask"] == "0077"
+    assert "Environment" not in service  # an env variable would override the TOML file
     assert service["Restart"] == "on-failure"
     assert service["ExecStart"].endswith("provisiond serve")
     assert service["ExecStartPre"].endswith("provisiond db upgrade")
