@@ -1,19 +1,32 @@
 """API tokens and roles: admin > operator > ci.
 
 A token is shown once at creation and stored as its SHA-256 (tokens carry 256
-random bits, so a slow hash adds nothing). Look-up is by hash.
+random bits, so a slow hash adds nothing). Look-up is by hash. ``last_used_at`` is
+kept to about a minute (:class:`TokenUse`), so an admin can spot stale tokens
+without a database write on every request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import sqlite3
+import threading
+from datetime import datetime, timedelta
 from enum import IntEnum
 
-from sqlmodel import Session, select
+from sqlalchemy import or_, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
 
+from provisiond.db import Database
 from provisiond.errors import BadRequest, Conflict, Unauthorized
-from provisiond.models import ApiToken
+from provisiond.models import ApiToken, utcnow
+
+#: How stale ``last_used_at`` may get before a request notes a new use.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pvd_"  # noqa: S105  (a prefix, not a secret)
 
@@ -80,3 +93,55 @@ def authenticate(session: Session, header: str | None) -> ApiToken:
             hint="check PROVISIOND_TOKEN; an admin can list tokens with 'GET /api/v1/tokens'",
         )
     return row
+
+
+class TokenUse:
+    """When each token was last used, gathered in memory and written in one batch.
+
+    The auth dependency calls :meth:`note` on every request (a dict store, no I/O);
+    the scheduler calls :meth:`flush` every minute and the daemon once more when it
+    stops. So ``last_used_at`` is exact to about a minute at no per-request cost, and
+    a busy database never slows a request down for it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, datetime] = {}
+        self._lock = threading.Lock()
+
+    def note(self, token: ApiToken, now: datetime | None = None) -> None:
+        if token.id is None:
+            return
+        now = now or utcnow()
+        stored = token.last_used_at
+        if stored is not None and now - stored < LAST_USED_RESOLUTION:
+            return  # what the database holds is recent enough
+        with self._lock:
+            self._seen[token.id] = now
+
+    def flush(self, db: Database) -> int:
+        """Write what was noted; returns how many tokens were updated."""
+        with self._lock:
+            seen, self._seen = self._seen, {}
+        if not seen:
+            return 0
+        try:
+            with db.transaction() as session:
+                for token_id, at in seen.items():
+                    session.execute(
+                        update(ApiToken)
+                        .where(
+                            col(ApiToken.id) == token_id,
+                            or_(
+                                col(ApiToken.last_used_at).is_(None),
+                                col(ApiToken.last_used_at) < at,
+                            ),
+                        )
+                        .values(last_used_at=at)
+                        .execution_options(synchronize_session=False)
+                    )
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # the write-slot gate raises sqlite3's
+            log.warning("token_last_used_not_recorded: %s", exc)
+            with self._lock:  # keep them for the next flush (newer notes win)
+                self._seen = {**seen, **self._seen}
+            return 0
+        return len(seen)

@@ -149,6 +149,7 @@ async def _serve(
     await asyncio.wait({engine_task}, timeout=10)
     await netboot.stop()
     services.netboot = None
+    await asyncio.to_thread(services.token_use.flush, services.db)
     sock.close()
     for s in extra:
         s.close()

@@ -17,6 +17,9 @@ from provisiond.services.container import Services
 
 log = get_logger(__name__)
 
+#: How often the API's token uses are written to ``ApiToken.last_used_at``.
+TOKEN_USE_FLUSH_S = 60.0
+
 
 def build_scheduler(services: Services) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
@@ -42,8 +45,15 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         except Exception:  # logged; the next run tries again
             log.exception("allocation_queue_failed")
 
+    async def token_use_job() -> None:
+        try:
+            await asyncio.to_thread(services.token_use.flush, services.db)
+        except Exception:  # logged; the uses stay noted for the next run
+            log.exception("token_use_flush_failed")
+
     for job, interval, name in (
         (reap_job, settings.reaper_interval_s, "reaper"),
+        (token_use_job, TOKEN_USE_FLUSH_S, "token_use"),
         (power_sync_job, settings.power_sync_interval_s, "power_sync"),
         (allocation_job, allocation_queue.INTERVAL_S, "allocations"),
     ):

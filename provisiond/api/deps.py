@@ -49,6 +49,7 @@ def require(role: Role) -> Callable[..., ApiToken]:
     def dependency(request: Request, services: ServicesDep) -> ApiToken:
         with services.db.read_session() as session:
             token = authenticate(session, request.headers.get("authorization"))
+        services.token_use.note(token)
         if Role[token.role] < role:
             raise Forbidden(
                 f"token {token.name!r} has role {token.role}; this needs {role.name} or higher",

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from provisiond.auth import TokenUse
 from provisiond.config import Settings
 from provisiond.db import Database
 from provisiond.drivers.power.pool import DriverPool
@@ -38,6 +39,8 @@ class Services:
     metrics: Metrics = field(init=False)
     #: Set to wake the deploy engine at once (after a deploy/release/callback commit).
     deploy_wakeup: threading.Event = field(default_factory=threading.Event)
+    #: Token uses noted by the API, written to ``ApiToken.last_used_at`` every minute.
+    token_use: TokenUse = field(default_factory=TokenUse)
     #: The running dnsmasq supervisors (set by the daemon; None in tools and tests).
     netboot: NetbootHooks | None = None
 

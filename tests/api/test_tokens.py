@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlmodel import select
 
 from provisiond.models import Allocation, ApiToken, Machine
@@ -77,3 +79,31 @@ def test_token_holding_machines_is_not_deleted(api: Api, services: Services) -> 
     r = api.admin.delete(f"{T}/test-ci")
     assert r.status_code == 409 and "release" in r.json()["error"]["hint"]
     assert api.ci.get("/api/v1/machines").status_code == 200
+
+
+def _last_used(api: Api, services: Services) -> dict[str, datetime | None]:
+    services.token_use.flush(services.db)  # what the scheduler does every minute
+    return {
+        t["name"]: datetime.fromisoformat(t["last_used_at"]) if t["last_used_at"] else None
+        for t in api.admin.get(T).json()
+    }
+
+
+def test_last_used_is_recorded_to_the_minute(api: Api, services: Services) -> None:
+    assert _last_used(api, services)["test-ci"] is None  # never used yet
+    started = datetime.now(UTC)
+    assert api.ci.get("/api/v1/machines").status_code == 200
+    first = _last_used(api, services)["test-ci"]
+    assert first is not None and abs((first - started).total_seconds()) < 30
+    assert api.ci.get("/api/v1/machines").status_code == 200
+    assert services.token_use.flush(services.db) == 0  # recent enough: nothing noted
+    assert _last_used(api, services)["test-ci"] == first
+    with services.db.transaction() as s:  # as if last used two hours ago
+        row = s.exec(select(ApiToken).where(ApiToken.name == "test-ci")).one()
+        row.last_used_at = first - timedelta(hours=2)
+        s.add(row)
+    assert api.ci.get("/api/v1/machines").status_code == 200
+    refreshed = _last_used(api, services)["test-ci"]
+    assert refreshed is not None and refreshed >= first
+    assert api.anonymous.get("/api/v1/machines").status_code == 401
+    assert _last_used(api, services)["test-operator"] is None  # only the token that was used
