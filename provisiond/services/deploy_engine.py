@@ -30,10 +30,8 @@ restarted). A step that fails closes the deployment with a reason, e.g.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -187,12 +185,6 @@ class DeployEngine:
                 self._observe(record)
         log.info("deploy_failed", machine_id=machine_id, reason=reason)
 
-    async def off_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a database helper in a worker thread: never on the event loop, where a
-        write waiting for SQLite's write slot would freeze every request (and the
-        request holding the slot may need the loop to commit)."""
-        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-
     def _observe(self, record: Deployment) -> None:
         start = record.started_at
         end = record.finished_at or utcnow()
@@ -243,10 +235,10 @@ class DeployEngine:
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict as exc:  # no BMC: someone must power it on by hand
-            await self.off_loop(
+            await asyncio.to_thread(
                 self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.hint
             )
-            await self.off_loop(self._phase, item.machine_id, "power_cycle", manual=True)
+            await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
             return
         executor, policy = self.services.executor, self.power_policy()
         try:
@@ -257,21 +249,21 @@ class DeployEngine:
             action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
             await power.power(executor, driver, action, policy)
         except BmcManualAction as exc:
-            await self.off_loop(
+            await asyncio.to_thread(
                 self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.message
             )
-            await self.off_loop(self._phase, item.machine_id, "power_cycle", manual=True)
+            await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
             return
         except (BmcError, ProvisiondError) as exc:
             hint = getattr(exc, "hint", "")
-            await self.off_loop(
+            await asyncio.to_thread(
                 self._fail,
                 item.machine_id,
                 f"BMC power-cycle failed: {exc.message}" + (f" ({hint})" if hint else ""),
                 expect=expect,
             )
             return
-        await self.off_loop(self._phase, item.machine_id, "power_cycle", action=action.value)
+        await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", action=action.value)
 
     # --- agent install ----------------------------------------------------------------
 
@@ -323,16 +315,18 @@ class DeployEngine:
                 what=f"agent install on {item.name}",
             )
         except HostKeyMismatch as exc:
-            await self.off_loop(
+            await asyncio.to_thread(
                 self._fail, item.machine_id, f"SSH host key mismatch: {exc.message}", expect=expect
             )
             return
         except (SshError, ProvisiondError) as exc:
-            await self.off_loop(
+            await asyncio.to_thread(
                 self._fail, item.machine_id, f"agent install failed: {exc.message}", expect=expect
             )
             return
-        await self.off_loop(self._phase, item.machine_id, "agent_installed", deployment=record_uuid)
+        await asyncio.to_thread(
+            self._phase, item.machine_id, "agent_installed", deployment=record_uuid
+        )
 
     def _issue_token(self, machine_id: int) -> str:
         with self.services.db.transaction() as session:

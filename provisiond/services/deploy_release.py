@@ -51,6 +51,16 @@ def add_event(session: Session, machine_id: int, name: str, event: str, message:
     )
 
 
+def _still_releasing(session: Session, item: Work, notes: list[tuple[str, str]]) -> Machine | None:
+    """The machine if it is still ``releasing`` (its notes then recorded), else None."""
+    machine = session.get(Machine, item.machine_id)
+    if machine is None or machine.state != State.RELEASING:
+        return None
+    for event, message in notes:
+        add_event(session, item.machine_id, item.name, event, message)
+    return machine
+
+
 class Releaser:
     def __init__(self, engine: DeployEngine) -> None:
         self.engine = engine
@@ -95,7 +105,7 @@ class Releaser:
             except (SshError, ProvisiondError) as exc:
                 await asyncio.to_thread(self.failed, item, exc.message, notes)
                 return
-            await self.engine.off_loop(
+            await asyncio.to_thread(
                 self.engine.record_event,
                 item.machine_id,
                 item.name,
@@ -118,11 +128,9 @@ class Releaser:
 
     def failed(self, item: Work, reason: str, notes: list[tuple[str, str]]) -> None:
         with self.services.db.transaction() as session:
-            machine = session.get(Machine, item.machine_id)
-            if machine is None or machine.state != State.RELEASING:
+            machine = _still_releasing(session, item, notes)
+            if machine is None:
                 return
-            for event, message in notes:
-                add_event(session, item.machine_id, item.name, event, message)
             advance(
                 session,
                 machine,
@@ -134,11 +142,9 @@ class Releaser:
 
     def released(self, item: Work, wiped: list[str], notes: list[tuple[str, str]]) -> None:
         with self.services.db.transaction() as session:
-            machine = session.get(Machine, item.machine_id)
-            if machine is None or machine.state != State.RELEASING:
+            machine = _still_releasing(session, item, notes)
+            if machine is None:
                 return
-            for event, message in notes:
-                add_event(session, item.machine_id, item.name, event, message)
             machine.ssh_host_key = ""
             machine.agent_token_hash = None
             session.add(machine)
