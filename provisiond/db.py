@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ from sqlmodel import Session, create_engine
 
 import provisiond.models  # noqa: F401  (registers the tables)
 from provisiond.errors import DatabaseNotReady
+from provisiond.logging import thread_stack
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Alembic's "Context impl SQLiteImpl" chatter is noise in the daemon's JSON log.
@@ -74,7 +73,6 @@ def _slow_write_slot(holder: list[Any], busy_timeout_s: float) -> float:
     if ident is None or now - since < SLOW_WRITE_SLOT_S or now - last_log < SLOW_WRITE_SLOT_S:
         return waited
     holder[2] = now
-    frame = sys._current_frames().get(ident)
     names = {t.ident: t.name for t in threading.enumerate()}
     log.warning(
         "sqlite write slot busy: a writer waited %.1fs; one transaction has held the slot "
@@ -83,7 +81,7 @@ def _slow_write_slot(holder: list[Any], busy_timeout_s: float) -> float:
         waited,
         now - since,
         names.get(ident, ident),
-        "".join(traceback.format_stack(frame, limit=15)) if frame is not None else "(gone)",
+        "\n".join(thread_stack(ident, limit=15)) or "(gone)",
     )
     return waited
 

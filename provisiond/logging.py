@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,3 +65,12 @@ def configure(level: str = "info", log_file: Path | None = None) -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def thread_stack(thread_id: int, limit: int = 12) -> list[str]:
+    """The innermost ``limit`` frames another thread is in now, one entry per frame
+    (empty when the thread is gone): for logs that say what a stall waited behind."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return []
+    return [entry.rstrip() for entry in traceback.format_stack(frame, limit=limit)]

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sys
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from provisiond.logging import get_logger
+from provisiond.logging import get_logger, thread_stack
 from provisiond.metrics import Metrics
 
 log = get_logger(__name__)
@@ -35,13 +33,6 @@ log = get_logger(__name__)
 TICK_S = 0.25
 #: Distinct worker stacks shown in one thread_pool_saturated line.
 MAX_STACKS = 5
-
-
-def _stack_of(thread_id: int, limit: int = 12) -> list[str]:
-    frame = sys._current_frames().get(thread_id)
-    if frame is None:
-        return []
-    return [line.rstrip() for line in traceback.format_stack(frame, limit=limit)]
 
 
 class LoopWatchdog:
@@ -116,7 +107,7 @@ class LoopWatchdog:
             log.warning(
                 "event_loop_stalled",
                 silent_s=round(now - posted, 1),
-                loop_stack=_stack_of(self._loop_thread),
+                loop_stack=thread_stack(self._loop_thread),
             )
         return True
 
@@ -147,7 +138,7 @@ class LoopWatchdog:
     def _worker_stacks(self) -> list[dict[str, object]]:
         prefix = getattr(self.pool, "_thread_name_prefix", None) or "\0"
         stacks = collections.Counter(
-            tuple(_stack_of(t.ident, limit=6))
+            tuple(thread_stack(t.ident, limit=6))
             for t in threading.enumerate()
             if t.ident is not None and t.name.startswith(prefix)
         )
