@@ -65,12 +65,7 @@ def new_ssh_keypair(comment: str) -> tuple[str, str]:
 
 def running_deployment(session: Session, machine_id: int) -> Deployment | None:
     """The machine's newest deployment that has not finished, if any."""
-    return session.exec(
-        select(Deployment)
-        .where(Deployment.machine_id == machine_id, Deployment.outcome == "")
-        .order_by(col(Deployment.id).desc())
-        .limit(1)
-    ).first()
+    return running_deployments(session, [machine_id]).get(machine_id)
 
 
 def running_deployments(session: Session, machine_ids: list[int]) -> dict[int, Deployment]:
