@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     auto_enroll: bool = True
     #: The image that unknown or inspecting machines boot.
     inspect_image: str = "inspect"
+    #: Requests in flight per class before new ones get 503 + Retry-After (see
+    #: provisiond.api.admission): ordinary API calls, long-polls and streams, the
+    #: machines' boot routes, image downloads.
+    api_max_in_flight: int = Field(default=64, ge=1, le=4096)
+    watch_max_in_flight: int = Field(default=256, ge=1, le=16384)
+    boot_max_in_flight: int = Field(default=256, ge=1, le=16384)
+    files_max_in_flight: int = Field(default=1024, ge=1, le=16384)
     #: Provisioning networks, each with a supervised dnsmasq (see provisiond.netboot.dnsmasq_conf).
     networks: list[ProvisioningNetwork] = Field(default_factory=list)
 

@@ -6,9 +6,9 @@ import asyncio
 import os
 import signal
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 
 from provisiond.api import create_app
@@ -16,6 +16,7 @@ from provisiond.config import Settings
 from provisiond.db import Database
 from provisiond.errors import ConfigError
 from provisiond.executor import BlockingExecutor
+from provisiond.lanes import Lane, LaneExecutor
 from provisiond.logging import get_logger
 from provisiond.netboot.netns_socket import bind_in_netns
 from provisiond.netboot.runtime import Netboot
@@ -27,8 +28,12 @@ from provisiond.watchdog import LoopWatchdog
 
 log = get_logger(__name__)
 
-#: Threads of the loop's default pool (asyncio.to_thread: database work).
-DEFAULT_POOL_THREADS = 32
+#: Threads per lane behind the loop's default executor (asyncio.to_thread: database
+#: work of async routes, the deploy engine and the scheduler), see provisiond.lanes.
+LANE_THREADS = {Lane.API: 32, Lane.BOOT: 32, Lane.SYSTEM: 32}
+#: anyio's worker threads (sync routes and dependencies) beyond the API's admission
+#: bound: the boot lane's share, so a full API lane never takes the agent's threads.
+BOOT_SYNC_THREADS = 64
 
 
 def build_services(settings: Settings, *, check_schema: bool = True) -> Services:
@@ -83,13 +88,18 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # asyncio.to_thread runs the engine's, the scheduler's and the async routes'
-    # database work here. asyncio's own default is sized for CPU work (cores + 4: 6
-    # threads on 2 cores), which a few writers queued on SQLite's write slot fill.
-    # Sync routes run on anyio's 40 threads; together they stay under the SQLite
-    # connection pool (16 + 64).
-    pool = ThreadPoolExecutor(DEFAULT_POOL_THREADS, thread_name_prefix="asyncio-pool")
-    loop.set_default_executor(pool)
-    watchdog = LoopWatchdog(loop, pool=pool, metrics=services.metrics)
+    # database work on the caller's lane's threads: requests never take the threads
+    # the deploy engine and the scheduler need. asyncio's own default is sized for
+    # CPU work (cores + 4: 6 threads on 2 cores), which a few writers queued on
+    # SQLite's write slot fill.
+    executor = LaneExecutor(LANE_THREADS)
+    loop.set_default_executor(executor)
+    # Sync routes run on anyio's threads; at most api_max_in_flight API requests are
+    # admitted, so an admitted request never waits for a thread while it holds a
+    # database connection.
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = settings.api_max_in_flight + BOOT_SYNC_THREADS
+    watchdog = LoopWatchdog(loop, pool=executor.pool(Lane.SYSTEM), metrics=services.metrics)
     watchdog.start()
     try:
         await _serve(services, settings, sock, stop)

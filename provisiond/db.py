@@ -28,7 +28,9 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session, create_engine
 
 import provisiond.models  # noqa: F401  (registers the tables)
+from provisiond import lanes
 from provisiond.errors import DatabaseNotReady
+from provisiond.lanes import Lane
 from provisiond.logging import thread_stack
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -86,66 +88,86 @@ def _slow_write_slot(holder: list[Any], busy_timeout_s: float) -> float:
     return waited
 
 
-def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's begin event, not the driver, open transactions.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
+class _WriteGate:
+    """One writer at a time inside this process, queued on a lock instead of in
+    SQLite's busy handler: that handler sleeps in growing steps (up to 100 ms), so
+    under contention writers idle while the database is free (measured: allocation
+    p99 2.2 s with the busy handler alone, 0.6 s with this gate). Other processes
+    (the CLI, a second daemon) still meet the busy handler. Shared by every lane's
+    engine: SQLite has one write slot per file, whichever pool the connection is in."""
 
-    # One writer at a time inside this process, queued on a lock instead of in
-    # SQLite's busy handler: that handler sleeps in growing steps (up to 100 ms), so
-    # under contention writers idle while the database is free (measured: allocation
-    # p99 2.2 s with the busy handler alone, 0.6 s with this gate). Other processes
-    # (the CLI, a second daemon) still meet the busy handler.
-    gate = threading.Lock()
-    # Who took the write slot and when: a writer kept waiting for it logs them (with
-    # the holder thread's stack), so a stall says what it waited behind. The ident is
-    # the thread that began the transaction; FastAPI may commit it on another one.
-    holder: list[Any] = [None, 0.0, 0.0]  # thread ident, taken at, last logged at
+    def __init__(self, busy_timeout_s: float) -> None:
+        self.busy_timeout_s = busy_timeout_s
+        self.lock = threading.Lock()
+        # Who took the write slot and when: a writer kept waiting for it logs them
+        # (with the holder thread's stack), so a stall says what it waited behind. The
+        # ident is the thread that began the transaction; FastAPI may commit it on
+        # another one.
+        self.holder: list[Any] = [None, 0.0, 0.0]  # thread ident, taken at, last logged at
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get(_READ_ONLY, False)
-        if read_only:
-            conn.exec_driver_sql("BEGIN")
-            return
-        if not gate.acquire(timeout=min(SLOW_WRITE_SLOT_S, busy_timeout_s)):
-            waited = _slow_write_slot(holder, busy_timeout_s)
-            if not gate.acquire(timeout=max(0.0, busy_timeout_s - waited)):
-                raise sqlite3.OperationalError(
-                    f"database is locked: no write slot in this process after {busy_timeout_s:g}s"
-                )
-        holder[0:2] = [threading.get_ident(), time.monotonic()]
-        conn.info[_GATE] = True
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            conn.info.pop(_GATE, None)
-            holder[0:2] = [None, 0.0]
-            gate.release()
-            raise
+    def attach(self, engine: Engine) -> None:
+        busy_timeout_s = self.busy_timeout_s
+        gate, holder = self.lock, self.holder
 
-    def _end(conn: Connection) -> None:
-        if conn.info.pop(_GATE, False):
-            holder[0:2] = [None, 0.0]
-            gate.release()
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's begin event, not the driver, open transactions.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.close()
 
-    event.listen(engine, "commit", _end)
-    event.listen(engine, "rollback", _end)
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            read_only = conn.get_execution_options().get(_READ_ONLY, False)
+            if read_only:
+                conn.exec_driver_sql("BEGIN")
+                return
+            if not gate.acquire(timeout=min(SLOW_WRITE_SLOT_S, busy_timeout_s)):
+                waited = _slow_write_slot(holder, busy_timeout_s)
+                if not gate.acquire(timeout=max(0.0, busy_timeout_s - waited)):
+                    raise sqlite3.OperationalError(
+                        f"database is locked: no write slot in this process after "
+                        f"{busy_timeout_s:g}s"
+                    )
+            holder[0:2] = [threading.get_ident(), time.monotonic()]
+            conn.info[_GATE] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                conn.info.pop(_GATE, None)
+                holder[0:2] = [None, 0.0]
+                gate.release()
+                raise
 
-    @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
-        # Safety net: a connection that went back to the pool mid-transaction (an
-        # invalidated connection) must not keep the write slot.
-        if record.info.pop(_GATE, False):
-            holder[0:2] = [None, 0.0]
-            gate.release()
+        def _end(conn: Connection) -> None:
+            if conn.info.pop(_GATE, False):
+                holder[0:2] = [None, 0.0]
+                gate.release()
+
+        event.listen(engine, "commit", _end)
+        event.listen(engine, "rollback", _end)
+
+        @event.listens_for(engine, "checkin")
+        def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+            # Safety net: a connection that went back to the pool mid-transaction (an
+            # invalidated connection) must not keep the write slot.
+            if record.info.pop(_GATE, False):
+                holder[0:2] = [None, 0.0]
+                gate.release()
+
+
+#: Connection pools per lane (pool_size, max_overflow). Each lane's admitted work is
+#: bounded (provisiond.api.admission), so a lane's pool covers its own work and a
+#: flood in one lane cannot take another's connections. SQLite connections are cheap;
+#: PostgreSQL's are not (its default max_connections is 100, for every daemon).
+SQLITE_POOLS = {Lane.API: (16, 112), Lane.BOOT: (8, 56), Lane.SYSTEM: (8, 40)}
+POSTGRES_POOLS = {Lane.API: (10, 20), Lane.BOOT: (4, 8), Lane.SYSTEM: (4, 8)}
+#: How long a session waits for a pooled connection before the request gets a 503.
+POOL_TIMEOUT_S = 10.0
 
 
 class Database:
@@ -154,41 +176,66 @@ class Database:
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        if url == "sqlite:///:memory:":
+            # each pool would open its own empty database
+            raise ValueError("an in-memory SQLite database cannot be shared by the daemon's pools")
+        self._echo = echo
+        self._gate = _WriteGate(busy_timeout_s) if self.is_sqlite else None
+        self._busy_timeout_s = busy_timeout_s
+        if self.is_sqlite and url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._engines: dict[Lane, tuple[Engine, Engine]] = {}
+        self._engines_lock = threading.Lock()
+        #: The system lane's engine: migrations, the CLI, the daemon's own jobs.
+        self.engine = self._engines_for(Lane.SYSTEM)[0]
+
+    def _engines_for(self, which: Lane) -> tuple[Engine, Engine]:
+        """The lane's (read-write, read-only) engines, made on first use."""
+        pair = self._engines.get(which)
+        if pair is not None:
+            return pair
+        with self._engines_lock:
+            pair = self._engines.get(which)
+            if pair is None:
+                pair = self._make_engines(which)
+                self._engines[which] = pair
+        return pair
+
+    def _make_engines(self, which: Lane) -> tuple[Engine, Engine]:
+        kwargs: dict[str, Any] = {"echo": self._echo, "pool_timeout": POOL_TIMEOUT_S}
         if self.is_sqlite:
-            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
-            # Connections are cheap for SQLite, and the default pool (5 + 10 overflow)
-            # made the API's 40 worker threads queue for one (measured: a third of
-            # their time under load); writers are serialized by the gate anyway.
-            kwargs["pool_size"] = 16
-            kwargs["max_overflow"] = 64
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": self._busy_timeout_s}
+            kwargs["pool_size"], kwargs["max_overflow"] = SQLITE_POOLS[which]
         else:
             kwargs["pool_pre_ping"] = True
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
-        self.engine = create_engine(url, **kwargs)
-        _refuse_on_event_loop(self.engine)
-        if self.is_sqlite:
-            _sqlite_setup(self.engine, busy_timeout_s)
-        self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
+            kwargs["pool_size"], kwargs["max_overflow"] = POSTGRES_POOLS[which]
+        engine = create_engine(self.url, **kwargs)
+        _refuse_on_event_loop(engine)
+        if self._gate is not None:
+            self._gate.attach(engine)
+        return engine, engine.execution_options(**{_READ_ONLY: True})
 
-    def connections_in_use(self) -> int:
-        checkedout = getattr(self.engine.pool, "checkedout", None)
-        return int(checkedout()) if checkedout is not None else 0
+    def connections_in_use(self) -> dict[str, int]:
+        """Checked-out connections per lane."""
+        out: dict[str, int] = {}
+        for which, (engine, _ro) in list(self._engines.items()):
+            checkedout = getattr(engine.pool, "checkedout", None)
+            out[which.value] = int(checkedout()) if checkedout is not None else 0
+        return out
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def session(self) -> Session:
-        """A read-write session; on SQLite its transaction takes the write lock up front."""
-        return Session(self.engine, expire_on_commit=False)
+        """A read-write session from the current lane's pool; on SQLite its transaction
+        takes the write lock up front."""
+        return Session(self._engines_for(lanes.current())[0], expire_on_commit=False)
 
     def read_session(self) -> Session:
-        """A session for reads only; it never waits behind writers."""
-        return Session(self._read_engine, expire_on_commit=False)
+        """A session for reads only, from the current lane's pool; it never waits
+        behind writers."""
+        return Session(self._engines_for(lanes.current())[1], expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -237,4 +284,5 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine, _ro in list(self._engines.values()):
+            engine.dispose()

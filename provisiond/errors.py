@@ -8,8 +8,11 @@ ProvisiondError            code, message, hint, http status
 │   ├── ConcurrentChange   another writer changed the row first
 │   └── MachineLocked      another operation holds the machine lock
 ├── ValidationFailed       422, with a list of problems (path, line, message)
+├── BadRequest             400, a body that cannot be parsed
 ├── Unauthorized           401
 ├── Forbidden              403
+├── BodyTooLarge           413, a body over its route's limit
+├── ClientGone             the client disconnected; nobody reads the answer
 └── DatabaseNotReady       503, un-migrated schema
 """
 
@@ -104,6 +107,19 @@ class Unauthorized(ProvisiondError):
 class Forbidden(ProvisiondError):
     status_code = 403
     code = "forbidden"
+
+
+class BodyTooLarge(ProvisiondError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ClientGone(ProvisiondError):
+    """The client disconnected before its answer: the work stops, and nothing is sent.
+    499 is nginx's "client closed request", for logs and metrics only."""
+
+    status_code = 499
+    code = "client_gone"
 
 
 class DatabaseNotReady(ProvisiondError):

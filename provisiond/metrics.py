@@ -46,7 +46,26 @@ class Metrics:
         )
         self.db_connections_in_use = Gauge(
             "provisiond_db_connections_in_use",
-            "Database connections checked out of the pool (read when scraped)",
+            "Database connections checked out of each lane's pool (read when scraped)",
+            ["lane"],
+            registry=registry,
+        )
+        self.requests_in_flight = Gauge(
+            "provisiond_requests_in_flight",
+            "HTTP requests admitted and not yet answered, by lane and class",
+            ["lane", "kind"],
+            registry=registry,
+        )
+        self.requests_refused = Counter(
+            "provisiond_requests_refused_total",
+            "HTTP requests refused at admission (503 + Retry-After), by lane and class",
+            ["lane", "kind"],
+            registry=registry,
+        )
+        self.requests_dropped = Counter(
+            "provisiond_requests_dropped_total",
+            "Reads abandoned because their client disconnected before the answer",
+            ["lane"],
             registry=registry,
         )
         self.event_loop_stalls = Counter(

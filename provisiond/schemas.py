@@ -155,6 +155,13 @@ class NicOut(Out):
 
 
 BmcDriver = Literal["ipmi", "redfish", "manual"]
+#: How a Redfish BMC's TLS certificate is trusted: its pinned fingerprint, or the system CA
+#: store. TLS verification cannot be switched off.
+TlsVerify = Literal["fingerprint", "system"]
+#: A SHA-256 certificate fingerprint in any usual spelling (``sha256:AB:CD:..``, openssl's
+#: ``SHA256 Fingerprint=AB:..``, 64 hex digits); checked and stored as ``sha256:AB:CD:..``.
+#: Not a secret: it is shown.
+Fingerprint = Annotated[str, StringConstraints(max_length=128)]
 
 
 class BmcIn(Strict):
@@ -165,6 +172,9 @@ class BmcIn(Strict):
     username: str = Field(default="", max_length=64)
     password: SecretStr | None = Field(default=None, max_length=256)
     credential_set: Name | None = None
+    #: Redfish only: the pinned TLS certificate; "" for none.
+    cert_fingerprint: Fingerprint = ""
+    tls_verify: TlsVerify = "fingerprint"
 
 
 class BmcPatch(Patch):
@@ -176,6 +186,9 @@ class BmcPatch(Patch):
     #: Changed only when given; ``""`` clears it.
     password: SecretStr | None = Field(default=None, max_length=256)
     credential_set: Name | None = None
+    #: ``""`` removes the pin.
+    cert_fingerprint: Fingerprint | None = None
+    tls_verify: TlsVerify | None = None
 
 
 class BmcOut(Out):
@@ -185,6 +198,8 @@ class BmcOut(Out):
     username: str
     password_set: bool
     credential_set: str | None
+    cert_fingerprint: str = ""
+    tls_verify: str = "fingerprint"
     unreachable_reason: str = ""
 
 
@@ -463,6 +478,8 @@ class TokenIn(Strict):
     name: Name
     role: Literal["admin", "operator", "ci"] = "ci"
     quota_machines: int | None = Field(default=None, ge=0, le=INT_MAX)
+    #: ``"90d"`` (units s, m, h, d, w) or an ISO 8601 date; None: never expires.
+    expires: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class TokenOut(Out):
@@ -472,6 +489,7 @@ class TokenOut(Out):
     quota_machines: int | None
     created_at: datetime
     last_used_at: datetime | None
+    expires_at: datetime | None
 
 
 class TokenCreated(TokenOut):

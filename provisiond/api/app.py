@@ -13,9 +13,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisiond import __version__
+from provisiond.api.admission import Admission, Limits
+from provisiond.api.openapi import document_errors
 from provisiond.api.routers import ROUTERS
 from provisiond.errors import ProvisiondError
 from provisiond.logging import get_logger
@@ -39,6 +42,14 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     return f"{first['path']}: {first['message']}{more}", problems
 
 
+#: FastAPI's own HTTP errors, in the codes our errors use.
+_HTTP_CODES = {
+    400: ("bad_request", "check the request body against /docs"),
+    404: ("not_found", "see /docs for the routes"),
+    405: ("method_not_allowed", "see /docs for the routes and their methods"),
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProvisiondError)
     async def _provisiond(_req: Request, exc: ProvisiondError) -> JSONResponse:
@@ -57,8 +68,27 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        hint = "see /docs for the routes" if exc.status_code in (404, 405) else ""
-        return _error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), hint)
+        # FastAPI's own refusals: unknown routes, wrong methods, bodies it cannot parse
+        code, hint = _HTTP_CODES.get(exc.status_code, (f"http_{exc.status_code}", ""))
+        return _error(exc.status_code, code, str(exc.detail), hint)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(req: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # an ordinary event, not an error: nobody is left to read an answer (or
+        # admission already answered 413 for a body over its limit)
+        if not req.scope.get("state", {}).get("body_refused"):
+            log.info("client_disconnected", path=req.url.path, during="request body")
+        return _error(400, "client_gone", "the client went away mid-request")
+
+    @app.exception_handler(RecursionError)
+    async def _nested(req: Request, _exc: RecursionError) -> JSONResponse:
+        log.info("request_nested_too_deeply", path=req.url.path)
+        return _error(
+            400,
+            "bad_request",
+            "the request is nested too deeply to parse",
+            "send plain, shallow JSON or YAML (see /docs for the schema)",
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:
@@ -156,7 +186,17 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
 
+    settings = services.settings
+    limits = Limits(
+        api=settings.api_max_in_flight,
+        watch=settings.watch_max_in_flight,
+        boot=settings.boot_max_in_flight,
+        files=settings.files_max_in_flight,
+    )
+    # Added first, so it runs inside the request ids: a 503 still carries its id.
+    app.add_middleware(Admission, limits=limits, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
+        document_errors(router)
         app.include_router(router)
     return app

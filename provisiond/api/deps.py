@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
+from provisiond.api.admission import client_gone
 from provisiond.auth import Role, authenticate
-from provisiond.errors import Forbidden
+from provisiond.errors import ClientGone, Forbidden
 from provisiond.models import ApiToken
 from provisiond.services.container import Services
 
@@ -24,22 +25,35 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _read_session(services: ServicesDep) -> Iterator[Session]:
+def still_wanted(request: Request) -> None:
+    """Raise :class:`ClientGone` when the client disconnected while this request waited
+    (for a thread, a connection, the write slot): its work is dropped before it starts."""
+    gone = client_gone(request.scope)
+    if gone is not None and gone.is_set():
+        raise ClientGone("the client went away before its request was served")
+
+
+def _read_session(request: Request, services: ServicesDep) -> Iterator[Session]:
+    still_wanted(request)
     with services.db.read_session() as session:
         yield session
 
 
-def _write_session(services: ServicesDep) -> Iterator[Session]:
+def _write_session(request: Request, services: ServicesDep) -> Iterator[Session]:
+    still_wanted(request)
     with services.db.transaction() as session:
         yield session
 
 
-ReadSession = Annotated[Session, Depends(_read_session)]
+# scope="function" for both: the session closes (and a write commits) when the route
+# returns, before FastAPI validates and serialises the answer. By default a yield
+# dependency closes after the response is sent, so under load every pooled connection
+# was held by a finished handler waiting for a thread to serialise its answer, while
+# every thread waited for a connection (the daemon stalled for minutes); a client
+# could also see success for a write that was not committed yet. Routes therefore
+# return plain schemas, never ORM objects that would lazy-load after the close.
+ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
 #: Commits after the route returns, rolls back when it raises.
-# scope="function": the commit happens before the response is sent. By default a
-# yield dependency closes after the response, so a client saw success for a write
-# that was not committed yet (or failed to commit), and on SQLite the write slot
-# stayed held while the response went out through the event loop.
 WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
 
 
@@ -47,8 +61,9 @@ def require(role: Role) -> Callable[..., ApiToken]:
     """A dependency that authenticates the bearer token and checks its role."""
 
     def dependency(request: Request, services: ServicesDep) -> ApiToken:
+        still_wanted(request)
         with services.db.read_session() as session:
-            token = authenticate(session, request.headers.get("authorization"))
+            token = authenticate(session, request.headers.get("authorization"), services.token_use)
         services.token_use.note(token)
         if Role[token.role] < role:
             raise Forbidden(

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from provisiond import __version__
 from provisiond.cli import (
     admin,
     allocate,
@@ -25,6 +28,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"provisiond {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Bare-metal provisioning daemon and its command-line client."""
+
+
 app.command("serve")(admin.serve)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.token_app, name="token")

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provisiond.cli.common import JsonFlag, api, console, emit, err_console, fail
+from provisiond.cli.common import JsonFlag, api, console, emit, err_console, fail, text
 from provisiond.client import Allocation, AllocationFailed
 
 app = typer.Typer(help="Allocations: list, show, renew.", no_args_is_help=True)
@@ -55,7 +55,7 @@ def _row(a: dict[str, Any]) -> list[Any]:
 
 
 def _show_ready(a: Allocation) -> None:
-    console.print(f"[bold green]ready[/]: {a.machine}")
+    console.print(text("ready", "bold green") + text(f": {a.machine}"))
     console.print(f"  address      {a.address}")
     console.print(f"  ssh          ssh {a.ssh_user}@{a.address}")
     console.print(f"  host key     {a.host_key_fingerprint}")
@@ -102,12 +102,12 @@ def allocate(
         except OSError as exc:
             fail(f"cannot read {user_data}: {exc.strerror}", hint="pass a readable file")
     with api() as client:
-        status = err_console.status("requesting a machine ...")
+        status = err_console.status(text("requesting a machine ..."))
         status.start()
 
         def progress(a: Allocation) -> None:
-            status.update(_describe(a))
-            err_console.print(_describe(a), highlight=False)
+            status.update(text(_describe(a)))  # a str would be read as markup
+            err_console.print(_describe(a))
 
         try:
             allocation = client.allocate(

@@ -16,7 +16,16 @@ from typing import Annotated
 
 import typer
 
-from provisiond.cli.common import ConfigOpt, JsonFlag, console, emit, err_console, fail, handled
+from provisiond.cli.common import (
+    ConfigOpt,
+    JsonFlag,
+    console,
+    emit,
+    err_console,
+    fail,
+    handled,
+    text,
+)
 from provisiond.cli.common import settings as load
 from provisiond.config import Settings
 from provisiond.db import Database
@@ -115,11 +124,11 @@ def verify(
     else:
         for r in results:
             if r.ok:
-                console.print(f"[green]ok[/] {r.name}")
+                console.print(text("ok", "green"), r.name)
             else:
-                err_console.print(f"[bold red]FAILED[/] {r.name}")
+                err_console.print(text("FAILED", "bold red"), r.name)
                 for problem in r.problems:
-                    err_console.print(f"  - {problem}", markup=False, highlight=False)
+                    err_console.print(f"  - {problem}")
     bad = [r.name for r in results if not r.ok]
     if bad:
         fail(

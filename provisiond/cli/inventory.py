@@ -16,10 +16,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from provisiond.cli.common import JsonFlag, console, emit, fail, handled
+from provisiond.cli.common import JsonFlag, console, emit, fail, handled, literal, text
 from provisiond.client import ApiError, Client
+from provisiond.services.inventory import MAX_BYTES
 from provisiond.services.inventory_spec import env_names
 
 app = typer.Typer(help="Inventory as code: YAML apply and export.", no_args_is_help=True)
@@ -28,6 +28,16 @@ _STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "
 
 
 def _read(file: Path) -> str:
+    # The size first: a file the daemon would refuse is not parsed for seconds here.
+    try:
+        size = file.stat().st_size
+    except OSError:
+        size = 0  # reading it below says what is wrong
+    if size > MAX_BYTES:
+        fail(
+            f"{file} is {size} bytes; the daemon takes inventories up to {MAX_BYTES} bytes",
+            "split it into several files (by rack, for example) and apply each",
+        )
     try:
         return file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -54,16 +64,14 @@ def _print_plan(plan: dict[str, Any]) -> None:
     if shown:
         table = Table(header_style="bold")
         for column in ("action", "kind", "name", "line", "fields"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for change in shown:
             fields = "" if change["action"] != "update" else _fields(change["fields"])
             line = "" if change.get("line") is None else str(change["line"])
             style = _STYLE[change["action"]]
-            # Text, not markup: names and field keys such as ports[swp1] must print as written.
+            # Text for the colour; names and keys such as ports[swp1] print as written.
             cells = (change["action"], change["kind"], change["name"], line, fields)
-            table.add_row(
-                *(Text(cell, style=style if i == 0 else "") for i, cell in enumerate(cells))
-            )
+            table.add_row(*(text(cell, style if i == 0 else "") for i, cell in enumerate(cells)))
         console.print(table)
     s = plan["summary"]
     done = "applied" if plan["applied"] else "dry run, nothing was written"
@@ -106,7 +114,8 @@ def apply(
             for problem in exc.problems:
                 # Plain lines, never wrapped: FILE:LINE: is what editors and CI logs link.
                 line = f"{problem['line']}:" if problem.get("line") else ""
-                typer.echo(f"{file}:{line} {problem['path']}: {problem['message']}", err=True)
+                where = f"{file}:{line} {problem['path']}"
+                typer.echo(literal(f"{where}: {problem['message']}"), err=True)
             fail(f"{file}: {len(exc.problems)} problem(s)", exc.hint)
     if as_json:
         emit(plan, True)

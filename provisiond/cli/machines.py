@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 
 from provisiond.cli.allocate import allocate
-from provisiond.cli.common import JsonFlag, api, console, emit, fail
+from provisiond.cli.common import JsonFlag, api, console, emit, fail, text
 
 app = typer.Typer(
     help="Machines: list, show, power, inspect, deploy, release.", no_args_is_help=True
@@ -200,8 +200,58 @@ def power(
     if as_json:
         emit(outcome, True)
     elif outcome.get("manual"):
-        console.print(f"[yellow]manual action needed:[/] {outcome['message']}")
+        console.print(text("manual action needed:", "yellow"), outcome["message"])
     else:
         console.print(f"{outcome['machine']}: power {outcome['state']}", highlight=False)
         if outcome.get("message"):
             console.print(outcome["message"], highlight=False)
+
+
+@app.command("bmc-cert")
+def bmc_cert(
+    name: Annotated[str, typer.Argument(help="Machine name or uuid")],
+    pin: Annotated[
+        bool,
+        typer.Option("--pin", help="Trust this certificate from now on (after you checked it)"),
+    ] = False,
+    expect: Annotated[
+        str | None,
+        typer.Option("--expect", help="With --pin: pin only if the BMC presents this fingerprint"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the TLS certificate a Redfish BMC presents; --pin trusts exactly that one."""
+    path = f"/machines/{quote(name, safe='')}/bmc/certificate"
+    with api() as client:
+        cert = client.get(path)
+        if pin:
+            # The daemon pins only if the BMC still presents the fingerprint named here.
+            confirmed = expect or cert["fingerprint"]
+            cert = client.request("PUT", path, json={"fingerprint": confirmed})
+    if as_json:
+        emit(cert, True)
+        return
+    console.print(f"BMC {cert['bmc']} of {cert['machine']} presents {cert['fingerprint']}")
+    emit(
+        [
+            {"field": "subject", "value": cert["subject"]},
+            {"field": "issuer", "value": cert["issuer"]},
+            {"field": "valid", "value": f"{cert['not_before']} to {cert['not_after']}"},
+            {"field": "self-signed", "value": "yes" if cert["self_signed"] else "no"},
+            {"field": "names", "value": ", ".join(cert["names"])},
+            {"field": "pinned", "value": cert["pinned"] or "(none)"},
+            {"field": "tls_verify", "value": cert["tls_verify"]},
+        ],
+        False,
+        columns=("field", "value"),
+        title=f"TLS certificate of {cert['machine']}'s BMC",
+    )
+    if pin:
+        console.print(f"pinned {cert['pinned']}")
+    elif cert["matches_pin"]:
+        console.print("this is the pinned certificate")
+    else:
+        console.print(
+            "Not pinned. Check the fingerprint against the BMC's own web UI or console, then: "
+            f"provisiond machines bmc-cert {name} --pin --expect {cert['fingerprint']}"
+        )

@@ -82,7 +82,10 @@ class Bmc(SQLModel, table=True):
     credential_set_id: int | None = Field(
         default=None, foreign_key="credentialset.id", ondelete="SET NULL"
     )
+    #: A Redfish BMC's pinned TLS certificate, "sha256:AB:CD:.." ("" when none); not a secret.
     cert_fingerprint: str = Field(default="", max_length=128)
+    #: How a Redfish BMC's certificate is trusted: "fingerprint" (the pin) or "system" (CA store).
+    tls_verify: str = Field(default="fingerprint", max_length=16)
     mac: str = Field(default="", max_length=17)
     unreachable_reason: str = Field(default="", max_length=512)
     #: Consecutive failed power reads; power sync marks the BMC unreachable past a threshold.

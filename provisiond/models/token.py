@@ -18,3 +18,5 @@ class ApiToken(SQLModel, table=True):
     quota_machines: int | None = Field(default=None, ge=0)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: Refused from this moment on (401 token_expired); None: never expires.
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

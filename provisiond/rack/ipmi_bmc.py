@@ -54,10 +54,13 @@ CC_INVALID_COMMAND = 0xC1
 CC_BAD_LENGTH = 0xC7
 CC_NOT_PRESENT = 0xCB
 CC_INVALID_FIELD = 0xCC
+CC_INSUFFICIENT_PRIVILEGE = 0xD4
 CC_WRONG_STATE = 0xD5
 CC_PARAM_UNSUPPORTED = 0x80
 CC_UNSPECIFIED = 0xFF
 
+# Commands that need more than the user level (IPMI 2.0 appendix G): 3 operator, 4 admin.
+_PRIVILEGE_NEEDED = {(0, 0x02): 3, (0, 0x08): 3, (6, 0x02): 4, (6, 0x03): 4}
 _AUTH_CAPS = bytes([0, 1, 0x80, 0x04, 0x02, 0, 0, 0, 0])  # completion, channel 1, RMCP+ only
 _CIPHER_SUITES = [1, 0xC0, 3, 0x01, 0x41, 0x81]  # channel 1: suite 3 (SHA1, SHA1-96, AES)
 
@@ -152,6 +155,10 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def reply_delay_s(self, base_latency_ms: float) -> float:
         return (base_latency_ms + self.faults.latency_ms) / 1000.0
 
+    @property
+    def privilege_limit(self) -> int:
+        return self.faults.privilege
+
     def drop_session(self, session: SimSession) -> None:
         self.sessions.pop(session.session_key, None)
 
@@ -234,6 +241,9 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         handler = self._handlers.get((request["netfn"], request["command"]))
         if handler is None:
             session.send_ipmi_response(code=CC_INVALID_COMMAND)
+            return
+        if session.clientpriv < _PRIVILEGE_NEEDED.get((request["netfn"], request["command"]), 1):
+            session.send_ipmi_response(code=CC_INSUFFICIENT_PRIVILEGE)
             return
         try:
             code, data = handler(self, request["data"])

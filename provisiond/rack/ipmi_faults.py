@@ -8,6 +8,10 @@ A SPEC is ``KIND[=VALUE][@TARGETS]``:
 - ``no-resources``: refuse new sessions with RMCP+ status 0x01
   ("insufficient resources to create a session").
 - ``busy``: answer every command after login with completion code 0xC0 ("node busy").
+- ``privilege=LEVEL``: the BMC user may hold at most LEVEL (``callback``, ``user``,
+  ``operator`` or ``administrator``). The login itself works; Set Session Privilege
+  Level above LEVEL answers 0x80 ("not available for this user"), and commands that
+  need more than the session holds answer 0xD4 ("insufficient privilege").
 - ``reset=SECONDS[/PERIOD]``: unreachable for SECONDS from start, and again at the
   start of every PERIOD seconds if PERIOD is given; sessions are lost, power is kept.
 
@@ -16,7 +20,7 @@ fault applies to every BMC. Later specs override earlier ones field by field:
 
     >>> rules = [parse_fault("latency=50"), parse_fault("drop=1@2")]
     >>> faults_for(2, rules)
-    Faults(latency_ms=50.0, drop=1.0, wrong_password=False, no_resources=False, busy=False, reset_s=0.0, reset_period_s=0.0)
+    Faults(latency_ms=50.0, drop=1.0, wrong_password=False, no_resources=False, busy=False, reset_s=0.0, reset_period_s=0.0, privilege=4)
 """  # noqa: E501
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ __all__ = ["FaultRule", "FaultSpecError", "Faults", "faults_for", "parse_fault"]
 FAIL_SPEC_HELP = (
     "Inject a fault: KIND[=VALUE][@TARGETS]. Kinds: latency=MS, drop=FRACTION, "
     "wrong-password, no-resources (RMCP+ status 0x01), busy (completion code 0xC0), "
-    "reset=SECONDS[/PERIOD] (unreachable, power kept). TARGETS are BMC indexes from 0, "
+    "reset=SECONDS[/PERIOD] (unreachable, power kept), privilege=user|operator (the most "
+    "the BMC user may hold). TARGETS are BMC indexes from 0, "
     "e.g. @3 or @0-9,42; default every BMC. Repeatable; later specs win."
 )
+
+
+#: IPMI privilege levels by name (IPMI 2.0 table 22-28).
+PRIVILEGE_LEVELS = {"callback": 1, "user": 2, "operator": 3, "administrator": 4, "admin": 4}
 
 
 class FaultSpecError(ValueError):
@@ -50,6 +59,8 @@ class Faults:
     busy: bool = False
     reset_s: float = 0.0
     reset_period_s: float = 0.0
+    #: The highest IPMI privilege level the BMC user may hold (4: administrator).
+    privilege: int = 4
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,12 @@ def parse_fault(spec: str) -> FaultRule:
         changes = {"no_resources": _flag(kind, value)}
     elif kind == "busy":
         changes = {"busy": _flag(kind, value)}
+    elif kind == "privilege":
+        if value is None or value.lower() not in PRIVILEGE_LEVELS:
+            raise FaultSpecError(
+                f"privilege needs a level: {', '.join(PRIVILEGE_LEVELS)}, e.g. privilege=user"
+            )
+        changes = {"privilege": PRIVILEGE_LEVELS[value.lower()]}
     elif kind == "reset":
         if value is None:
             raise FaultSpecError("reset needs SECONDS[/PERIOD], e.g. reset=5 or reset=5/60")
@@ -136,6 +153,6 @@ def parse_fault(spec: str) -> FaultRule:
     else:
         raise FaultSpecError(
             f"unknown fault {kind!r}; expected latency, drop, wrong-password, "
-            "no-resources, busy or reset"
+            "no-resources, busy, reset or privilege"
         )
     return FaultRule(changes, _targets(target_text) if at else None)

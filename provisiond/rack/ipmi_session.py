@@ -17,6 +17,10 @@ framing and the request parsing. Two defects are fixed here (DESIGN.md):
 
 It also answers protocol errors the original drops silently (unknown user: RAKP2
 status 0x0D; bad RAKP3 code: RAKP4 status 0x0F), so clients fail fast, not by timeout.
+
+A session holds at most its owner's ``privilege_limit`` (the ``privilege`` fault):
+as with a name-only lookup on a real BMC, the login works and Set Session Privilege
+Level above the user's limit answers 0x80 ("not available for this user").
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class SessionOwner(Protocol):
     def drop_session(self, session: SimSession) -> None: ...
 
     def now(self) -> float: ...
+
+    @property
+    def privilege_limit(self) -> int: ...
 
 
 class ReplySink:
@@ -227,7 +234,7 @@ class SimSession(serversession.ServerSession):  # type: ignore[misc]
             self.bmc.drop_session(self)
             return
         self.localsid = self.session_key
-        self.maxpriv = min(self.maxpriv, 4) or 4
+        self.maxpriv = max(1, min(4, self.bmc.privilege_limit))
         self.clientpriv = self.maxpriv
         self.ipmicallback = self.handle_client_request
         self.established = True
@@ -239,8 +246,10 @@ class SimSession(serversession.ServerSession):  # type: ignore[misc]
             wanted = request["data"][0] & 0x0F if request["data"] else 0
             if wanted == 0:  # 0 means "report the current level"
                 self.send_ipmi_response(data=[self.clientpriv])
-            elif wanted > self.maxpriv or wanted > 5:
-                self.send_ipmi_response(code=0x81)
+            elif wanted > 4:
+                self.send_ipmi_response(code=0x81)  # above the channel's limit
+            elif wanted > self.maxpriv:
+                self.send_ipmi_response(code=0x80)  # above this user's limit
             else:
                 self.clientpriv = wanted
                 self.send_ipmi_response(data=[wanted])

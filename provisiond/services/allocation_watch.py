@@ -25,7 +25,7 @@ from typing import Any
 from sqlmodel import Session, col, or_, select
 
 from provisiond.allocation_schemas import FINAL_STATES, STATES, AllocationOut
-from provisiond.errors import Problem, ValidationFailed
+from provisiond.errors import ClientGone, Problem, ValidationFailed
 from provisiond.models import ApiToken, Event
 from provisiond.services.allocation_leases import hub_for
 from provisiond.services.allocations import find, to_out
@@ -59,9 +59,11 @@ async def wait_for_change(
     *,
     wait: float,
     since_state: str | None = None,
+    gone: asyncio.Event | None = None,
 ) -> AllocationOut:
     """The allocation once its state differs from ``since_state`` (default: as it is now),
-    or as it is after ``wait`` seconds (at most :data:`WAIT_MAX_S`)."""
+    or as it is after ``wait`` seconds (at most :data:`WAIT_MAX_S`). Ends early, with
+    :class:`ClientGone`, when ``gone`` is set: the client disconnected."""
     if since_state is not None and since_state not in STATES:
         raise ValidationFailed(
             [Problem("since_state", f"unknown state {since_state!r}")],
@@ -78,10 +80,23 @@ async def wait_for_change(
             remaining = deadline - loop.time()
             if out.state != since_state or remaining <= 0:
                 return out
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(RECHECK_S, remaining))
+            await _wake_or_gone(woken, gone, min(RECHECK_S, remaining))
         finally:
             hub.unsubscribe(ident, woken)
+
+
+async def _wake_or_gone(woken: asyncio.Event, gone: asyncio.Event | None, within: float) -> None:
+    """Wait for a change notice, at most ``within`` seconds; raise when the client left."""
+    waits = [asyncio.ensure_future(woken.wait())]
+    if gone is not None:
+        waits.append(asyncio.ensure_future(gone.wait()))
+    try:
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    if gone is not None and gone.is_set():
+        raise ClientGone("the client went away during a long-poll")
 
 
 def _log_rows(

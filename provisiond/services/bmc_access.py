@@ -30,7 +30,9 @@ def bmc_target(session: Session, bmc: Bmc, box: SecretBox, machine_name: str) ->
             f"machine {machine_name} has no usable BMC address or password",
             hint="set bmc.address and bmc.password (or a credential set) on the machine",
         )
-    options = {"cert_fingerprint": bmc.cert_fingerprint} if bmc.cert_fingerprint else {}
+    options = {"tls_verify": bmc.tls_verify}
+    if bmc.cert_fingerprint:
+        options["cert_fingerprint"] = bmc.cert_fingerprint
     return BmcTarget(
         address=bmc.address,
         port=bmc.port,

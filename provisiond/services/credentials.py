@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from provisiond.drivers.power.redfish_tls import PIN_HINT, canonical_fingerprint
 from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.models import Bmc, CredentialSet, Machine
 from provisiond.schemas import BmcIn, BmcPatch, CredentialIn, CredentialOut, CredentialPatch
@@ -151,6 +152,17 @@ def _default_port(driver: str) -> int:
     return 443 if driver == "redfish" else 623
 
 
+def _pin(value: str) -> str:
+    """A certificate pin in its stored form, or a 422 that says how to get a right one."""
+    try:
+        return canonical_fingerprint(value)
+    except ValueError as exc:
+        raise ValidationFailed(
+            [Problem("bmc.cert_fingerprint", str(exc))],
+            hint=PIN_HINT + "; or leave cert_fingerprint out and pin it that way later",
+        ) from None
+
+
 def build_bmc(session: Session, box: SecretBox, spec: BmcIn, *, machine: Machine | None) -> Bmc:
     clear = spec.password.get_secret_value() if spec.password else ""
     fields: dict[str, Any] = {
@@ -160,6 +172,8 @@ def build_bmc(session: Session, box: SecretBox, spec: BmcIn, *, machine: Machine
         "username": spec.username,
         "secret_encrypted": box.encrypt(clear) if clear else None,
         "credential_set_id": _credential_id(session, spec.credential_set),
+        "cert_fingerprint": _pin(spec.cert_fingerprint),
+        "tls_verify": spec.tls_verify,
     }
     bmc = Bmc(**fields)
     _check_bmc(session, bmc, machine)
@@ -178,9 +192,11 @@ def patch_bmc(session: Session, box: SecretBox, machine: Machine, patch: BmcPatc
     bmc, given = machine.bmc, patch.model_fields_set
     if "port" not in given and patch.driver and bmc.port == _default_port(bmc.driver):
         bmc.port = _default_port(patch.driver)
-    for key in ("driver", "address", "port", "username"):
+    for key in ("driver", "address", "port", "username", "tls_verify"):
         if key in given:
             setattr(bmc, key, getattr(patch, key))
+    if patch.cert_fingerprint is not None:
+        bmc.cert_fingerprint = _pin(patch.cert_fingerprint)
     if "credential_set" in given:
         bmc.credential_set_id = _credential_id(session, patch.credential_set)
     if patch.password is not None:

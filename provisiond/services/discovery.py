@@ -20,8 +20,9 @@ from sqlmodel import Session, col, select
 
 from provisiond import lifecycle
 from provisiond.drivers.power.base import BmcAuthError, BmcError, BmcTarget, Identity, PowerState
+from provisiond.drivers.power.ipmi import PRIVILEGE_CODE
 from provisiond.drivers.power.ipmi_probe import expand_targets, parse_ports, sweep
-from provisiond.errors import BadRequest, NotFound
+from provisiond.errors import BadRequest, NotFound, ProvisiondError
 from provisiond.lifecycle import Ev
 from provisiond.models import Bmc, CredentialSet, Event, Machine
 from provisiond.services import power
@@ -55,7 +56,9 @@ class DiscoveryResult:
     enrolled: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
+    #: One per BMC that answered but was not read: bmc, code, reason, hint, and the
+    #: attempts (credential_set, code, message, hint) behind them.
+    failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,9 +95,13 @@ async def _login(
     creds: list[_Cred],
     policy: PowerPolicy,
     known: int | None = None,
-) -> _Found | dict[str, str]:
-    """Try each credential set, the one the BMC already uses first; the first to log in wins."""
-    last: BmcError | None = None
+) -> _Found | dict[str, Any]:
+    """Try each credential set, the one the BMC already uses first; the first to log in wins.
+
+    A refusal is kept per credential set, with the driver's code, message and hint, so
+    a BMC that refuses a user the privilege is reported as that, not as a bad password.
+    """
+    attempts: list[dict[str, str]] = []
     for cred in sorted(creds, key=lambda c: c.id != known):
         target = BmcTarget(
             address,
@@ -114,22 +121,44 @@ async def _login(
             )
             return _Found(address, port, cred, identity, state)
         except BmcAuthError as exc:
-            last = exc
-            continue
-        except BmcError as exc:
-            last = exc
+            attempts.append(_attempt(cred, exc))
+            continue  # another credential set may log in
+        except ProvisiondError as exc:  # the BMC itself fails (or times out): stop here
+            attempts.append(_attempt(cred, exc))
             break
-        except Exception as exc:  # a timeout from the executor, an odd BMC
-            return {"bmc": f"{address}:{port}", "reason": str(exc), "hint": ""}
-    assert last is not None
-    if isinstance(last, BmcAuthError):
-        names = ", ".join(c.name for c in creds)
-        return {
-            "bmc": f"{address}:{port}",
-            "reason": f"no credential set logged in (tried {names})",
-            "hint": "add the BMC's credentials as a credential set and sweep again",
-        }
-    return {"bmc": f"{address}:{port}", "reason": last.message, "hint": last.hint}
+        except Exception as exc:  # an odd BMC that confused the client library
+            attempts.append(_attempt(cred, BmcError(str(exc), hint="see the daemon's log")))
+            break
+    return _failure(f"{address}:{port}", attempts)
+
+
+def _attempt(cred: _Cred, exc: ProvisiondError) -> dict[str, str]:
+    return {
+        "credential_set": cred.name,
+        "code": exc.code,
+        "message": exc.message,
+        "hint": exc.hint,
+    }
+
+
+def _failure(bmc: str, attempts: list[dict[str, str]]) -> dict[str, Any]:
+    """One responder's failure: the most telling refusal first, every attempt kept."""
+    refused = [a for a in attempts if a["code"] == PRIVILEGE_CODE]
+    if refused:  # the password worked, or did not matter: the user's role is the problem
+        first = refused[0]
+        reason = f"credential set '{first['credential_set']}': {first['message']}"
+        code, hint = PRIVILEGE_CODE, first["hint"]
+    elif all(a["code"] == BmcAuthError.code for a in attempts):
+        names = ", ".join(a["credential_set"] for a in attempts)
+        reason = f"no credential set logged in (tried {names})"
+        code, hint = (
+            BmcAuthError.code,
+            "add the BMC's credentials as a credential set and sweep again",
+        )
+    else:
+        last = attempts[-1]
+        reason, code, hint = last["message"], last["code"], last["hint"]
+    return {"bmc": bmc, "code": code, "reason": reason, "hint": hint, "attempts": attempts}
 
 
 def _known_credentials(services: Services) -> dict[tuple[str, int], int]:

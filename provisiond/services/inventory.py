@@ -55,7 +55,13 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlmodel import Session
 
-from provisiond.errors import BadRequest, Problem, ProvisiondError, ValidationFailed
+from provisiond.errors import (
+    BadRequest,
+    BodyTooLarge,
+    Problem,
+    ProvisiondError,
+    ValidationFailed,
+)
 from provisiond.models import utcnow
 from provisiond.secrets import SecretBox
 from provisiond.services import inventory_write
@@ -107,7 +113,7 @@ class Plan(BaseModel):
 def read_source(body: bytes, content_type: str) -> Source:
     """The request body as a :class:`Source`: raw YAML, or JSON ``{"yaml": ..., "env": {...}}``."""
     if len(body) > MAX_BYTES:
-        raise BadRequest(
+        raise BodyTooLarge(
             f"the inventory is {len(body)} bytes; the limit is {MAX_BYTES}",
             hint="split it into several files",
         )
@@ -129,6 +135,10 @@ def read_source(body: bytes, content_type: str) -> Source:
         data = json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"the JSON body does not parse: {exc}", hint="check the JSON") from None
+    except RecursionError:  # "[" x 100,000
+        raise BadRequest(
+            "the JSON body is nested too deeply to parse", hint="check the JSON"
+        ) from None
     env = data.get("env", {}) if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from provisiond.drivers.power.redfish_tls import canonical_fingerprint
 from provisiond.errors import Problem
 from provisiond.schemas import Name
 from provisiond.services.inventory_yaml import (
@@ -55,6 +56,8 @@ Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]
+#: A certificate fingerprint in any usual spelling, kept as ``sha256:AB:CD:..``.
+Pin = Annotated[str, StringConstraints(max_length=128), AfterValidator(canonical_fingerprint)]
 _PORT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/.+$"
 _OUTLET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[1-9][0-9]{0,3}$"
 _ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -138,9 +141,13 @@ class NicSpec(Spec):
 class BmcSpec(Spec):
     driver: Literal["ipmi", "redfish", "manual"] = "ipmi"
     address: Text255 = ""
-    port: Annotated[int, Field(ge=1, le=65535)] = 623
+    #: Left out: 623 for IPMI, 443 for Redfish (see inventory_state.merge).
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
     username: Text64 = ""
     credential_set: Name | None = None
+    # A Redfish BMC's certificate pin is not a secret: it is planned, shown and exported.
+    cert_fingerprint: Pin = ""
+    tls_verify: Literal["fingerprint", "system"] = "fingerprint"
     # Never stored in clear and never exported; leaving both out keeps the stored password.
     password: Secret | None = None
     password_env: EnvName | None = None

@@ -50,7 +50,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 PORT_FIELDS = ("name", "vlan", "description")
 NIC_FIELDS = ("mac", "name", "pxe", "ip_address", "switch_port")
-BMC_FIELDS = ("driver", "address", "port", "username", "credential_set")
+BMC_FIELDS = (
+    *("driver", "address", "port", "username", "credential_set", "cert_fingerprint"),
+    "tls_verify",
+)
+#: The port of a BMC whose file and stored form give none.
+BMC_PORTS = {"redfish": 443}
 SPECS: dict[str, type[Spec]] = {
     "rack": RackSpec,
     "switch": SwitchSpec,
@@ -199,7 +204,9 @@ def merge(entry: Entry, current: dict[str, Any] | None) -> dict[str, Any]:
             want[key] = _merge_parts(base["nics"], value, "mac", NIC_DEFAULTS)
         elif key == "bmc" and value is not None:
             fields = {k: v for k, v in value.items() if k in BMC_FIELDS}
-            want[key] = {**(base["bmc"] or BMC_DEFAULTS), **fields}
+            bmc = want[key] = {**(base["bmc"] or BMC_DEFAULTS), **fields}
+            if bmc["port"] is None:
+                bmc["port"] = BMC_PORTS.get(bmc["driver"], 623)
         else:
             want[key] = copy.deepcopy(value)
     return normalize(kind, want)

@@ -209,6 +209,7 @@ class _Writer:
         bmc = row.bmc or Bmc(machine_id=_id(row))
         bmc.driver, bmc.address, bmc.port = want["driver"], want["address"], want["port"]
         bmc.username = want["username"]
+        bmc.cert_fingerprint, bmc.tls_verify = want["cert_fingerprint"], want["tls_verify"]
         sets = self.draft.current.credential_sets
         bmc.credential_set_id = sets[want["credential_set"]] if want["credential_set"] else None
         if name in self.draft.passwords:

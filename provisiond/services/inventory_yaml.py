@@ -142,6 +142,12 @@ def _expanded_size(node: Node, memo: dict[int, int]) -> int:
     return size
 
 
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    line_start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - line_start + 1
+
+
 def load(text: str) -> tuple[Any, list[Problem]]:
     """Parse one YAML document; returns (tree, problems). The tree is None on a syntax error."""
     loader = _Loader(text)
@@ -154,6 +160,17 @@ def load(text: str) -> tuple[Any, list[Problem]]:
                 Problem(FILE, "the document's aliases expand to too many nodes", _line(node))
             ]
         tree = loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses; it has no mark
+        at, column = _line_column(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
+        return None, [
+            Problem(
+                FILE,
+                f"YAML syntax error: character #x{char:04x} is not allowed in YAML "
+                f"(line {at}, column {column})",
+                at,
+            )
+        ]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(part for part in (exc.context, exc.problem) if part)

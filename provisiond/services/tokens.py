@@ -25,12 +25,17 @@ def create_token(
     session: Session, spec: TokenIn, *, actor: str, request_id: str = ""
 ) -> TokenCreated:
     row, clear = auth.create_token(
-        session, name=spec.name, role=spec.role, quota_machines=spec.quota_machines
+        session,
+        name=spec.name,
+        role=spec.role,
+        quota_machines=spec.quota_machines,
+        expires_at=None if spec.expires is None else auth.parse_expiry(spec.expires),
     )
+    expiry = "" if row.expires_at is None else f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC"
     audit(
         session,
         "token_create",
-        f"created {row.role} token {row.name}",
+        f"created {row.role} token {row.name}{expiry}",
         actor=actor,
         request_id=request_id,
     )

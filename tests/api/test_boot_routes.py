@@ -183,7 +183,7 @@ def test_os_callback_pins_the_host_key_and_moves_to_installing_agent(
     bad = client.post(f"/boot/callback/{uuid}?token={token}", data={"pub_key_ed25519": "x"})
     assert bad.status_code == 400 and "host key" in bad.json()["error"]["message"]
     huge = client.post(f"/boot/callback/{uuid}?token={token}", content=b"a" * 20000)
-    assert huge.status_code == 400
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
     with client_at(app, "10.0.0.5") as machine:
         r = machine.post(f"/boot/callback/{uuid}?token={token}", data=form)
     assert r.status_code == 200, r.text

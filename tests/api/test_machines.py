@@ -82,6 +82,8 @@ def test_create_enrolls_and_reads_back_by_name_and_uuid(api: Api, services: Serv
         "username": "root",
         "password_set": True,
         "credential_set": None,
+        "cert_fingerprint": "",
+        "tls_verify": "fingerprint",
         "unreachable_reason": "",
     }
     assert "password" not in body["bmc"] and "secret_encrypted" not in json.dumps(body)

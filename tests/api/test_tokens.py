@@ -27,6 +27,7 @@ def test_token_is_shown_once_and_works(api: Api, services: Services) -> None:
         "quota_machines",
         "created_at",
         "last_used_at",
+        "expires_at",
     }
     assert (
         clear not in api.admin.get(T).text and clear not in api.admin.get(f"{T}/ci-runner-1").text

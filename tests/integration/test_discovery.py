@@ -80,13 +80,16 @@ def test_sweep_reports_bmcs_no_credential_opens(
     body = {"networks": ["127.0.0.1/32"], "ports": str(ipmi_sims[0].port)}
     result = api.operator.post("/api/v1/discovery", json=body).json()
     assert result["enrolled"] == []
-    assert result["failed"] == [
-        {
-            "bmc": f"127.0.0.1:{ipmi_sims[0].port}",
-            "reason": "no credential set logged in (tried wrong)",
-            "hint": "add the BMC's credentials as a credential set and sweep again",
-        }
-    ]
+    [failed] = result["failed"]
+    attempts = failed.pop("attempts")
+    assert failed == {
+        "bmc": f"127.0.0.1:{ipmi_sims[0].port}",
+        "code": "bmc_auth_failed",
+        "reason": "no credential set logged in (tried wrong)",
+        "hint": "add the BMC's credentials as a credential set and sweep again",
+    }
+    assert [(a["credential_set"], a["code"]) for a in attempts] == [("wrong", "bmc_auth_failed")]
+    assert "password" in attempts[0]["hint"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from provisiond.drivers.power.redfish import (
     format_fingerprint,
     normalize_fingerprint,
 )
+from provisiond.drivers.power.redfish_errors import http_error
 from provisiond.drivers.power.registry import POWER_DRIVERS
 from provisiond.executor import BlockingExecutor
 from provisiond.services import power
@@ -339,6 +340,6 @@ def test_http_statuses_map_to_error_classes(status: int, error: type[Exception])
     # Statuses the emulator cannot be made to send (503, 409) are checked on the mapper.
     driver = RedfishPower(BmcTarget("127.0.0.1", 1, "admin", PASSWORD, credential_source=SOURCE))
     body = '{"error": {"message": "echo ' + PASSWORD + '"}}'
-    mapped = driver._http_error(status, body, "read power state", "/redfish/v1/Systems/1")
+    mapped = http_error(driver.target, status, body, "read power state", "/redfish/v1/Systems/1")
     assert isinstance(mapped, error)
     assert PASSWORD not in mapped.message + mapped.hint

@@ -268,6 +268,8 @@ def test_merge_for_a_new_object_uses_defaults_and_bmc_never_holds_passwords() ->
         "port": 623,
         "username": "",
         "credential_set": None,
+        "cert_fingerprint": "",
+        "tls_verify": "fingerprint",
     }
     assert inventory_state.diff("machine", want, want) == {}
 

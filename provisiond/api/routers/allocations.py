@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from provisiond.allocation_schemas import AllocationIn, AllocationOut, RenewIn
+from provisiond.api.admission import client_gone
 from provisiond.api.deps import CI, ReadSession, ServicesDep, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.schemas import Key
@@ -62,6 +63,7 @@ def list_allocations(
 @router.get("/{ident}", response_model=AllocationOut)
 async def get_allocation(
     ident: Key,
+    request: Request,
     token: CI,
     services: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=allocation_watch.WAIT_MAX_S)] = 0,
@@ -70,7 +72,7 @@ async def get_allocation(
     """With ``wait=S``, holds the answer until the state differs from ``since_state``
     (default: the state when the call arrived), for at most S seconds (max 300)."""
     return await allocation_watch.wait_for_change(
-        services, token, ident, wait=wait, since_state=since_state
+        services, token, ident, wait=wait, since_state=since_state, gone=client_gone(request.scope)
     )
 
 

@@ -1,13 +1,18 @@
-"""Power and boot device of one machine, through its BMC."""
+"""Power and boot device of one machine, through its BMC, and its BMC's TLS certificate.
+
+BMC traffic is for operators: a ``ci`` token reading the power gets the recorded
+state (``"source": "cached"``), never a call to the BMC.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from provisiond.api.deps import CI, Operator, ServicesDep, actor, request_id
+from provisiond.auth import Role
 from provisiond.drivers.power.base import BootDevice, PowerAction
 from provisiond.services import machine_power
 
@@ -26,9 +31,16 @@ class BootDeviceIn(BaseModel):
     uefi: bool = False
 
 
+class PinIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: The fingerprint the operator confirmed; pinned only if the BMC still presents it.
+    fingerprint: str = Field(max_length=128, examples=["sha256:AB:CD:...:EF"])
+
+
 @router.get("/power")
-async def read_power(ident: str, _: CI, services: ServicesDep) -> dict[str, Any]:
-    return (await machine_power.read_power(services, ident)).to_dict()
+async def read_power(ident: str, token: CI, services: ServicesDep) -> dict[str, Any]:
+    live = Role[token.role] >= Role.operator
+    return (await machine_power.read_power(services, ident, live=live)).to_dict()
 
 
 @router.post("/power")
@@ -53,4 +65,20 @@ async def boot_device(
         uefi=body.uefi,
         actor=actor(request),
         request_id=request_id(request),
+    )
+
+
+@router.get("/bmc/certificate")
+async def bmc_certificate(ident: str, _: Operator, services: ServicesDep) -> dict[str, Any]:
+    """The TLS certificate the machine's Redfish BMC presents now; pins nothing."""
+    return await machine_power.bmc_certificate(services, ident)
+
+
+@router.put("/bmc/certificate")
+async def pin_bmc_certificate(
+    ident: str, body: PinIn, request: Request, _: Operator, services: ServicesDep
+) -> dict[str, Any]:
+    """Pin the fingerprint the operator confirmed, if the BMC still presents that certificate."""
+    return await machine_power.pin_bmc_certificate(
+        services, ident, body.fingerprint, actor=actor(request), request_id=request_id(request)
     )

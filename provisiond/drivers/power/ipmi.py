@@ -123,6 +123,11 @@ _VENDORS = {
 _BUSY_CODES = {0xC0, 0xC3, 0xCE}
 # 0xc1 invalid command, 0xc9 parameter out of range, 0xd4 insufficient privilege.
 _UNSUPPORTED_CODES = {0xC1, 0xC9}
+#: How pyghmi words a privilege refusal: RMCP+ 0x09/0x0A in RAKP 2, Set Session Privilege
+#: Level 0x80/0x81 ("... while requesting privelege level 3", its spelling), or 0xD4.
+_PRIVILEGE_WORDS = ("unauthorized role", "invalid role", "privilege level", "privelege level")
+#: The code of a refusal for lack of privilege, as opposed to a wrong password.
+PRIVILEGE_CODE = "bmc_privilege_insufficient"
 
 
 def classify(exc: BaseException, target: BmcTarget, doing: str) -> BmcError:
@@ -144,10 +149,13 @@ def classify(exc: BaseException, target: BmcTarget, doing: str) -> BmcError:
             f"IPMI login rejected by {where} while trying to {doing}: {text}",
             hint=f"check the username and password in {target.credential_source}",
         )
-    if "unauthorized role" in low or code == 0xD4:
+    if code == 0xD4 or any(words in low for words in _PRIVILEGE_WORDS):
+        # The password was right (or not yet checked): a new password will not help.
         return BmcAuthError(
-            f"IPMI user {target.username!r} lacks the privilege to {doing} on {where}",
-            hint="give that BMC user the administrator privilege level",
+            f"IPMI user {target.username!r} lacks the privilege to {doing} on {where}: {text}",
+            hint=f"give the BMC user of {target.credential_source} the administrator "
+            "privilege level on the BMC (operator is the least that can change power)",
+            code=PRIVILEGE_CODE,
         )
     if "insufficient resources" in low or code in _BUSY_CODES:
         return BmcBusy(

@@ -1,12 +1,12 @@
 """The ``redfish`` driver: DMTF Redfish over HTTPS through pyghmi, with the certificate pinned.
 
 TLS is never switched off silently. The BMC's certificate is pinned by the SHA-256
-fingerprint of its DER encoding (``options["cert_fingerprint"]``, as
-``sha256:AB:CD:..``, openssl's ``sha256 Fingerprint=AB:CD:..`` or plain hex),
-checked through pyghmi's ``verifycallback`` on every connection, before any
-credentials are sent. Without a fingerprint the driver refuses, unless the
-operator chose ``options["tls_verify"] = "system"`` (the system CA store plus a
-hostname check, pyghmi's default path). There is no "insecure" setting.
+fingerprint of its DER encoding (``options["cert_fingerprint"]``), checked through
+pyghmi's ``verifycallback`` on every connection, before any credentials are sent.
+Without a fingerprint the driver refuses, unless the operator chose
+``options["tls_verify"] = "system"`` (the system CA store plus a hostname check,
+pyghmi's default path). There is no "insecure" setting. The fingerprint rules and
+the certificate reader for ``machines bmc-cert`` are in :mod:`.redfish_tls`.
 
 pyghmi's ``redfish.command.Command`` logs in (basic auth, or a session token when
 the BMC has a SessionService), finds the system and its Reset action, and holds
@@ -35,23 +35,14 @@ lose what an operator needs:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
-import json
-import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pyghmi import exceptions as pyghmi_exc
 from pyghmi.redfish import command as redfish_command
 from pyghmi.util import webclient
 
 from provisiond.drivers.power.base import (
-    BmcAuthError,
-    BmcBusy,
     BmcError,
-    BmcFatalError,
     BmcTarget,
     BmcUnreachable,
     BmcUnsupported,
@@ -62,17 +53,23 @@ from provisiond.drivers.power.base import (
     PowerState,
     Setting,
 )
+from provisiond.drivers.power.redfish_errors import classify, http_error
+from provisiond.drivers.power.redfish_tls import (
+    BmcCertificateMismatch,
+    BmcTlsError,
+    format_fingerprint,
+    make_verifier,
+    normalize_fingerprint,
+)
 from provisiond.validators import normalize_mac
 
-
-class BmcTlsError(BmcFatalError):
-    """The BMC's TLS identity cannot be trusted as configured; retrying cannot help."""
-
-    code = "bmc_tls_error"
-
-
-class BmcCertificateMismatch(BmcTlsError):
-    code = "bmc_certificate_mismatch"
+__all__ = [
+    "BmcCertificateMismatch",
+    "BmcTlsError",
+    "RedfishPower",
+    "format_fingerprint",
+    "normalize_fingerprint",
+]
 
 
 _BOOT_TARGETS = {
@@ -87,40 +84,6 @@ _SIMPLE_RESETS = {
     PowerAction.SOFT_OFF: "GracefulShutdown",
 }
 _RESET_ACTION = "#ComputerSystem.Reset"
-
-
-def normalize_fingerprint(value: str) -> str:
-    """``sha256:AB:CD..``, ``SHA256 Fingerprint=AB:CD..`` or hex -> 64 lowercase hex digits."""
-    text = value.strip().lower()
-    if "=" in text:  # openssl x509 -fingerprint prints "sha256 Fingerprint=AB:CD:.."
-        text = text.split("=", 1)[1]
-    text = text.removeprefix("sha256:").replace(":", "").replace(" ", "")
-    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-        raise ValueError(f"{value!r} is not a SHA-256 fingerprint")
-    return text
-
-
-def format_fingerprint(hexdigits: str) -> str:
-    """64 hex digits -> ``sha256:AB:CD:..``, the way openssl prints it, easy to compare."""
-    pairs = [hexdigits[i : i + 2].upper() for i in range(0, len(hexdigits), 2)]
-    return "sha256:" + ":".join(pairs)
-
-
-def openssl_command(target: BmcTarget) -> str:
-    """The one-liner that prints a BMC's certificate fingerprint the way we take it."""
-    host = f"[{target.address}]" if ":" in target.address else target.address
-    return (
-        f"openssl s_client -connect {host}:{target.port} </dev/null 2>/dev/null "
-        "| openssl x509 -noout -fingerprint -sha256"
-    )
-
-
-def fingerprint_hint(target: BmcTarget) -> str:
-    return (
-        f"get the certificate fingerprint with `{openssl_command(target)}`, check it against "
-        "the BMC's own web UI or console, and set it as the BMC's cert_fingerprint option; "
-        "or set tls_verify=system if the BMC's certificate is signed by a CA in the system store"
-    )
 
 
 class RedfishPower(PowerDriver):
@@ -142,91 +105,6 @@ class RedfishPower(PowerDriver):
         super().__init__(target)
         self._command: Any = None
 
-    # -- errors ---------------------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        """Drop the password from text a BMC or library produced; cut it to a sane size."""
-        if self.target.password:
-            text = text.replace(self.target.password, "***")
-        return text[:300]
-
-    def _classify(self, exc: BaseException, doing: str) -> BmcError:
-        """Map a transport or pyghmi failure to an error an operator can act on."""
-        where = self.target.endpoint
-        if isinstance(exc, BmcError):
-            return exc
-        if isinstance(exc, pyghmi_exc.UnrecognizedCertificate):
-            presented = hashlib.sha256(exc.certdata or b"").hexdigest()
-            pinned = normalize_fingerprint(self.target.options.get("cert_fingerprint", ""))
-            return BmcCertificateMismatch(
-                f"BMC {where} presented TLS certificate {format_fingerprint(presented)}, "
-                f"which does not match the pinned {format_fingerprint(pinned)}",
-                hint="the connection may be intercepted, or the BMC's certificate was replaced "
-                "(firmware update, reset to defaults). Only if you can confirm the latter out "
-                f"of band, get the new fingerprint with `{openssl_command(self.target)}` and "
-                "update the BMC's cert_fingerprint option",
-            )
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return BmcTlsError(
-                f"the TLS certificate of BMC {where} failed verification against the system "
-                f"CA store: {self._scrub(exc.verify_message or str(exc))}",
-                hint="BMCs usually have self-signed certificates; pin it instead: "
-                + fingerprint_hint(self.target),
-            )
-        if isinstance(exc, OSError | http.client.HTTPException):
-            # ssl.SSLError is an OSError too: a failed handshake is usually a wrong port.
-            return BmcUnreachable(
-                f"no answer from BMC {where} while trying to {doing}: "
-                f"{self._scrub(str(exc) or type(exc).__name__)}",
-                hint="check the address and HTTPS port, and that the BMC is powered and its "
-                "Redfish service is enabled",
-            )
-        text = self._scrub(str(exc))
-        if "access denied" in text.lower():  # pyghmi's constructor on a 401
-            return self._auth_error(401, doing)
-        return BmcError(f"BMC {where} failed to {doing}: {text}", hint="see the BMC's event log")
-
-    def _auth_error(self, status: int, doing: str) -> BmcAuthError:
-        where = self.target.endpoint
-        if status == 403:
-            return BmcAuthError(
-                f"Redfish user {self.target.username!r} may not {doing} on {where} (HTTP 403)",
-                hint=f"give the user in {self.target.credential_source} the Operator or "
-                "Administrator role on the BMC",
-            )
-        return BmcAuthError(
-            f"Redfish login rejected by {where} (HTTP {status}) while trying to {doing}",
-            hint=f"check the username and password in {self.target.credential_source}",
-        )
-
-    def _http_error(self, status: int, body: Any, doing: str, url: str) -> BmcError:
-        where = self.target.endpoint
-        detail = self._scrub(_redfish_message(body))
-        if status in (401, 403):
-            return self._auth_error(status, doing)
-        if status in (404, 405, 501):
-            return BmcUnsupported(
-                f"BMC {where} cannot {doing}: HTTP {status} for {url} {detail}".rstrip(),
-                hint="this BMC does not offer that resource or action over Redfish; check the "
-                "'system' option, the BMC firmware, or use the ipmi driver",
-            )
-        if status == 400:
-            return BmcUnsupported(
-                f"BMC {where} refused to {doing}: HTTP 400 {detail}".rstrip(),
-                hint="the BMC rejected the request as invalid for this machine (for example a "
-                "boot mode it does not support)",
-            )
-        if status in (409, 429) or status >= 500:
-            return BmcBusy(
-                f"BMC {where} is busy while trying to {doing}: HTTP {status} {detail}".rstrip(),
-                hint="the BMC is busy (a running job, a reset, or too many sessions); "
-                "it clears by itself",
-            )
-        return BmcError(
-            f"BMC {where} failed to {doing}: HTTP {status} {detail}".rstrip(),
-            hint="see the BMC's event log",
-        )
-
     # -- connection -----------------------------------------------------------------
 
     @property
@@ -235,42 +113,6 @@ class RedfishPower(PowerDriver):
             return max(0.5, float(self.target.options.get("timeout") or 10))
         except ValueError:
             return 10.0
-
-    def _verifier(self) -> Callable[[bytes], bool] | None:
-        """The pinning callback, or None for the system CA store; refuse anything else."""
-        where = self.target.endpoint
-        pinned = self.target.options.get("cert_fingerprint", "").strip()
-        mode = (self.target.options.get("tls_verify") or "fingerprint").strip().lower()
-        if pinned:
-            # A pin always wins over tls_verify=system: it names exactly one certificate.
-            try:
-                expected = normalize_fingerprint(pinned)
-            except ValueError:
-                raise BmcTlsError(
-                    f"the cert_fingerprint of BMC {where} is not a SHA-256 fingerprint",
-                    hint=fingerprint_hint(self.target),
-                    code="bmc_tls_not_configured",
-                ) from None
-
-            def verify(der: bytes) -> bool:
-                return hmac.compare_digest(hashlib.sha256(der).hexdigest(), expected)
-
-            return verify
-        if mode == "system":
-            return None  # pyghmi then verifies the chain and the hostname
-        if mode != "fingerprint":
-            raise BmcTlsError(
-                f"tls_verify={mode!r} for BMC {where} is not supported",
-                hint="use tls_verify=fingerprint with cert_fingerprint set, or tls_verify=system; "
-                "TLS verification cannot be switched off",
-                code="bmc_tls_not_configured",
-            )
-        raise BmcTlsError(
-            f"no TLS certificate fingerprint is configured for Redfish BMC {where}, and "
-            "provisiond does not connect to a BMC it cannot verify",
-            hint=fingerprint_hint(self.target),
-            code="bmc_tls_not_configured",
-        )
 
     def _web(self, verify: Callable[[bytes], bool] | None) -> Any:
         wc = webclient.SecureHTTPConnection(
@@ -284,17 +126,17 @@ class RedfishPower(PowerDriver):
     def _connect(self, doing: str) -> Any:
         if self._command is not None:
             return self._command
-        verify = self._verifier()
+        verify = make_verifier(self.target)
         # A probe with our timeout and the status kept: pyghmi's constructor waits 60 s
         # per request and reports a 503 or a 404 only as "Redfish not ready".
         try:
             body, status = self._web(verify).grab_json_response_with_status("/redfish/v1/Systems")
         except Exception as exc:
-            raise self._classify(exc, doing) from None
+            raise classify(self.target, exc, doing) from None
         if body == "Target Unavailable":
-            raise self._classify(ConnectionResetError("connection dropped"), doing)
+            raise classify(self.target, ConnectionResetError("connection dropped"), doing)
         if not 200 <= status < 300:
-            raise self._http_error(status, body, doing, "/redfish/v1/Systems")
+            raise http_error(self.target, status, body, doing, "/redfish/v1/Systems")
         sysurl = self._pick_system(body)
         try:
             command = redfish_command.Command(
@@ -306,7 +148,7 @@ class RedfishPower(PowerDriver):
                 port=self.target.port,
             )
         except Exception as exc:
-            raise self._classify(exc, doing) from None
+            raise classify(self.target, exc, doing) from None
         command.wc.mytimeout = self._timeout  # every later request dupes this client
         if command.sysurl != sysurl:  # pyghmi drops a system it failed to read
             raise BmcError(
@@ -360,20 +202,20 @@ class RedfishPower(PowerDriver):
                     path, body, method=method, headers={**wc.stdheaders, **headers}
                 )
             except Exception as exc:
-                error = self._classify(exc, doing)
+                error = classify(self.target, exc, doing)
                 if isinstance(error, BmcUnreachable):
                     self._command = None  # broken: the next call connects afresh
                 raise error from None
             if result == "Target Unavailable":  # pyghmi's stand-in for a dropped connection
                 self._command = None
-                raise self._classify(ConnectionResetError("connection dropped"), doing)
+                raise classify(self.target, ConnectionResetError("connection dropped"), doing)
             if status == 401 and command.xauthtoken and attempt == 0:
                 self._command = None  # the session expired: log in again, once
                 continue
             if not 200 <= status < 300:
                 if status == 404 and path == command.sysurl:
                     self._command = None  # the system may have been renumbered: rediscover it
-                raise self._http_error(status, result, doing, path)
+                raise http_error(self.target, status, result, doing, path)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -513,26 +355,3 @@ class RedfishPower(PowerDriver):
         # pyghmi 1.6.19 keeps no session URI, so a session token cannot be deleted;
         # it expires on the BMC. Keeping one Command per driver keeps that to one.
         self._command = None
-
-
-def _redfish_message(body: Any) -> str:
-    """The human part of a Redfish error body, if there is one."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return f"({body.strip()[:200]})" if body.strip() else ""
-    if not isinstance(body, dict):
-        return ""
-    error = body.get("error", {})
-    if not isinstance(error, dict):
-        return ""
-    messages = [
-        str(info.get("Message") or "")
-        for info in error.get("@Message.ExtendedInfo", [])
-        if isinstance(info, dict)
-    ]
-    text = "; ".join(m for m in [str(error.get("message") or ""), *messages] if m)
-    return f"({text})" if text else ""
