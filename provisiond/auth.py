@@ -29,8 +29,8 @@ from sqlmodel import Session, col, select
 
 from provisiond.db import Database
 from provisiond.errors import BadRequest, Conflict, Problem, Unauthorized, ValidationFailed
+from provisiond.events import audit
 from provisiond.models import ApiToken, utcnow
-from provisiond.services.events import audit
 
 #: How stale ``last_used_at`` may get before a request notes a new use.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

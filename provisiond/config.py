@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from provisiond.errors import ConfigError
-from provisiond.netboot.dnsmasq_conf import ProvisioningNetwork
+from provisiond.networks import ProvisioningNetwork
 
 SECONDS = 1.0
 MINUTES = 60 * SECONDS

@@ -13,17 +13,17 @@ import uvicorn
 
 from provisiond.api import create_app
 from provisiond.config import Settings
+from provisiond.container import Services
 from provisiond.db import Database
+from provisiond.deploy.engine import DeployEngine
+from provisiond.deploy.netboot_runtime import Netboot
 from provisiond.errors import ConfigError
 from provisiond.executor import BlockingExecutor
 from provisiond.lanes import Lane, LaneExecutor
 from provisiond.logging import get_logger
 from provisiond.netboot.netns_socket import bind_in_netns
-from provisiond.netboot.runtime import Netboot
 from provisiond.scheduler import build_scheduler
 from provisiond.secrets import SecretBox
-from provisiond.services.container import Services
-from provisiond.services.deploy_engine import DeployEngine
 from provisiond.watchdog import LoopWatchdog
 
 log = get_logger(__name__)

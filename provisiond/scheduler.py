@@ -11,9 +11,11 @@ import asyncio
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from provisiond.allocations import queue as allocation_queue
+from provisiond.container import Services
+from provisiond.deploy import reaper
 from provisiond.logging import get_logger
-from provisiond.services import allocation_queue, power_sync, reaper
-from provisiond.services.container import Services
+from provisiond.machines import power_sync
 
 log = get_logger(__name__)
 

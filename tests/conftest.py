@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, text
 from provisiond.api import create_app
 from provisiond.auth import create_token
 from provisiond.config import Settings, load_settings
+from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.secrets import SecretBox
-from provisiond.services.container import Services
 from tests.support import pg
 from tests.support.ipmisim import IpmiSim, running_sims
 

@@ -51,9 +51,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisiond import lanes
 from provisiond.errors import BodyTooLarge
+from provisiond.inventory.plan import MAX_BYTES as INVENTORY_MAX_BYTES
 from provisiond.lanes import Lane
 from provisiond.metrics import Metrics
-from provisiond.services.inventory import MAX_BYTES as INVENTORY_MAX_BYTES
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -20,9 +20,9 @@ from provisiond import __version__
 from provisiond.api.admission import Admission, Limits
 from provisiond.api.openapi import document_errors
 from provisiond.api.routers import ROUTERS
+from provisiond.container import Services
 from provisiond.errors import ProvisiondError
 from provisiond.logging import get_logger
-from provisiond.services.container import Services
 
 log = get_logger(__name__)
 

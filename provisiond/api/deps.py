@@ -10,9 +10,9 @@ from sqlmodel import Session
 
 from provisiond.api.admission import client_gone
 from provisiond.auth import Role, authenticate
+from provisiond.container import Services
 from provisiond.errors import ClientGone, Forbidden
 from provisiond.models import ApiToken
-from provisiond.services.container import Services
 
 
 async def get_services(request: Request) -> Services:

@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+import provisiond.tokens as tokens
 from provisiond import logging as plog
 from provisiond.auth import Role, create_token, parse_expiry
 from provisiond.cli.common import ConfigOpt, JsonFlag, console, emit, handled, settings
 from provisiond.db import Database
 from provisiond.models import utcnow
-from provisiond.services import tokens
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (run on the daemon's host).", no_args_is_help=True)

@@ -29,9 +29,9 @@ from provisiond.cli.common import (
 from provisiond.cli.common import settings as load
 from provisiond.config import Settings
 from provisiond.db import Database
-from provisiond.netboot.boot import BootConfig
+from provisiond.deploy.boot_scripts import BootConfig
+from provisiond.inventory import images as service
 from provisiond.netboot.images import ImageStore
-from provisiond.services import images as service
 
 app = typer.Typer(
     help="Boot images: kernel, initrd, rootfs (run on the daemon's host).", no_args_is_help=True

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from provisiond.cli.common import JsonFlag, console, emit, fail, handled, literal, text
 from provisiond.client import ApiError, Client
-from provisiond.services.inventory import MAX_BYTES
-from provisiond.services.inventory_spec import env_names
+from provisiond.inventory.plan import MAX_BYTES
+from provisiond.inventory.spec import env_names
 
 app = typer.Typer(help="Inventory as code: YAML apply and export.", no_args_is_help=True)
 

@@ -1,1 +1,3 @@
-"""Network boot: the image file store, iPXE scripts and cloud-init seeds, file serving."""
+"""Network-boot adapters: dnsmasq (its config, host files and log parser), the image
+file store, zero-copy file serving and sockets in network namespaces. They know no
+use case: the deploy package drives them and they report back through callables."""

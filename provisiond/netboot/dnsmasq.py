@@ -51,11 +51,11 @@ from provisiond.netboot.dnsmasq_conf import (
     HostChange,
     HostEntry,
     HostsDir,
-    ProvisioningNetwork,
     prepare_tftp_root,
     write_config,
 )
 from provisiond.netboot.dnsmasq_log import BootEvent, BootLogParser, DhcpEvent, TftpEvent
+from provisiond.networks import ProvisioningNetwork
 from provisiond.templates import Templates
 
 __all__ = [

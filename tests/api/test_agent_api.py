@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlmodel import col, func, select
 
+from provisiond.container import Services
+from provisiond.deploy.agent_reports import issue_agent_token
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Deployment, Event, Machine, Nic, utcnow
-from provisiond.services.agent_reports import issue_agent_token
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 PXE_MAC = "52:54:00:00:00:01"

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
+from provisiond.allocations.queue import run_queue
 from provisiond.auth import create_token
 from provisiond.config import Settings
+from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.lifecycle import Ev
 from provisiond.models import Allocation, Deployment, Event, Machine, utcnow
 from provisiond.secrets import SecretBox
-from provisiond.services.allocation_queue import run_queue
-from provisiond.services.container import Services
 from tests.conftest import Api
 from tests.support.allocations import (
     KEY,

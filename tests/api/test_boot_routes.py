@@ -17,13 +17,13 @@ from sqlmodel import func, select
 from provisiond.api import create_app
 from provisiond.api.routers import boot as boot_router
 from provisiond.auth import create_token
+from provisiond.container import Services
+from provisiond.deploy import records as deploy
+from provisiond.deploy.boot_scripts import BootConfig
+from provisiond.inventory import images as image_service
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Allocation, Deployment, Event, Image, Machine, Nic
-from provisiond.netboot.boot import BootConfig
 from provisiond.netboot.images import ImageStore
-from provisiond.services import deploy
-from provisiond.services import images as image_service
-from provisiond.services.container import Services
 
 MAC = "52:54:00:aa:bb:cc"
 PAYLOAD = random.Random(4).randbytes(1000)

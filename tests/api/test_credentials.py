@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from sqlmodel import select
 
+from provisiond.container import Services
 from provisiond.models import CredentialSet
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 C = "/api/v1/credentials"

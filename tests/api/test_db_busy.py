@@ -13,9 +13,9 @@ from sqlalchemy import text
 from provisiond.api import create_app
 from provisiond.auth import create_token
 from provisiond.config import load_settings
+from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.secrets import SecretBox
-from provisiond.services.container import Services
 
 
 def _hold_write_slot(db: Database, held: threading.Event, release: threading.Event) -> None:

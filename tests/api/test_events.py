@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from provisiond.cli import app as cli_app
+from provisiond.container import Services
 from provisiond.models import Event
-from provisiond.services.container import Services
 from tests.api.test_machines import live  # noqa: F401  (fixture)
 from tests.conftest import Api
 

@@ -5,10 +5,10 @@ from typing import Any
 from sqlmodel import select
 
 from provisiond.auth import create_token
+from provisiond.container import Services
+from provisiond.deploy import records as deploy
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Allocation, Image, Machine
-from provisiond.services import deploy
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 IMG = "/api/v1/images"

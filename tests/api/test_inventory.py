@@ -11,9 +11,9 @@ import pytest
 import yaml
 from sqlmodel import select
 
+from provisiond.container import Services
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Bmc, CredentialSet, Event, Machine, Nic, Outlet, Rack, SwitchPort
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 EXAMPLE = (Path(__file__).parents[2] / "inventory" / "example.yaml").read_text()

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from provisiond import lifecycle, locks
 from provisiond.api import create_app
 from provisiond.cli import app as cli_app
+from provisiond.container import Services
 from provisiond.models import Bmc, Machine, Nic
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 M = "/api/v1/machines"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from provisiond.api import create_app
-from provisiond.services.container import Services
+from provisiond.container import Services
 from tests.conftest import Api
 
 ROLES = ("ci", "operator", "admin")

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from sqlmodel import SQLModel, select
 
 from provisiond import logging as plog
+from provisiond.container import Services
 from provisiond.models import Bmc, CredentialSet
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 PASSWORD = "S3cr3t-Pa55-xyzzy"

@@ -11,8 +11,8 @@ import pytest
 from sqlmodel import select
 
 from provisiond.auth import create_token
+from provisiond.container import Services
 from provisiond.models import ApiToken, Event, utcnow
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 pytestmark = pytest.mark.postgres

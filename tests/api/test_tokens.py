@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
+from provisiond.container import Services
 from provisiond.models import Allocation, ApiToken, Machine
-from provisiond.services.container import Services
 from tests.conftest import Api
 
 T = "/api/v1/tokens"

@@ -79,7 +79,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh
 STUBBED_SERVE = """
 from sqlalchemy import update
 from provisiond.models import Deployment, Event, Machine, utcnow
-from provisiond.services import deploy
+from provisiond.deploy import records as deploy
 
 def instant_deploy(session, machine, *, allocation, image_id, actor, **_):
     now = utcnow()

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchlib import PHASE_DEADLINE_S, start_simulator, stop
 
 from provisiond.config import load_settings
+from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.executor import BlockingExecutor
+from provisiond.machines import discovery
 from provisiond.models import CredentialSet
 from provisiond.secrets import SecretBox
-from provisiond.services import discovery
-from provisiond.services.container import Services
 
 LIVE, SWEEP = 1000, 4096
 

@@ -27,13 +27,13 @@ from benchlib import bench_ipmitool, cpu_seconds, start_simulator, stop
 
 from provisiond import lifecycle
 from provisiond.config import load_settings
+from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.executor import BlockingExecutor
 from provisiond.lifecycle import Ev
+from provisiond.machines.power_sync import sync_power
 from provisiond.models import Bmc, CredentialSet, Machine
 from provisiond.secrets import SecretBox
-from provisiond.services.container import Services
-from provisiond.services.power_sync import sync_power
 
 
 def build(data: Path, ports: list[int]) -> Services:

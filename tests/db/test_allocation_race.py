@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, func, select
 
-from provisiond.allocation_schemas import AllocationIn
+from provisiond.allocations import service as allocations
+from provisiond.allocations.queue import run_queue
 from provisiond.auth import create_token
+from provisiond.container import Services
 from provisiond.models import Allocation, ApiToken, Machine
-from provisiond.services import allocations
-from provisiond.services.allocation_queue import run_queue
-from provisiond.services.container import Services
+from provisiond.schemas.allocations import AllocationIn
 from tests.support.allocations import KEY, add_image, add_machines, fleet, machine_holders
 
 ALLOCATORS = 50

@@ -12,11 +12,11 @@ from datetime import timedelta
 
 from sqlmodel import col, select
 
+from provisiond.container import Services
+from provisiond.deploy import records as deploy
+from provisiond.deploy.engine import LOST_BOOT_S, DeployEngine
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Deployment, Event, Machine, utcnow
-from provisiond.services import deploy
-from provisiond.services.container import Services
-from provisiond.services.deploy_engine import LOST_BOOT_S, DeployEngine
 
 
 def _deploying(services: Services, name: str = "m1") -> int:

@@ -9,12 +9,12 @@ from sqlmodel import select
 
 from provisiond import lifecycle, locks
 from provisiond.config import StateTimeouts
+from provisiond.container import Services
 from provisiond.db import Database
+from provisiond.deploy.reaper import reap
 from provisiond.lifecycle import Ev
 from provisiond.models import Event, Machine, utcnow
 from provisiond.scheduler import build_scheduler
-from provisiond.services.container import Services
-from provisiond.services.reaper import reap
 
 TIMEOUTS = StateTimeouts(deploying=30, inspecting=60)
 

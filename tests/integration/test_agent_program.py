@@ -36,12 +36,12 @@ from provisiond.agent import AGENT_DIR
 from provisiond.agent import agent as agent_module
 from provisiond.api import create_app
 from provisiond.config import load_settings
+from provisiond.container import Services
 from provisiond.db import Database
+from provisiond.deploy.agent_reports import issue_agent_token
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Deployment, Event, Machine, Nic, utcnow
 from provisiond.secrets import SecretBox
-from provisiond.services.agent_reports import issue_agent_token
-from provisiond.services.container import Services
 
 AGENT = AGENT_DIR / "agent.py"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable

@@ -39,8 +39,8 @@ import httpx
 import pytest
 
 from provisiond.db import Database
+from provisiond.inventory.images import add_image
 from provisiond.netboot.images import MANIFEST, ImageStore
-from provisiond.services.images import add_image
 from tests.support.daemon import Daemon, cli
 
 pytestmark = pytest.mark.slow

@@ -37,7 +37,8 @@ from typing import Any
 import httpx
 import pytest
 
-from provisiond.netboot.dnsmasq_conf import DnsmasqPaths, ProvisioningNetwork, host_filename
+from provisiond.netboot.dnsmasq_conf import DnsmasqPaths, host_filename
+from provisiond.networks import ProvisioningNetwork
 from provisiond.rack import vrack
 from provisiond.rack.qemu import kill_recorded, pid_alive, pid_command
 from tests.support.daemon import Daemon

@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlmodel import select
 
+from provisiond.container import Services
 from provisiond.models import Bmc, CredentialSet, Event, Machine
-from provisiond.services.container import Services
 from tests.conftest import Api
 from tests.support.ipmisim import IpmiSim, free_udp_port
 

@@ -15,13 +15,13 @@ import subprocess
 
 import pytest
 
+from provisiond.container import Services
 from provisiond.drivers.power.base import BmcAuthError, BmcTarget, PowerAction
 from provisiond.drivers.power.ipmi import IpmiPower
+from provisiond.machines.discovery import machine_name
 from provisiond.models import CredentialSet
 from provisiond.rack import BmcFarm
 from provisiond.rack.ipmi_faults import FaultSpecError, parse_fault
-from provisiond.services.container import Services
-from provisiond.services.discovery import machine_name
 from tests.conftest import Api
 
 

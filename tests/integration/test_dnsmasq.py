@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from provisiond.netboot.dnsmasq import DnsmasqService, ProvisioningNetwork
+from provisiond.netboot.dnsmasq import DnsmasqService
 from provisiond.netboot.dnsmasq_conf import HostChange
 from provisiond.netboot.dnsmasq_log import BootEvent, DhcpEvent, TftpEvent
+from provisiond.networks import ProvisioningNetwork
 from provisiond.templates import Templates
 from tests.support.netns import SUBNET, Lab, require
 

@@ -18,8 +18,8 @@ from provisiond.drivers.power import (
 )
 from provisiond.drivers.power.registry import POWER_DRIVERS, make_driver
 from provisiond.executor import BlockingExecutor
-from provisiond.services import power
-from provisiond.services.power import PowerPolicy
+from provisiond.machines import power_calls as power
+from provisiond.machines.power_calls import PowerPolicy
 from tests.support.ipmisim import IpmiSim, free_udp_port, require_tools
 
 FAST = PowerPolicy(call_timeout=10, backoff=(0.1, 0.2), confirm_timeout=10, confirm_interval=0.1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlmodel import select
 
 from provisiond import locks
+from provisiond.container import Services
 from provisiond.models import Machine
-from provisiond.services.container import Services
 from tests.conftest import Api
 from tests.support.ipmisim import IpmiSim, free_udp_port
 

@@ -24,9 +24,9 @@ from provisiond.drivers.power import (
 )
 from provisiond.drivers.power.registry import make_driver
 from provisiond.executor import BlockingExecutor
+from provisiond.machines import power_calls as power
+from provisiond.machines.power_calls import PowerPolicy
 from provisiond.rack import BmcFarm, parse_fault
-from provisiond.services import power
-from provisiond.services.power import PowerPolicy
 
 POLICY = PowerPolicy(call_timeout=3, backoff=(0.2, 0.4), confirm_timeout=5, confirm_interval=0.1)
 FAULTS = ["wrong-password@0", "no-resources@1", "busy@2", "drop=1@3", "latency=300@4"]

@@ -9,10 +9,10 @@ from prometheus_client import generate_latest
 from sqlmodel import select
 
 from provisiond import lifecycle, locks
+from provisiond.container import Services
 from provisiond.lifecycle import Ev
+from provisiond.machines.power_sync import sync_power
 from provisiond.models import Bmc, Event, Machine
-from provisiond.services.container import Services
-from provisiond.services.power_sync import sync_power
 from tests.support.ipmisim import IpmiSim, free_udp_port
 
 

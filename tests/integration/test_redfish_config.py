@@ -22,9 +22,9 @@ import pytest
 import yaml
 from sqlmodel import select
 
+from provisiond.container import Services
 from provisiond.drivers.power.redfish import format_fingerprint
 from provisiond.models import Bmc
-from provisiond.services.container import Services
 from tests.conftest import Api
 from tests.support.daemon import Daemon, cli
 from tests.support.redfish_emulator import RedfishEmulator, free_tcp_port, require_sushy

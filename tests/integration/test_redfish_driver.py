@@ -36,8 +36,8 @@ from provisiond.drivers.power.redfish import (
 from provisiond.drivers.power.redfish_errors import http_error
 from provisiond.drivers.power.registry import POWER_DRIVERS
 from provisiond.executor import BlockingExecutor
-from provisiond.services import power
-from provisiond.services.power import PowerPolicy
+from provisiond.machines import power_calls as power
+from provisiond.machines.power_calls import PowerPolicy
 from tests.support.redfish_emulator import (
     SYSTEM_UUID,
     RedfishEmulator,

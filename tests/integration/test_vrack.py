@@ -25,12 +25,12 @@ from provisiond.cli import app
 from provisiond.config import load_settings
 from provisiond.db import Database
 from provisiond.errors import Conflict
+from provisiond.inventory.plan import Source, apply
 from provisiond.models import Machine
-from provisiond.netboot.dnsmasq_conf import ProvisioningNetwork
+from provisiond.networks import ProvisioningNetwork
 from provisiond.rack import vrack
 from provisiond.rack.qemu import pid_alive, pid_command
 from provisiond.secrets import SecretBox
-from provisiond.services.inventory import Source, apply
 from tests.support.netns import require
 
 PASSWORD = "rack-secret"  # the simulated BMCs' password

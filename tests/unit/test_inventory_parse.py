@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from provisiond.services import inventory_spec, inventory_state, inventory_yaml
-from provisiond.services.inventory_spec import env_names, parse
-from provisiond.services.inventory_yaml import Flow, FlowList, dump, format_path, line_at, load
+from provisiond.inventory import spec as inventory_spec
+from provisiond.inventory import state as inventory_state
+from provisiond.inventory import yamlfile as inventory_yaml
+from provisiond.inventory.spec import env_names, parse
+from provisiond.inventory.yamlfile import Flow, FlowList, dump, format_path, line_at, load
 
 
 def _problems(text: str) -> list[tuple[int | None, str, str]]:

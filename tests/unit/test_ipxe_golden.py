@@ -16,9 +16,9 @@ from sqlmodel import Session, select
 
 from provisiond.config import Settings
 from provisiond.db import Database
+from provisiond.deploy import boot_scripts as boot
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Event, Image, Machine, Nic
-from provisiond.netboot import boot
 from provisiond.templates import DEFAULT_DIR, Templates
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "ipxe"

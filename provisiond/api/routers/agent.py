@@ -4,7 +4,7 @@
 - ``POST /api/v1/agent/{machine_uuid}/heartbeat``: "still alive", every ``interval_s``.
 
 Both take ``Authorization: Bearer <agent token>`` (not an API token) and answer an
-:class:`~provisiond.agent_schemas.AgentReply`. Bodies are capped (256 KiB) by
+:class:`~provisiond.schemas.agent.AgentReply`. Bodies are capped (256 KiB) by
 :mod:`provisiond.api.admission` before FastAPI reads them, so a runaway or hostile
 client gets a 413 instead of making the daemon buffer an unbounded body.
 """
@@ -15,10 +15,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from provisiond.agent_schemas import AgentReply, Heartbeat, InventoryReport
 from provisiond.api.deps import ServicesDep, WriteSession
+from provisiond.deploy import agent_reports
 from provisiond.models import Machine
-from provisiond.services import agent_reports
+from provisiond.schemas.agent import AgentReply, Heartbeat, InventoryReport
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 

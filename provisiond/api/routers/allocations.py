@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from provisiond.allocation_schemas import AllocationIn, AllocationOut, RenewIn
+from provisiond.allocations import service as allocations
+from provisiond.allocations import watch as allocation_watch
 from provisiond.api.admission import client_gone
 from provisiond.api.deps import CI, ReadSession, ServicesDep, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import Key
-from provisiond.services import allocation_watch, allocations
+from provisiond.schemas.allocations import AllocationIn, AllocationOut, RenewIn
+from provisiond.schemas.resources import Key
 
 router = APIRouter(prefix="/api/v1/allocations", tags=["allocations"])
 

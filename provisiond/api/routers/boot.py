@@ -1,4 +1,4 @@
-"""Routes machines call while they network-boot: no token (see provisiond.netboot.boot).
+"""Routes machines call while they network-boot: no token (see provisiond.deploy.boot_scripts).
 
 - ``GET /boot/ipxe``: the entry script, chaining to ``/boot/${net0/mac}.ipxe``;
 - ``GET /boot/{mac}.ipxe``: the per-machine script from its lifecycle state;
@@ -21,8 +21,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from provisiond.api.deps import ServicesDep, WriteSession
+from provisiond.deploy import boot_scripts as boot
+from provisiond.deploy import seeds
 from provisiond.errors import BadRequest
-from provisiond.netboot import boot, seeds
 from provisiond.netboot.images import ImageStore
 from provisiond.netboot.sendfile import FileRangeResponse, Unsatisfiable, parse_range
 from provisiond.templates import Templates

@@ -4,8 +4,8 @@ from fastapi import APIRouter, Request, status
 
 from provisiond.api.deps import Operator, ReadSession, ServicesDep, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import CredentialIn, CredentialOut, CredentialPatch, Key
-from provisiond.services import credentials
+from provisiond.machines import credentials
+from provisiond.schemas.resources import CredentialIn, CredentialOut, CredentialPatch, Key
 
 router = APIRouter(prefix="/api/v1/credentials", tags=["credentials"])
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from provisiond.api.deps import CI, ReadSession
-from provisiond.schemas import Key
-from provisiond.services import deployments
+from provisiond.deploy import deployments
+from provisiond.schemas.resources import Key
 
 router = APIRouter(prefix="/api/v1/machines/{ident}", tags=["deployments"])
 

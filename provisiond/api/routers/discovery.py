@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from provisiond.api.deps import Operator, ServicesDep, actor
 from provisiond.errors import ProvisiondError
 from provisiond.logging import get_logger
-from provisiond.services import discovery
+from provisiond.machines import discovery
 
 router = APIRouter(prefix="/api/v1/discovery", tags=["discovery"])
 log = get_logger(__name__)

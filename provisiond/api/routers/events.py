@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+import provisiond.events as events
 from provisiond.api.deps import CI, ReadSession
-from provisiond.schemas import EventOut, Key
-from provisiond.services import events
+from provisiond.schemas.resources import EventOut, Key
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 

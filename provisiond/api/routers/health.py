@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from provisiond import __version__
 from provisiond.api.deps import ServicesDep
-from provisiond.services.container import Services
+from provisiond.container import Services
 
 router = APIRouter(tags=["health"])
 

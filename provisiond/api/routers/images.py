@@ -4,8 +4,8 @@ from fastapi import APIRouter, Request, status
 
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import ImageIn, ImageOut, ImagePatch, Key
-from provisiond.services import images
+from provisiond.inventory import images
+from provisiond.schemas.resources import ImageIn, ImageOut, ImagePatch, Key
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 

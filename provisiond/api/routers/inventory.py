@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from provisiond.api.deps import Operator, ReadSession, ServicesDep, WriteSession, actor
-from provisiond.services import inventory
-from provisiond.services.inventory import Plan, Source
+from provisiond.inventory import plan as inventory
+from provisiond.inventory.plan import Plan, Source
 
 router = APIRouter(prefix="/api/v1/inventory", tags=["inventory"])
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from provisiond.api.deps import CI, Operator, ServicesDep, actor, request_id
 from provisiond.auth import Role
 from provisiond.drivers.power.base import BootDevice, PowerAction
-from provisiond.services import machine_power
+from provisiond.machines import power as machine_power
 
 router = APIRouter(prefix="/api/v1/machines/{ident}", tags=["power"])
 

@@ -4,8 +4,8 @@ from fastapi import APIRouter, Request, status
 
 from provisiond.api.deps import CI, Operator, ReadSession, ServicesDep, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import Key, MachineEventIn, MachineIn, MachineOut, MachinePatch
-from provisiond.services import machines
+from provisiond.machines import service as machines
+from provisiond.schemas.resources import Key, MachineEventIn, MachineIn, MachineOut, MachinePatch
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 

@@ -4,8 +4,8 @@ from fastapi import APIRouter, Request, status
 
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import Key, PduIn, PduOut, PduPatch
-from provisiond.services import pdus
+from provisiond.inventory import pdus
+from provisiond.schemas.resources import Key, PduIn, PduOut, PduPatch
 
 router = APIRouter(prefix="/api/v1/pdus", tags=["pdus"])
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession
+from provisiond.inventory import racks
 from provisiond.models import Rack
-from provisiond.schemas import RackIn, RackOut, RackPatch
-from provisiond.services import racks
+from provisiond.schemas.resources import RackIn, RackOut, RackPatch
 
 router = APIRouter(prefix="/api/v1/racks", tags=["racks"])
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
+import provisiond.tokens as tokens
 from provisiond.api.deps import Admin, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas import Key, TokenCreated, TokenIn, TokenOut
-from provisiond.services import tokens
+from provisiond.schemas.resources import Key, TokenCreated, TokenIn, TokenOut
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 

@@ -1,0 +1,1 @@
+"""Allocations for CI and people: the service, matching, the queue, waiting, leases."""

@@ -1,0 +1,412 @@
+"""The deploy engine: drives deploys, inspections and releases from the DB alone.
+
+It is a reconciler. Each pass (every ``engine_interval_s``, or at once when
+:meth:`Services.wake_deployer` is called) reads what needs doing from the machine
+states and their running :class:`~provisiond.models.Deployment` rows:
+
+===========================================  =======================================
+machine (and its running deployment)         step
+===========================================  =======================================
+deploying / inspecting, no ``power_cycle``   one-time PXE boot device, power on or
+                                             cycle through the BMC
+installing_agent, or inspecting with a       SSH in (host key pinned to the one the
+host key, no ``agent_installed``             OS reported), upload the agent and its
+                                             token, install and start it as a service
+installing_agent, ``agent_installed`` older  fail: "no agent heartbeat N s after
+than ``agent_heartbeat_timeout_s``           install"
+releasing                                    wipe the disks' first and last MiB over
+                                             SSH and verify, power off, available
+===========================================  =======================================
+
+Every step takes the machine's DB lock first (owner ``engine@<host>``, so a
+restarted daemon on the same host takes back its own lock at once, and a dead
+daemon's lock expires), and runs its blocking calls in the executor with
+timeouts. Nothing lives only in memory: after a crash in the middle of an agent
+install, the step runs again (it is idempotent: files are replaced, the service
+restarted). A step that fails closes the deployment with a reason, e.g.
+``SSH host key mismatch ...`` or ``BMC power-cycle failed: ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_
+from sqlmodel import col, select
+
+from provisiond import locks
+from provisiond.container import Services
+from provisiond.deploy import records as deploy
+from provisiond.deploy import telemetry as boot_telemetry
+from provisiond.deploy.agent_reports import issue_agent_token
+from provisiond.deploy.release import ACTOR, Releaser, add_event
+from provisiond.deploy.remote_ops import install_agent
+from provisiond.deploy.ssh import HostKeyMismatch, SshError
+from provisiond.drivers.power.base import BmcError, BmcManualAction, BootDevice, PowerAction
+from provisiond.drivers.power.base import PowerState as PS
+from provisiond.errors import ConcurrentChange, Conflict, InvalidTransition, ProvisiondError
+from provisiond.lifecycle import State
+from provisiond.logging import get_logger
+from provisiond.machines import power as machine_power
+from provisiond.machines import power_calls as power
+from provisiond.machines.power_calls import PowerPolicy
+from provisiond.models import Deployment, Machine, utcnow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Work:
+    machine_id: int
+    name: str
+    step: str  # power | install | heartbeat_timeout | release
+
+
+def _owner() -> str:
+    return f"engine@{socket.gethostname()}"
+
+
+class DeployEngine:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self._inflight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.releaser = Releaser(self)
+        #: Boots power-cycled before this engine started may have called back to nobody.
+        self.started_at = utcnow()
+
+    # --- the loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wakeup = self.services.deploy_wakeup
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:  # a failed pass is logged; the next one tries again
+                log.exception("deploy_engine_pass_failed")
+            await asyncio.to_thread(wakeup.wait, self.settings.engine_interval_s)
+            wakeup.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    async def tick(self) -> list[Work]:
+        work = await asyncio.to_thread(self.scan)
+        started = []
+        for item in work:
+            if item.machine_id in self._inflight:
+                continue
+            self._inflight.add(item.machine_id)
+            task = asyncio.create_task(self._drive(item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started.append(item)
+        return started
+
+    async def drain(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+        """Wait for the steps started so far (tests and shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def scan(self, now: datetime | None = None) -> list[Work]:
+        now = now or utcnow()
+        busy = or_(col(Machine.lock_owner).is_(None), col(Machine.lock_expires) < now)
+        mine = col(Machine.lock_owner) == _owner()
+        states = [State.DEPLOYING, State.INSPECTING, State.INSTALLING_AGENT, State.RELEASING]
+        out: list[Work] = []
+        with self.services.db.read_session() as session:
+            rows = session.exec(
+                select(Machine).where(col(Machine.state).in_(states), or_(busy, mine))
+            ).all()
+            running = deploy.running_deployments(
+                session, [m.id for m in rows if m.id is not None and m.state != State.RELEASING]
+            )
+            for machine in rows:
+                assert machine.id is not None
+                if machine.state == State.RELEASING:
+                    out.append(Work(machine.id, machine.name, "release"))
+                    continue
+                record = running.get(machine.id)
+                if record is None:
+                    continue
+                step = _step_for(machine, record, now, self.settings.agent_heartbeat_timeout_s)
+                if step is None and _lost_boot(machine, record, now, self.started_at):
+                    step = "repower"
+                if step:
+                    out.append(Work(machine.id, machine.name, step))
+        return out
+
+    async def _drive(self, item: Work) -> None:
+        owner = _owner()
+        try:
+            got = await asyncio.to_thread(
+                locks.try_acquire,
+                self.services.db,
+                item.machine_id,
+                owner,
+                ttl_s=self.settings.lock_ttl_s,
+            )
+            if not got:
+                return
+            try:
+                step = {
+                    "power": self._power_step,
+                    "install": self._install_step,
+                    "heartbeat_timeout": self._heartbeat_timeout,
+                    "release": self.releaser.step,
+                    "repower": self._repower_step,
+                }[item.step]
+                await step(item)
+            finally:
+                await asyncio.to_thread(locks.release, self.services.db, item.machine_id, owner)
+        except Exception:
+            log.exception("deploy_step_failed", machine=item.name, step=item.step)
+        finally:
+            self._inflight.discard(item.machine_id)
+            self.services.wake_deployer()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _fail(self, machine_id: int, reason: str, *, expect: set[str]) -> None:
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            if machine is None or machine.state not in expect:
+                return
+            try:
+                deploy.fail(session, machine, reason=reason, actor=ACTOR, settings=self.settings)
+            except (ConcurrentChange, InvalidTransition):
+                return
+            record = deploy.latest_deployment(session, machine_id)
+            if record is not None:
+                self._observe(record)
+        log.info("deploy_failed", machine_id=machine_id, reason=reason)
+
+    def _observe(self, record: Deployment) -> None:
+        start = record.started_at
+        end = record.finished_at or utcnow()
+        self.services.metrics.deploy_seconds.labels(record.kind, record.outcome).observe(
+            (end - start).total_seconds()
+        )
+
+    def _phase(self, machine_id: int, phase: str, *, deployment: str = "", **details: Any) -> None:
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            record = (
+                session.exec(select(Deployment).where(Deployment.uuid == deployment)).first()
+                if deployment
+                else None
+            )
+            boot_telemetry.record_phase(
+                session,
+                machine,
+                phase,
+                metrics=self.services.metrics,
+                actor=ACTOR,
+                deployment=record,
+                **details,
+            )
+
+    def record_event(self, machine_id: int, name: str, event: str, message: str) -> None:
+        with self.services.db.transaction() as session:
+            add_event(session, machine_id, name, event, message)
+
+    def netns_for(self, address: str) -> str | None:
+        """The namespace of the provisioning network that holds ``address``, if any."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        for net in self.settings.networks:
+            if isinstance(ip, ipaddress.IPv4Address) and ip in net.subnet:
+                return net.netns
+        return None
+
+    def power_policy(self) -> PowerPolicy:
+        return PowerPolicy(call_timeout=self.settings.power_call_timeout_s)
+
+    # --- power ----------------------------------------------------------------------
+
+    async def _power_step(self, item: Work) -> None:
+        expect = {State.DEPLOYING.value, State.INSPECTING.value}
+        try:
+            _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
+        except Conflict as exc:  # no BMC: someone must power it on by hand
+            await asyncio.to_thread(
+                self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.hint
+            )
+            await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
+            return
+        executor, policy = self.services.executor, self.power_policy()
+        try:
+            await power.set_boot_device(
+                executor, driver, BootDevice.PXE, persistent=False, policy=policy
+            )
+            state = await power.get_power(executor, driver, policy)
+            action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
+            await power.power(executor, driver, action, policy)
+        except BmcManualAction as exc:
+            await asyncio.to_thread(
+                self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.message
+            )
+            await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
+            return
+        except (BmcError, ProvisiondError) as exc:
+            hint = getattr(exc, "hint", "")
+            await asyncio.to_thread(
+                self._fail,
+                item.machine_id,
+                f"BMC power-cycle failed: {exc.message}" + (f" ({hint})" if hint else ""),
+                expect=expect,
+            )
+            return
+        await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", action=action.value)
+
+    # --- agent install ----------------------------------------------------------------
+
+    def _install_plan(self, machine_id: int) -> tuple[str, str, str, str, str, str] | None:
+        """(address, host key, private key, agent URL, machine uuid, deployment uuid)."""
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            if machine is None:
+                return None
+            record = deploy.running_deployment(session, machine_id)
+            if record is None or not record.host_key or not record.address:
+                return None
+            boot_telemetry.record_phase(
+                session, machine, "agent_install", metrics=self.services.metrics, actor=ACTOR
+            )
+            agent_url = str(record.phases.get("agent_url") or "")
+            return (
+                record.address,
+                record.host_key,
+                self.services.secrets.decrypt(record.ssh_private_key_encrypted),
+                agent_url,
+                machine.uuid,
+                record.uuid,
+            )
+
+    async def _install_step(self, item: Work) -> None:
+        expect = {State.INSTALLING_AGENT.value, State.INSPECTING.value}
+        plan = await asyncio.to_thread(self._install_plan, item.machine_id)
+        if plan is None:
+            return
+        address, host_key, private, agent_url, machine_uuid, record_uuid = plan
+        token = await asyncio.to_thread(self._issue_token, item.machine_id)
+        env = (
+            f"PROVISIOND_URL={agent_url}\nPROVISIOND_MACHINE={machine_uuid}\n"
+            f"PROVISIOND_AGENT_TOKEN={token}\n"
+        )
+        budget = self.settings.timeouts.installing_agent
+        try:
+            await self.services.executor.run(
+                install_agent,
+                address,
+                host_key,
+                private,
+                env,
+                attempts=self.settings.ssh_connect_attempts,
+                netns=self.netns_for(address),
+                timeout=budget,
+                key=f"ssh:{address}",
+                what=f"agent install on {item.name}",
+            )
+        except HostKeyMismatch as exc:
+            await asyncio.to_thread(
+                self._fail, item.machine_id, f"SSH host key mismatch: {exc.message}", expect=expect
+            )
+            return
+        except (SshError, ProvisiondError) as exc:
+            await asyncio.to_thread(
+                self._fail, item.machine_id, f"agent install failed: {exc.message}", expect=expect
+            )
+            return
+        await asyncio.to_thread(
+            self._phase, item.machine_id, "agent_installed", deployment=record_uuid
+        )
+
+    def _issue_token(self, machine_id: int) -> str:
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            assert machine is not None
+            return issue_agent_token(session, machine)
+
+    async def _heartbeat_timeout(self, item: Work) -> None:
+        limit = self.settings.agent_heartbeat_timeout_s
+        await asyncio.to_thread(
+            self._fail,
+            item.machine_id,
+            f"no agent heartbeat {limit:.0f} s after install",
+            expect={State.INSTALLING_AGENT.value, State.INSPECTING.value},
+        )
+
+    async def _repower_step(self, item: Work) -> None:
+        await asyncio.to_thread(self._repower, item.machine_id)
+
+    def _repower(self, machine_id: int) -> None:
+        limit = self.settings.deploy_max_attempts
+        reason = (
+            f"no OS callback {LOST_BOOT_S:.0f}s after a power-cycle sent before a daemon "
+            "restart; the callback may have gone unanswered"
+        )
+        with self.services.db.transaction() as session:
+            machine = session.get(Machine, machine_id)
+            if machine is None or machine.state not in (State.DEPLOYING, State.INSPECTING):
+                return
+            record = deploy.running_deployment(session, machine_id)
+            if record is None or not _lost_boot(machine, record, utcnow(), self.started_at):
+                return
+            if record.attempt >= limit:
+                deploy.fail(
+                    session,
+                    machine,
+                    reason=f"{reason}; gave up after {record.attempt} attempts",
+                    actor=ACTOR,
+                    settings=self.settings,
+                )
+                return
+            deploy.retry_from_power_cycle(
+                session, machine, record, secrets=self.services.secrets, reason=reason
+            )
+
+
+def _step_for(
+    machine: Machine, record: Deployment, now: datetime, heartbeat_timeout: float
+) -> str | None:
+    phases = record.phases
+    if machine.state in (State.DEPLOYING, State.INSPECTING) and "power_cycle" not in phases:
+        return "power"
+    needs_agent = machine.state == State.INSTALLING_AGENT or (
+        machine.state == State.INSPECTING and record.host_key
+    )
+    if not needs_agent:
+        return None
+    installed = phases.get("agent_installed")
+    if not isinstance(installed, str):
+        return "install"
+    if machine.state == State.INSTALLING_AGENT and "agent_heartbeat" not in phases:
+        since = datetime.fromisoformat(installed)
+        if now - since > timedelta(seconds=heartbeat_timeout):
+            return "heartbeat_timeout"
+    return None
+
+
+#: The guest retries its phone-home for about a minute; a boot older than this that
+#: never called back while the daemon was down is started again.
+LOST_BOOT_S = 90.0
+
+
+def _lost_boot(machine: Machine, record: Deployment, now: datetime, started: datetime) -> bool:
+    if machine.state not in (State.DEPLOYING, State.INSPECTING) or record.host_key:
+        return False
+    stamp = record.phases.get("power_cycle")
+    if not isinstance(stamp, str) or record.phases.get("power_cycle_skipped"):
+        return False
+    cycled = datetime.fromisoformat(stamp)
+    return cycled < started and now - cycled > timedelta(seconds=LOST_BOOT_S)

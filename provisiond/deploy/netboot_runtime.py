@@ -1,0 +1,192 @@
+"""The daemon's network-boot runtime: one supervised dnsmasq per provisioning network.
+
+Started and stopped by :func:`provisiond.daemon.serve`. It
+
+- re-renders every network's hosts folder from the DB once at start-up, then starts
+  dnsmasq (restarted with backoff by its supervisor when it dies);
+- applies one machine's host file when that machine or its NICs change
+  (:meth:`Netboot.hosts_changed`, called by the machine and inventory services after
+  commit): one file written, no restart, no SIGHUP;
+- turns dnsmasq's ``--log-dhcp`` lines into boot phases of the machine's running
+  deployment (:mod:`provisiond.deploy.telemetry`), and records the address a
+  DHCPACK gave to a known NIC that has none yet (a server-side fact, unlike anything
+  a boot request claims);
+- reports each dnsmasq's health for ``/healthz`` and the ``provisiond_dnsmasq_up`` gauge.
+
+DB writes from log lines run on a worker thread fed by a bounded queue, so a DHCP
+storm can never block the event loop; when the queue is full, events are dropped
+and counted (telemetry is best effort; leases are dnsmasq's business).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, select
+
+from provisiond.deploy import telemetry as boot_telemetry
+from provisiond.logging import get_logger
+from provisiond.models import Machine, Nic
+from provisiond.netboot.dnsmasq import (
+    BootEvent,
+    DhcpEvent,
+    DnsmasqService,
+    HostChange,
+    ProvisioningNetwork,
+    TftpEvent,
+    host_entries,
+)
+from provisiond.templates import Templates
+
+if TYPE_CHECKING:
+    from provisiond.container import Services
+
+log = get_logger(__name__)
+
+QUEUE_MAX = 10_000
+#: iPXE binaries dnsmasq sends over TFTP; anything else is not a boot phase.
+_TFTP_PHASE = {"undionly.kpxe": "tftp", "ipxe.efi": "tftp", "snponly.efi": "tftp"}
+
+
+class Netboot:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        settings = services.settings
+        self.networks: list[ProvisioningNetwork] = list(settings.networks)
+        self._templates = Templates(settings.templates_dir)
+        self._queue: asyncio.Queue[BootEvent] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.dnsmasq: dict[str, DnsmasqService] = {
+            net.name: DnsmasqService(
+                net, settings.data_dir, self._templates, on_event=self._on_event
+            )
+            for net in self.networks
+        }
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(QUEUE_MAX)
+        self._consumer = asyncio.create_task(self._consume())
+        for service in self.dnsmasq.values():
+            changes = await asyncio.to_thread(self._sync, service)
+            log.info("dnsmasq_hosts_synced", network=service.net.name, changes=changes)
+            await service.start()
+
+    def _sync(self, service: DnsmasqService) -> dict[str, int]:
+        with self.services.db.read_session() as session:
+            return {k.value: v for k, v in service.sync(session).items()}
+
+    async def stop(self) -> None:
+        for service in self.dnsmasq.values():
+            await service.stop()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+
+    def health(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, service in self.dnsmasq.items():
+            sup = service.supervisor
+            up = sup.healthy and sup.pid is not None
+            self.services.metrics.dnsmasq_up.labels(name).set(1 if up else 0)
+            out[f"dnsmasq:{name}"] = "ok" if up else f"down: {sup.reason}"
+        return out
+
+    def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> int:
+        """Write (or remove) the host file of each named machine; returns files touched."""
+        wanted = set(names)
+        gone = set(removed)
+        if not self.dnsmasq or not (wanted or gone):
+            return 0
+        touched = 0
+        with self.services.db.read_session() as session:
+            for service in self.dnsmasq.values():
+                entries = (
+                    {e.name: e for e in host_entries(session, service.net, names=wanted)}
+                    if wanted
+                    else {}
+                )
+                for name in wanted | gone:
+                    entry = entries.get(name)
+                    change = (
+                        service.apply_host(entry.name, entry.macs, entry.ip)
+                        if entry is not None
+                        else service.remove_host(name)
+                    )
+                    touched += change is not HostChange.UNCHANGED
+        return touched
+
+    # --- dnsmasq log -> boot phases -------------------------------------------------
+
+    def _on_event(self, event: BootEvent) -> None:
+        if self._queue is None:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        while True:
+            event = await self._queue.get()
+            try:
+                await asyncio.to_thread(self.apply_event, event)
+            except Exception:  # telemetry must never stop the daemon; logged, next
+                log.exception("boot_event_failed", event=repr(event))
+
+    def apply_event(self, event: BootEvent) -> None:
+        metrics = self.services.metrics
+        with self.services.db.transaction() as session:
+            if isinstance(event, DhcpEvent):
+                machine = boot_telemetry.machine_by_mac(session, event.mac)
+                if machine is None:
+                    return
+                if event.kind == "ack" and event.ip:
+                    _learn_address(session, event.mac, event.ip)
+                phase = _dhcp_phase(event)
+                if phase:
+                    boot_telemetry.record_phase(
+                        session,
+                        machine,
+                        phase,
+                        metrics=metrics,
+                        actor="dnsmasq",
+                        mac=event.mac,
+                        ip=event.ip,
+                        boot_file=event.boot_file,
+                    )
+            elif isinstance(event, TftpEvent) and event.ok and event.ip:
+                phase = _TFTP_PHASE.get(event.file)
+                if phase:
+                    machine = boot_telemetry.machine_by_address(session, event.ip)
+                    boot_telemetry.record_phase(
+                        session, machine, phase, metrics=metrics, actor="dnsmasq", file=event.file
+                    )
+
+
+def _dhcp_phase(event: DhcpEvent) -> str | None:
+    if event.is_ipxe:
+        return "ipxe_dhcp" if event.kind == "ack" else None
+    if not event.is_pxe:  # the booted OS's own DHCP client
+        return "os_dhcp" if event.kind == "ack" else None
+    if event.kind == "discover":
+        return "dhcp_discover"
+    if event.kind == "ack":
+        return "dhcp_ack"
+    if event.kind == "proxy":
+        return "dhcp_proxy"
+    return None
+
+
+def _learn_address(session: Session, mac: str, ip: str) -> None:
+    nic = session.exec(select(Nic).where(Nic.mac == mac)).first()
+    if nic is not None and not nic.ip_address:
+        nic.ip_address = ip
+        session.add(nic)
+        machine = session.get(Machine, nic.machine_id)
+        log.info("nic_address_learnt", machine=machine.name if machine else None, mac=mac, ip=ip)

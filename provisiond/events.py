@@ -1,0 +1,144 @@
+"""The event log: the filtered, newest-first read, and audit rows for API changes.
+
+Transitions are written by :func:`provisiond.lifecycle.advance`; this module adds
+``kind="audit"`` rows for inventory edits so the log says who changed what (field
+names only: values may be secret).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, and_, col, or_, select
+
+from provisiond.errors import Problem, ValidationFailed
+from provisiond.models import Event, Machine
+from provisiond.schemas.resources import EventOut
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def audit(
+    session: Session,
+    event: str,
+    message: str,
+    *,
+    actor: str,
+    request_id: str = "",
+    machine: Machine | None = None,
+    details: dict[str, Any] | None = None,
+) -> Event:
+    row = Event(
+        machine_id=machine.id if machine else None,
+        machine_name=machine.name if machine else "",
+        kind="audit",
+        event=event,
+        actor=actor,
+        message=message,
+        details=details or {},
+        request_id=request_id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _when(name: str, value: str | None, problems: list[Problem]) -> datetime | None:
+    if value is None or value == "":
+        return None
+    # An unescaped "+" in a query string arrives as a space: "...T10:00:00 02:00".
+    text = re.sub(r"(T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$", r"\1+\2", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        problems.append(Problem(name, f"{value!r} is not an ISO 8601 date-time"))
+        return None
+
+
+def _limit(value: str | None, problems: list[Problem]) -> int:
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        problems.append(Problem("limit", f"{value!r} is not a number from 1 to {MAX_LIMIT}"))
+    return limit
+
+
+def list_events(
+    session: Session,
+    *,
+    machine: str | None = None,
+    kind: str | None = None,
+    event: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: str | None = None,
+    order: str | None = None,
+) -> list[EventOut]:
+    """Events matching every filter given; newest first unless ``order="asc"``."""
+    problems: list[Problem] = []
+    start, end = _when("since", since, problems), _when("until", until, problems)
+    count = _limit(limit, problems)
+    if order not in (None, "", "asc", "desc"):
+        problems.append(Problem("order", f"{order!r} is neither asc nor desc"))
+    if start and end and start > end:
+        problems.append(Problem("since", f"since ({since}) is after until ({until})"))
+    if problems:
+        raise ValidationFailed(
+            problems,
+            hint="e.g. ?machine=node1&kind=transition&since=2024-05-01T00:00:00Z&limit=50"
+            "&order=asc (limit 1-1000, dates in ISO 8601, UTC when no offset)",
+        )
+    query = select(Event)
+    if machine:
+        # By name, plus the current machine of that name under any earlier name. Only
+        # events since it was created: SQLite may give a new machine the id of a
+        # deleted one, and the audit log keeps the deleted machine's events.
+        current = session.exec(
+            select(Machine.id, Machine.created_at).where(Machine.name == machine)
+        ).first()
+        query = query.where(
+            or_(
+                col(Event.machine_name) == machine,
+                and_(col(Event.machine_id) == current[0], col(Event.at) >= current[1]),
+            )
+            if current is not None
+            else col(Event.machine_name) == machine
+        )
+    if kind:
+        query = query.where(Event.kind == kind)
+    if event:
+        query = query.where(Event.event == event)
+    if start:
+        query = query.where(col(Event.at) >= start)
+    if end:
+        query = query.where(col(Event.at) <= end)
+    if order == "asc":
+        query = query.order_by(col(Event.at).asc(), col(Event.id).asc())
+    else:
+        query = query.order_by(col(Event.at).desc(), col(Event.id).desc())
+    return [_out(row) for row in session.exec(query.limit(count))]
+
+
+def _out(row: Event) -> EventOut:
+    return EventOut(
+        id=row.id or 0,
+        at=row.at,
+        machine=row.machine_name,
+        kind=row.kind,
+        event=row.event,
+        from_state=row.from_state,
+        to_state=row.to_state,
+        actor=row.actor,
+        message=row.message,
+        details=row.details,
+        request_id=row.request_id,
+        phase_timings=row.phase_timings,
+    )

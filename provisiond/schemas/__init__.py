@@ -1,0 +1,1 @@
+"""API schemas (pydantic), shared by the routers, the use cases and the client."""
