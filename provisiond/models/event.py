@@ -17,6 +17,8 @@ class Event(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     machine_id: int | None = Field(default=None, index=True)
     machine_name: str = Field(default="", max_length=64)
+    #: The allocation the event is about, if any (no foreign key, as for machines).
+    allocation_id: int | None = Field(default=None, index=True)
     kind: str = Field(max_length=32, index=True)  # transition | power | boot | audit | ...
     event: str = Field(default="", max_length=32)
     from_state: str | None = Field(default=None, max_length=32)
