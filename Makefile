@@ -5,11 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help bootstrap venv test check fmt demo bench clean
+.PHONY: help bootstrap venv test test-fast check fmt demo bench clean
 
 help:
 	@echo "make demo   - start provisiond on SQLite with the example inventory (Ctrl-C stops)"
 	@echo "make test   - run the whole test suite (SQLite and a throwaway PostgreSQL)"
+	@echo "make test-fast - the edit-test loop: no QEMU, nothing marked slow, SQLite only"
 	@echo "make check  - ruff lint + format check, mypy --strict"
 	@echo "make bench  - run the benchmarks in tests/bench/"
 
@@ -24,7 +25,11 @@ $(STAMP): pyproject.toml
 venv: bootstrap $(STAMP)
 
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
+
+# The edit-test loop: no QEMU guests, nothing marked slow, SQLite only (CI runs both).
+test-fast: venv
+	PROVISIOND_TEST_BACKENDS=sqlite $(BIN)/pytest -q -m "not slow" --ignore=tests/e2e
 
 check: venv
 	$(BIN)/ruff check provisiond tests scripts

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     deploy_max_attempts: int = Field(default=3, ge=1, le=10)
     #: The deploy engine's idle poll; it is also woken at once by API calls and callbacks.
     engine_interval_s: float = Field(default=1 * SECONDS, gt=0)
+    #: A boot power-cycled before a daemon restart that neither calls back nor is heard
+    #: from (a new boot phase, or its PXE firmware asking dnsmasq again) this long
+    #: after the restart is taken as lost and power-cycled again. Longer than the
+    #: guest's phone-home retries (about a minute), so a callback sent into the
+    #: downtime's last seconds still lands.
+    lost_boot_s: float = Field(default=90 * SECONDS, gt=0)
     #: Boot, dnsmasq and OS templates (most-specific file first); the shipped pxe/ by default.
     templates_dir: Path = Field(default_factory=lambda: _default_templates())
     #: Kernels, initrds and rootfs images; ``<data_dir>/images`` when unset.
@@ -95,6 +101,11 @@ class Settings(BaseSettings):
     public_url: str = ""
     #: Enroll unknown MACs that PXE-boot, and boot them into inspection.
     auto_enroll: bool = True
+    #: Per provisioning network: machines enrolled via PXE per minute, and PXE-enrolled
+    #: machines not yet through an inspection; past either an unknown MAC is told to
+    #: retry later (see provisiond.deploy.enrollment). 0 enrolls none.
+    enroll_max_per_minute: int = Field(default=30, ge=0, le=100_000)
+    enroll_max_pending: int = Field(default=200, ge=0, le=1_000_000)
     #: The image that unknown or inspecting machines boot.
     inspect_image: str = "inspect"
     #: Requests in flight per class before new ones get 503 + Retry-After (see
@@ -119,6 +130,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir.resolve() / 'provisiond.db'}"
+
+    @property
+    def images_path(self) -> Path:
+        """Where boot images live: ``images_dir``, else ``<data_dir>/images``."""
+        return Path(self.images_dir or self.data_dir / "images")
+
+    def boot_base_url(self, request_base: str) -> str:
+        """The base URL machines use to reach the boot routes: ``public_url``, else the
+        request's own base."""
+        return self.public_url.rstrip("/") or request_base.rstrip("/")
 
     @property
     def key_file(self) -> Path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,8 @@ from provisiond.db import Database
 from provisiond.drivers.power.pool import DriverPool
 from provisiond.executor import BlockingExecutor
 from provisiond.metrics import Metrics
+from provisiond.models import utcnow
+from provisiond.reconciler import Wakeup
 from provisiond.secrets import SecretBox
 
 
@@ -26,19 +30,36 @@ class NetbootHooks(Protocol):
     def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> int: ...
 
 
+def daemon_id(
+    host: str | None = None, pid: int | None = None, start: datetime | None = None
+) -> str:
+    """``host:pid:start``, e.g. ``rack-a:4242:20250101T101500.123456Z``: one per daemon.
+
+    The start time (to the microsecond) tells a restarted daemon from its predecessor
+    even when the pid comes round again; lock owners begin with it (see
+    :mod:`provisiond.locks`). The host part is cut to 64 characters so an owner fits
+    ``Machine.lock_owner`` (128).
+    """
+    host = (host if host is not None else socket.gethostname())[:64]
+    pid = pid if pid is not None else os.getpid()
+    return f"{host}:{pid}:{(start or utcnow()):%Y%m%dT%H%M%S.%fZ}"
+
+
 @dataclass
 class Services:
     settings: Settings
     db: Database
     secrets: SecretBox
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    #: Name of this daemon instance, used as lock owner and event actor prefix.
-    instance: str = "provisiond"
+    #: This daemon's id (:func:`daemon_id`), the prefix of its lock owners.
+    instance: str = field(default_factory=daemon_id)
     executor: BlockingExecutor = field(default_factory=BlockingExecutor)
     drivers: DriverPool = field(default_factory=DriverPool)
     metrics: Metrics = field(init=False)
     #: Set to wake the deploy engine at once (after a deploy/release/callback commit).
-    deploy_wakeup: threading.Event = field(default_factory=threading.Event)
+    deploy_wakeup: Wakeup = field(default_factory=Wakeup)
+    #: Set to run the allocation queue's next pass at once (after a request is queued).
+    allocation_wakeup: Wakeup = field(default_factory=Wakeup)
     #: Token uses noted by the API, written to ``ApiToken.last_used_at`` every minute.
     token_use: TokenUse = field(default_factory=TokenUse)
     #: The running dnsmasq supervisors (set by the daemon; None in tools and tests).
@@ -49,6 +70,9 @@ class Services:
 
     def wake_deployer(self) -> None:
         self.deploy_wakeup.set()
+
+    def wake_allocator(self) -> None:
+        self.allocation_wakeup.set()
 
     def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> None:
         """After a commit that touched machines or NICs: update dnsmasq's host files."""

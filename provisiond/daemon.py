@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import anyio.to_thread
 import uvicorn
+from starlette.types import ASGIApp
 
+from provisiond.allocations.queue import AllocationQueue
 from provisiond.api import create_app
+from provisiond.api.app import BootOnly
 from provisiond.config import Settings
-from provisiond.container import Services
+from provisiond.container import Services, daemon_id
 from provisiond.db import Database
 from provisiond.deploy.engine import DeployEngine
 from provisiond.deploy.netboot_runtime import Netboot
+from provisiond.drivers.power.ipmi import check_pyghmi
 from provisiond.errors import ConfigError
 from provisiond.executor import BlockingExecutor
 from provisiond.lanes import Lane, LaneExecutor
@@ -44,7 +50,7 @@ def build_services(settings: Settings, *, check_schema: bool = True) -> Services
         settings=settings,
         db=db,
         secrets=SecretBox.from_key_file(settings.key_file),
-        instance=f"{socket.gethostname()}:{os.getpid()}",
+        instance=daemon_id(socket.gethostname(), os.getpid()),
         executor=BlockingExecutor(settings.executor_workers),
     )
 
@@ -55,7 +61,12 @@ def bind(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
 
 
 def boot_sockets(settings: Settings) -> list[socket.socket]:
-    """One listener per provisioning network at its boot address (inside its netns)."""
+    """One listener per provisioning network at its boot address (inside its netns).
+
+    They serve only the boot routes (provisiond.api.app.BootOnly). A network whose
+    boot address and port are the main listener's gets none: the main listener serves
+    it, admin API included, which is logged as a warning.
+    """
     out: list[socket.socket] = []
     for net in settings.networks:
         host = str(net.boot_address)
@@ -63,6 +74,13 @@ def boot_sockets(settings: Settings) -> list[socket.socket]:
             settings.listen_host,
             settings.listen_port,
         ):
+            log.warning(
+                "boot_listener_is_main_listener",
+                network=net.name,
+                listen=f"{host}:{net.http_port}",
+                hint="give the network another http_port (or the API another listen_host) "
+                "so machines being booted cannot reach the admin API",
+            )
             continue
         try:
             out.append(bind_in_netns(net.netns, host, net.http_port))
@@ -74,14 +92,31 @@ def boot_sockets(settings: Settings) -> list[socket.socket]:
 
 
 class _Server(uvicorn.Server):
-    # Signals are ours (see serve); uvicorn must not install its own handlers.
-    def install_signal_handlers(self) -> None:
-        pass
+    # Signals are ours (see serve): uvicorn must not install its own handlers, which
+    # would replace the loop's, and each other's when the boot listeners have a server.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: ASGIApp) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        backlog=2048,
+        timeout_keep_alive=30,
+        # Long-polls and event streams may be open for minutes: a stop waits this
+        # long for them, well inside the systemd unit's TimeoutStopSec.
+        timeout_graceful_shutdown=10,
+    )
 
 
 async def serve(services: Services, *, stop: asyncio.Event | None = None) -> None:
     """Run the API and the scheduler until SIGTERM/SIGINT (or ``stop`` is set)."""
     settings = services.settings
+    check_pyghmi()  # the IPMI workarounds use its private names: refuse another version
     stop = stop or asyncio.Event()
     sock = bind(settings.listen_host, settings.listen_port)
     loop = asyncio.get_running_loop()
@@ -117,18 +152,10 @@ async def _serve(
 ) -> None:
     extra = boot_sockets(settings)
     app = create_app(services)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        backlog=2048,
-        timeout_keep_alive=30,
-        # Long-polls and event streams may be open for minutes: a stop waits this
-        # long for them, well inside the systemd unit's TimeoutStopSec.
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
+    server = _Server(_config(app))
+    # The provisioning networks' listeners have a server of their own, which serves
+    # only the boot routes of the same app (one admission, one set of bounds).
+    boot_server = _Server(_config(BootOnly(app))) if extra else None
     netboot = Netboot(services)
     services.netboot = netboot
     await netboot.start()
@@ -136,7 +163,10 @@ async def _serve(
     scheduler.start()
     engine = DeployEngine(services)
     engine_task = asyncio.create_task(engine.run(stop))
-    task = asyncio.create_task(server.serve(sockets=[sock, *extra]))
+    queue_task = asyncio.create_task(AllocationQueue(services).run(stop))
+    tasks = {asyncio.create_task(server.serve(sockets=[sock]))}
+    if boot_server is not None:
+        tasks.add(asyncio.create_task(boot_server.serve(sockets=extra)))
     log.info(
         "provisiond_started",
         listen=f"http://{settings.listen_host}:{settings.listen_port}",
@@ -148,15 +178,17 @@ async def _serve(
         instance=services.instance,
     )
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("provisiond_stopping")
     stop.set()
     server.should_exit = True
+    if boot_server is not None:
+        boot_server.should_exit = True
     scheduler.shutdown(wait=False)
-    await task
+    await asyncio.gather(*tasks)
     stopper.cancel()
     services.wake_deployer()
-    await asyncio.wait({engine_task}, timeout=10)
+    await asyncio.wait({engine_task, queue_task}, timeout=10)
     await netboot.stop()
     services.netboot = None
     await asyncio.to_thread(services.token_use.flush, services.db)

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,32 @@ POSTGRES_POOLS = {Lane.API: (10, 20), Lane.BOOT: (4, 8), Lane.SYSTEM: (4, 8)}
 POOL_TIMEOUT_S = 10.0
 
 
+_AFTER_COMMIT = "provisiond_after_commit"
+
+
+def after_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once ``session``'s transaction has committed; never if it rolls back.
+
+    A use case registers its side effects here (dnsmasq host files, waking the deploy
+    engine), so it owns them with its transaction, whoever commits: the API's write
+    session after the route returns, or a ``with db.transaction()`` block."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(fn)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for fn in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            fn()
+        except Exception:  # the commit stands; a failed side effect is logged
+            log.exception("after-commit hook %r failed", fn)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 class Database:
     """Owns the engine. Pass it down; nothing imports a global engine."""
 
@@ -214,6 +240,10 @@ class Database:
         if self._gate is not None:
             self._gate.attach(engine)
         return engine, engine.execution_options(**{_READ_ONLY: True})
+
+    def engines(self) -> list[Engine]:
+        """Every lane's engine made so far (events listened on one see its read-only twin)."""
+        return [engine for engine, _ro in list(self._engines.values())]
 
     def connections_in_use(self) -> dict[str, int]:
         """Checked-out connections per lane."""

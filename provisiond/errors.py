@@ -1,19 +1,45 @@
 """The exception tree. Every error an operator can see carries a hint.
 
-ProvisiondError            code, message, hint, http status
-├── ConfigError            bad config key or value (start-up)
+ProvisiondError            500 unless a subclass says; code, message, hint
+├── ConfigError            500, bad config key or value (start-up)
 ├── NotFound               404
 ├── Conflict               409
 │   ├── InvalidTransition  event not allowed from the machine's state
 │   ├── ConcurrentChange   another writer changed the row first
-│   └── MachineLocked      another operation holds the machine lock
+│   ├── MachineLocked      another operation holds the machine lock
+│   └── BmcNotConfigured   the machine has no usable BMC address or password
+│                          (kept in machines.bmc_access; not a BMC's own failure)
 ├── ValidationFailed       422, with a list of problems (path, line, message)
 ├── BadRequest             400, a body that cannot be parsed
 ├── Unauthorized           401
 ├── Forbidden              403
 ├── BodyTooLarge           413, a body over its route's limit
-├── ClientGone             the client disconnected; nobody reads the answer
-└── DatabaseNotReady       503, un-migrated schema
+├── ClientGone             499, the client disconnected; nobody reads the answer
+├── DatabaseNotReady       503, un-migrated schema, or rows that block a migration
+├── QuotaExceeded          429, the token holds as many machines as its quota allows
+├── CallTimeout            504, a blocking call (BMC, SSH) did not return in time
+├── SshError               502, SSH to a booted machine failed
+│   ├── HostKeyMismatch    not the host key the machine reported in its callback
+│   └── CommandFailed      a command exited non-zero
+├── TemplateError          500, a template is missing, misspelt or left the sandbox
+├── GuestImageError        500, the virtual rack's guest image cannot be built
+│                          (kept in rack.guest_files, the rack's own tooling)
+└── BmcError                           502, a BMC failed or refused (drivers/power)
+    ├── BmcFatalError                  retrying cannot help
+    │   ├── BmcAuthError               credentials rejected
+    │   │   └── BmcPrivilegeError      logged in, but the user's role is too low
+    │   ├── BmcTlsError                the BMC's TLS identity is not trusted
+    │   │   └── BmcCertificateMismatch not the pinned certificate
+    │   ├── BmcUnsupported             the BMC cannot do this
+    │   └── BmcManualAction            a person must act (``manual`` driver)
+    └── BmcRetryableError              back off and try again
+        ├── BmcUnreachable             no answer (timeout, BMC resetting)
+        ├── BmcBusy                    out of sessions, node busy
+        └── BmcSessionError            pyghmi's session broke; log in afresh
+
+A BmcError's ``retryable`` says whether backing off and trying again can help.
+Anything else that escapes a driver is a bug, ours or the client library's: it is
+not retried, and reaches the API as a 500 with its traceback in the log.
 """
 
 from __future__ import annotations
@@ -125,3 +151,90 @@ class ClientGone(ProvisiondError):
 class DatabaseNotReady(ProvisiondError):
     status_code = 503
     code = "database_not_ready"
+
+
+class QuotaExceeded(ProvisiondError):
+    status_code = 429
+    code = "quota_exceeded"
+
+
+class CallTimeout(ProvisiondError):
+    """A blocking call (provisiond.executor) outlived its time limit."""
+
+    status_code = 504
+    code = "timeout"
+
+
+class SshError(ProvisiondError):
+    status_code = 502
+    code = "ssh_error"
+
+
+class HostKeyMismatch(SshError):
+    code = "ssh_host_key_mismatch"
+
+
+class CommandFailed(SshError):
+    code = "ssh_command_failed"
+
+
+class TemplateError(ProvisiondError):
+    code = "template_error"
+
+
+# -- BMCs (drivers/power re-exports these from base.py) ------------------------------
+
+
+class BmcError(ProvisiondError):
+    status_code = 502
+    code = "bmc_error"
+    retryable = False
+
+
+class BmcFatalError(BmcError):
+    pass
+
+
+class BmcAuthError(BmcFatalError):
+    code = "bmc_auth_failed"
+
+
+class BmcPrivilegeError(BmcAuthError):
+    """The BMC took the login (or never checked the password) but refuses the user the
+    privilege an action needs: a new password will not help, a higher role will."""
+
+    code = "bmc_privilege_insufficient"
+
+
+class BmcTlsError(BmcFatalError):
+    """The BMC's TLS identity cannot be trusted as configured; retrying cannot help."""
+
+    code = "bmc_tls_error"
+
+
+class BmcCertificateMismatch(BmcTlsError):
+    code = "bmc_certificate_mismatch"
+
+
+class BmcUnsupported(BmcFatalError):
+    code = "bmc_unsupported"
+
+
+class BmcManualAction(BmcFatalError):
+    code = "manual_action_required"
+
+
+class BmcRetryableError(BmcError):
+    retryable = True
+
+
+class BmcUnreachable(BmcRetryableError):
+    code = "bmc_unreachable"
+
+
+class BmcBusy(BmcRetryableError):
+    code = "bmc_busy"
+
+
+class BmcSessionError(BmcRetryableError):
+    code = "bmc_session_error"

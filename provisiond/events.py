@@ -1,6 +1,9 @@
-"""The event log: the filtered, newest-first read, and audit rows for API changes.
+"""The event log: its only writer, the filtered newest-first read, and audit rows.
 
-Transitions are written by :func:`provisiond.lifecycle.advance`; this module adds
+Every row of the append-only log is written here: :func:`record` for one event,
+:func:`record_many` for a batch in one multi-row INSERT (power sync's drift, discovery).
+Lifecycle transitions come through :func:`provisiond.lifecycle.advance`, which calls
+:func:`record` in the transaction that changes the state. :func:`audit` adds
 ``kind="audit"`` rows for inventory edits so the log says who changed what (field
 names only: values may be secret).
 """
@@ -8,17 +11,99 @@ names only: values may be secret).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, and_, col, or_, select
 
 from provisiond.errors import Problem, ValidationFailed
-from provisiond.models import Event, Machine
-from provisiond.schemas.resources import EventOut
+from provisiond.models import Event, Machine, utcnow
+from provisiond.schemas.catalog import EventOut
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+
+
+class EventKind(StrEnum):
+    """What an event is about (``Event.kind``)."""
+
+    #: A lifecycle state change, written with it by lifecycle.advance.
+    TRANSITION = "transition"
+    #: A deploy, inspection or release step (power-cycle, agent install, wipe).
+    DEPLOY = "deploy"
+    #: A boot phase seen on the network (DHCP, iPXE script, kernel, initrd).
+    BOOT = "boot"
+    #: A hardware report from the agent that changed or contradicted the record.
+    INVENTORY = "inventory"
+    #: A BMC found, enrolled or refused by a discovery sweep.
+    DISCOVERY = "discovery"
+    #: A power action or power state drift.
+    POWER = "power"
+    #: An allocation's own change (queued, expired, renewed, released).
+    ALLOCATION = "allocation"
+    #: Who changed what in the inventory, tokens or credentials.
+    AUDIT = "audit"
+
+
+def _row(
+    kind: EventKind,
+    event: str,
+    *,
+    machine: Machine | None = None,
+    machine_id: int | None = None,
+    machine_name: str = "",
+    allocation_id: int | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    actor: str = "",
+    message: str = "",
+    details: dict[str, Any] | None = None,
+    request_id: str = "",
+    phase_timings: dict[str, float] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    if machine is not None:
+        machine_id, machine_name = machine.id, machine.name
+    return {
+        "at": at or utcnow(),
+        "machine_id": machine_id,
+        "machine_name": machine_name,
+        "allocation_id": allocation_id,
+        "kind": EventKind(kind).value,
+        "event": event,
+        "from_state": from_state,
+        "to_state": to_state,
+        "actor": actor,
+        "message": message,
+        "details": details or {},
+        "request_id": request_id,
+        "phase_timings": phase_timings or {},
+    }
+
+
+def record(
+    session: Session, kind: EventKind, event: str, *, flush: bool = True, **fields: Any
+) -> Event:
+    """Append one event in the caller's transaction; the row is returned (with its id,
+    unless ``flush=False`` leaves it to the caller's next flush, for a write loop over
+    many machines). ``fields`` are the :class:`~provisiond.models.Event` columns, or
+    ``machine=`` for the machine's id and name."""
+    row = Event(**_row(kind, event, **fields))
+    session.add(row)
+    if flush:
+        session.flush()
+    return row
+
+
+def record_many(session: Session, events: Iterable[tuple[EventKind, str, dict[str, Any]]]) -> int:
+    """Append several events in one multi-row INSERT; returns how many."""
+    rows = [_row(kind, event, **fields) for kind, event, fields in events]
+    if rows:
+        session.execute(insert(Event), rows)
+    return len(rows)
 
 
 def audit(
@@ -31,19 +116,16 @@ def audit(
     machine: Machine | None = None,
     details: dict[str, Any] | None = None,
 ) -> Event:
-    row = Event(
-        machine_id=machine.id if machine else None,
-        machine_name=machine.name if machine else "",
-        kind="audit",
-        event=event,
+    return record(
+        session,
+        EventKind.AUDIT,
+        event,
+        machine=machine,
         actor=actor,
         message=message,
-        details=details or {},
+        details=details,
         request_id=request_id,
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def _when(name: str, value: str | None, problems: list[Problem]) -> datetime | None:

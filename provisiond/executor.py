@@ -15,14 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from provisiond.errors import ProvisiondError
+from provisiond.errors import CallTimeout as CallTimeout  # re-exported
 
 T = TypeVar("T")
-
-
-class CallTimeout(ProvisiondError):
-    status_code = 504
-    code = "timeout"
 
 
 class BlockingExecutor:

@@ -22,8 +22,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, update
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.config import StateTimeouts
 from provisiond.errors import ConcurrentChange, InvalidTransition
+from provisiond.events import EventKind
 from provisiond.models import Event, Machine, utcnow
 
 
@@ -202,23 +204,20 @@ def advance(
         session.expire(machine)
         session.refresh(machine)
 
-    row = Event(
+    return events.record(
+        session,
+        EventKind.TRANSITION,
+        event.value,
         at=now,
-        machine_id=machine.id,
-        machine_name=machine.name,
-        kind="transition",
-        event=event.value,
+        machine=machine,
         from_state=None if src == S.NEW else src,
         to_state=dst.value,
         actor=actor,
         message=reason,
         details=details,
         request_id=request_id,
-        phase_timings=phase_timings or {},
+        phase_timings=phase_timings,
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def claim_available(
@@ -273,20 +272,17 @@ def claim_available(
         return None
     machine = session.get(Machine, claimed, populate_existing=True)
     assert machine is not None
-    session.add(
-        Event(
-            at=now,
-            machine_id=machine.id,
-            machine_name=machine.name,
-            kind="transition",
-            event=Ev.ALLOCATE.value,
-            from_state=S.AVAILABLE.value,
-            to_state=S.ALLOCATED.value,
-            actor=actor,
-            message=f"allocated to {allocation_uuid}",
-            details={"allocation": allocation_uuid},
-            request_id=request_id,
-        )
+    events.record(
+        session,
+        EventKind.TRANSITION,
+        Ev.ALLOCATE.value,
+        at=now,
+        machine=machine,
+        from_state=S.AVAILABLE.value,
+        to_state=S.ALLOCATED.value,
+        actor=actor,
+        message=f"allocated to {allocation_uuid}",
+        details={"allocation": allocation_uuid},
+        request_id=request_id,
     )
-    session.flush()
     return machine

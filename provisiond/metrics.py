@@ -78,6 +78,13 @@ class Metrics:
             "Times calls waited 2 s for a thread of the default pool (thread_pool_saturated)",
             registry=registry,
         )
+        self.enroll_refused = Counter(
+            "provisiond_enroll_refused_total",
+            "Unknown-MAC boot requests not enrolled, by network and reason "
+            "(rate, pending, auto_enroll); see provisiond.deploy.enrollment",
+            ["network", "reason"],
+            registry=registry,
+        )
         self.dnsmasq_up = Gauge(
             "provisiond_dnsmasq_up",
             "1 while the network's dnsmasq runs, 0 while it is down or restarting",

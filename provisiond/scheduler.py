@@ -1,7 +1,10 @@
-"""Periodic jobs on APScheduler's AsyncIOScheduler with its in-memory job store.
+"""Plain interval jobs on APScheduler's AsyncIOScheduler with its in-memory job store.
 
-Every job is an idempotent reconciler that coordinates with other daemons only
-through the database, so a shared job store (which double-runs jobs) is never needed.
+Reconcilers that the API also wakes (the allocation queue, and the deploy engine's
+loop of the same shape) are not jobs: they run on :func:`provisiond.reconciler.run_loop`,
+where a wake-up starts the next pass at once without rescheduling anything. Every job
+here is an idempotent reconciler that coordinates with other daemons only through the
+database, so a shared job store (which double-runs jobs) is never needed.
 Blocking DB work runs in the default executor, off the event loop.
 """
 
@@ -11,7 +14,6 @@ import asyncio
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from provisiond.allocations import queue as allocation_queue
 from provisiond.container import Services
 from provisiond.deploy import reaper
 from provisiond.logging import get_logger
@@ -41,12 +43,6 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         except Exception:  # logged; the next run tries again
             log.exception("power_sync_failed")
 
-    async def allocation_job() -> None:
-        try:
-            await allocation_queue.queue_job(services)
-        except Exception:  # logged; the next run tries again
-            log.exception("allocation_queue_failed")
-
     async def token_use_job() -> None:
         try:
             await asyncio.to_thread(services.token_use.flush, services.db)
@@ -57,10 +53,8 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         (reap_job, settings.reaper_interval_s, "reaper"),
         (token_use_job, TOKEN_USE_FLUSH_S, "token_use"),
         (power_sync_job, settings.power_sync_interval_s, "power_sync"),
-        (allocation_job, allocation_queue.INTERVAL_S, "allocations"),
     ):
         scheduler.add_job(
             job, "interval", seconds=interval, id=name, max_instances=1, coalesce=True
         )
-    allocation_queue.wire_kick(scheduler, services, "allocations")
     return scheduler

@@ -21,15 +21,10 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, Template
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from provisiond.errors import ProvisiondError
+from provisiond.errors import TemplateError as TemplateError  # re-exported
 
 #: The templates shipped beside the package, used unless the config names another folder.
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "pxe"
-
-
-class TemplateError(ProvisiondError):
-    status_code = 500
-    code = "template_error"
 
 
 def candidates(folder: str, name: str, *qualifiers: str) -> list[str]:

@@ -9,7 +9,7 @@ from provisiond.crud import get_by_name
 from provisiond.errors import Conflict
 from provisiond.events import audit
 from provisiond.models import Allocation, ApiToken
-from provisiond.schemas.resources import TokenCreated, TokenIn, TokenOut
+from provisiond.schemas.catalog import TokenCreated, TokenIn, TokenOut
 
 
 def list_tokens(session: Session) -> list[TokenOut]:

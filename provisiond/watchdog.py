@@ -15,6 +15,10 @@ The default thread pool (where ``asyncio.to_thread`` runs database work) is prob
 the same way: a no-op submitted to it that waits ``stall_s`` seconds for a worker
 logs ``thread_pool_saturated`` once per episode, with the distinct stacks the
 workers are in and how many share each.
+
+Time comes from ``clock`` (``time.monotonic`` unless a test passes its own), and one
+:meth:`LoopWatchdog.tick` is one look at both probes, so a test can stage a stall
+without waiting for one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from provisiond.logging import get_logger, thread_stack
@@ -40,11 +45,13 @@ class LoopWatchdog:
         self,
         loop: asyncio.AbstractEventLoop,
         *,
+        metrics: Metrics,
         stall_s: float = 2.0,
         pool: ThreadPoolExecutor | None = None,
-        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.loop = loop
+        self.clock = clock
         self.stall_s = stall_s
         self.pool = pool
         self.metrics = metrics
@@ -74,7 +81,7 @@ class LoopWatchdog:
     def _loop_answer(self) -> None:
         posted, self._loop_probe = self._loop_probe, None
         if self._stall_logged and posted is not None:
-            length = time.monotonic() - posted
+            length = self.clock() - posted
             self.longest_s = max(self.longest_s, length)
             self._stall_logged = False
             log.warning("event_loop_recovered", stalled_s=round(length, 1))
@@ -87,9 +94,14 @@ class LoopWatchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(TICK_S):
-            now = time.monotonic()
-            if not self._check_loop(now) or not self._check_pool(now):
+            if not self.tick():
                 return
+
+    def tick(self) -> bool:
+        """Post a probe where none is pending, report one that waited too long; False
+        once the loop or the pool is gone."""
+        now = self.clock()
+        return self._check_loop(now) and self._check_pool(now)
 
     def _check_loop(self, now: float) -> bool:
         posted = self._loop_probe
@@ -102,8 +114,7 @@ class LoopWatchdog:
         elif not self._stall_logged and now - posted > self.stall_s:
             self._stall_logged = True
             self.stalls += 1
-            if self.metrics is not None:
-                self.metrics.event_loop_stalls.inc()
+            self.metrics.event_loop_stalls.inc()
             log.warning(
                 "event_loop_stalled",
                 silent_s=round(now - posted, 1),
@@ -124,8 +135,7 @@ class LoopWatchdog:
         elif not self._saturation_logged and now - posted > self.stall_s:
             self._saturation_logged = True
             self.saturations += 1
-            if self.metrics is not None:
-                self.metrics.thread_pool_saturations.inc()
+            self.metrics.thread_pool_saturations.inc()
             queue = getattr(self.pool, "_work_queue", None)
             log.warning(
                 "thread_pool_saturated",

@@ -1,10 +1,10 @@
 """Allocation plumbing shared by the request path and the queue job.
 
 - :class:`AllocationHub`: in-process wake-ups. Long-polls and event streams wait
-  on it instead of polling the database in a loop, and the API kicks the queue job
-  through it. It is only a latency shortcut: every waiter also re-reads the
-  database every few seconds, so changes made by another daemon on a shared
-  PostgreSQL are seen too, and nothing is lost when a process restarts.
+  on it instead of polling the database in a loop. It is only a latency shortcut:
+  every waiter also re-reads the database every few seconds, so changes made by
+  another daemon on a shared PostgreSQL are seen too, and nothing is lost when a
+  process restarts.
 - Leases: per-role maximums and the rule for ``expires_at``. A lease starts when
   the machine is ready (``expires_at = ready_at + lease``). Until then the request
   is bounded by the same length from its creation (``expires_at = created_at +
@@ -20,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import Session
 
+from provisiond import events
 from provisiond.auth import Role
 from provisiond.config import Settings
 from provisiond.db import Database
 from provisiond.deploy import records as deploy
-from provisiond.errors import Problem, ProvisiondError, ValidationFailed
+from provisiond.errors import Problem, ValidationFailed
+from provisiond.errors import QuotaExceeded as QuotaExceeded  # re-exported
+from provisiond.events import EventKind
 from provisiond.lifecycle import State
-from provisiond.models import Allocation, Event, Machine
+from provisiond.models import Allocation, Machine
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -39,11 +41,6 @@ DAY = 24 * HOUR
 MAX_LEASE_S: dict[str, int] = {"ci": 1 * DAY, "operator": 7 * DAY, "admin": 7 * DAY}
 #: Deploy tries (on different machines) before an allocation fails.
 MAX_TRIES = 3
-
-
-class QuotaExceeded(ProvisiondError):
-    status_code = 429
-    code = "quota_exceeded"
 
 
 def check_lease(seconds: int, role: str, path: str = "lease") -> int:
@@ -62,15 +59,11 @@ def role_rank(role: str) -> Role:
 
 
 class AllocationHub:
-    """Wake-ups within one process: per-allocation waiters and the queue-job kick."""
+    """Wake-ups within one process for waiters on one allocation."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self.dirty = threading.Event()
-        self.running = False
-        #: Set by the scheduler: run the queue job now.
-        self.on_kick: Callable[[], None] | None = None
 
     def subscribe(self, uuid: str) -> asyncio.Event:
         """An event set at the next :meth:`notify` for ``uuid``; call :meth:`unsubscribe` after."""
@@ -95,15 +88,8 @@ class AllocationHub:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
 
-    def kick(self) -> None:
-        """Ask for a queue pass soon (at once when the scheduler is idle)."""
-        self.dirty.set()
-        callback = self.on_kick
-        if callback is not None and not self.running:
-            callback()
 
-
-# One hub per Database object: the API and the scheduler of one daemon share it.
+# One hub per Database object: the API and the allocation queue of one daemon share it.
 _HUBS: weakref.WeakKeyDictionary[Database, AllocationHub] = weakref.WeakKeyDictionary()
 _HUBS_LOCK = threading.Lock()
 
@@ -127,17 +113,17 @@ def record(
     request_id: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        Event(
-            machine_id=machine.id if machine else None,
-            machine_name=machine.name if machine else "",
-            kind="allocation",
-            event=event,
-            actor=actor,
-            message=message,
-            details={"allocation": allocation.uuid, "state": allocation.state, **(details or {})},
-            request_id=request_id,
-        )
+    events.record(
+        session,
+        EventKind.ALLOCATION,
+        event,
+        flush=False,
+        machine=machine,
+        allocation_id=allocation.id,
+        actor=actor,
+        message=message,
+        details={"allocation": allocation.uuid, "state": allocation.state, **(details or {})},
+        request_id=request_id,
     )
 
 

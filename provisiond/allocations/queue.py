@@ -1,4 +1,4 @@
-"""The allocation queue job: follow deploys, expire leases, and match pending requests.
+"""The allocation queue: follow deploys, expire leases, and match pending requests.
 
 One pass (:func:`run_queue`) does three things, each an idempotent reconciler
 that reads the database, acts per allocation in its own short transaction, and
@@ -17,19 +17,19 @@ skips whatever another daemon changed first:
 3. **Matching.** Pending requests, oldest first, each claim the best-fitting
    machine they can take now (see :mod:`provisiond.allocations.service`).
 
-The scheduler runs :func:`queue_job` every :data:`INTERVAL_S`; the API kicks it
-at once when it queues a request.
+:class:`AllocationQueue` runs a pass on the daemon's reconciler loop
+(:func:`provisiond.reconciler.run_loop`): at start, every :data:`INTERVAL_S`, and at
+once when the API queues a request (``services.wake_allocator()``). Passes never
+overlap, and a wake-up during a pass makes one more pass right after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from apscheduler.jobstores.base import JobLookupError
 from sqlalchemy import ColumnElement, and_, or_
 from sqlmodel import Session, col, select
 
@@ -40,19 +40,19 @@ from provisiond.allocations.leases import (
     owns_machine,
     record,
 )
-from provisiond.allocations.service import DEPLOYING, MAX_WALK, finish, start
+from provisiond.allocations.service import DEPLOYING, MAX_WALK, start
+from provisiond.allocations.states import LIVE_STATES, AllocationState, AllocEv, advance
 from provisiond.container import Services
 from provisiond.errors import ConcurrentChange, InvalidTransition
 from provisiond.lifecycle import State
 from provisiond.logging import get_logger
 from provisiond.models import Allocation, Machine, utcnow
+from provisiond.reconciler import run_loop
 
 log = get_logger(__name__)
 
-#: Seconds between queue passes.
+#: Seconds between queue passes when nothing wakes the queue.
 INTERVAL_S = 1.0
-#: Extra passes one run makes when kicked while it was running.
-MAX_RERUNS = 5
 ACTOR = "allocator"
 
 
@@ -100,14 +100,11 @@ def _retry_or_fail(
         f"{allocation.failure_reason}try {allocation.attempts} on {name}: {reason}; "
     )
     if allocation.attempts >= MAX_TRIES:
-        finish(session, allocation, "failed", allocation.failure_reason.rstrip("; "))
+        advance(session, allocation, AllocEv.FAIL, reason=allocation.failure_reason.rstrip("; "))
         record(session, allocation, "fail", allocation.failure_reason, actor=ACTOR, machine=machine)
         report.failed.append(allocation.uuid)
         return
-    allocation.state = "pending"
-    allocation.machine_id = None
-    allocation.updated_at = utcnow()
-    session.add(allocation)
+    advance(session, allocation, AllocEv.RETRY)
     record(
         session,
         allocation,
@@ -123,7 +120,7 @@ def _progress_one(
     session: Session, services: Services, allocation: Allocation, report: QueueReport
 ) -> None:
     machine = session.get(Machine, allocation.machine_id) if allocation.machine_id else None
-    if allocation.state == "deploying":
+    if allocation.state == AllocationState.DEPLOYING:
         if machine is not None and machine.state in DEPLOYING:
             return
         if (
@@ -131,20 +128,18 @@ def _progress_one(
             and machine.state == State.ACTIVE
             and (owns_machine(session, allocation, machine))
         ):
-            now = utcnow()
-            allocation.state = "ready"
-            allocation.expires_at = now + timedelta(seconds=allocation.lease_s)
-            allocation.updated_at = now
-            session.add(allocation)
+            advance(session, allocation, AllocEv.READY)
             record(session, allocation, "ready", f"{machine.name} is ready", actor=ACTOR,
                    machine=machine)  # fmt: skip
             report.ready.append(allocation.uuid)
             return
         _retry_or_fail(session, services, allocation, machine, report)
-    elif allocation.state == "ready" and (machine is None or machine.state != State.ACTIVE):
+    elif allocation.state == AllocationState.READY and (
+        machine is None or machine.state != State.ACTIVE
+    ):
         where = f"now {machine.state}" if machine else "deleted"
         reason = f"the machine {machine.name if machine else ''} left active ({where})"
-        finish(session, allocation, "failed", reason)
+        advance(session, allocation, AllocEv.FAIL, reason=reason)
         record(session, allocation, "fail", reason, actor=ACTOR, machine=machine)
         report.failed.append(allocation.uuid)
 
@@ -153,11 +148,11 @@ def _needs_progress() -> ColumnElement[bool]:
     machine_state = col(Machine.state)
     return or_(
         and_(
-            col(Allocation.state) == "deploying",
+            col(Allocation.state) == AllocationState.DEPLOYING.value,
             or_(col(Machine.id).is_(None), machine_state.not_in([s.value for s in DEPLOYING])),
         ),
         and_(
-            col(Allocation.state) == "ready",
+            col(Allocation.state) == AllocationState.READY.value,
             or_(col(Machine.id).is_(None), machine_state != State.ACTIVE.value),
         ),
     )
@@ -190,7 +185,7 @@ def run_queue(services: Services, *, now: datetime | None = None) -> QueueReport
         to_expire = list(
             session.exec(
                 select(Allocation.id).where(
-                    col(Allocation.state).in_(("pending", "deploying", "ready")),
+                    col(Allocation.state).in_([s.value for s in LIVE_STATES]),
                     col(Allocation.expires_at) < now,
                 )
             ).all()
@@ -199,7 +194,7 @@ def run_queue(services: Services, *, now: datetime | None = None) -> QueueReport
           lambda s, a: _progress_one(s, services, a, report))  # fmt: skip
 
     def expire(session: Session, allocation: Allocation) -> None:
-        if allocation.state not in ("pending", "deploying", "ready"):
+        if allocation.state not in LIVE_STATES:
             return
         if allocation.expires_at is None or allocation.expires_at >= now:
             return
@@ -209,7 +204,7 @@ def run_queue(services: Services, *, now: datetime | None = None) -> QueueReport
         )
         free_machine(session, allocation, machine, actor=ACTOR, reason=reason,
                      settings=services.settings)  # fmt: skip
-        finish(session, allocation, "expired", reason, now=now)
+        advance(session, allocation, AllocEv.EXPIRE, now=now)
         record(session, allocation, "expire", reason, actor=ACTOR, machine=machine)
         report.expired.append(allocation.uuid)
 
@@ -228,7 +223,7 @@ def _match(services: Services, report: QueueReport) -> None:
             i
             for i in session.exec(
                 select(Allocation.id)
-                .where(Allocation.state == "pending")
+                .where(Allocation.state == AllocationState.PENDING.value)
                 .order_by(col(Allocation.created_at), col(Allocation.id))
                 .limit(MAX_WALK)
             ).all()
@@ -241,7 +236,7 @@ def _match(services: Services, report: QueueReport) -> None:
 
     def match(session: Session, allocation: Allocation) -> None:
         nonlocal budget
-        if budget <= 0 or allocation.state != "pending":
+        if budget <= 0 or allocation.state != AllocationState.PENDING:
             return
         if start(session, services, allocation, actor=ACTOR, request_id=""):
             budget -= 1
@@ -250,28 +245,29 @@ def _match(services: Services, report: QueueReport) -> None:
     _each(services, pending, match)
 
 
-async def queue_job(services: Services) -> None:
-    """The scheduler's entry point: a pass in a worker thread, again if kicked meanwhile."""
-    hub = hub_for(services.db)
-    hub.running = True
-    try:
-        for _ in range(1 + MAX_RERUNS):
-            hub.dirty.clear()
-            report = await asyncio.to_thread(run_queue, services)
-            if report.changed:
-                log.info("allocation_queue", **{k: len(v) for k, v in vars(report).items()})
-            if not hub.dirty.is_set():
-                break
-    finally:
-        hub.running = False
+class AllocationQueue:
+    """The queue as a reconciler: the daemon runs :meth:`run` as a task next to the engine.
 
+    >>> queue_task = asyncio.create_task(AllocationQueue(services).run(stop))
+    """
 
-def wire_kick(scheduler: Any, services: Services, job_id: str = "allocations") -> None:
-    """Let :meth:`AllocationHub.kick` run the queue job at once (thread-safe)."""
+    def __init__(self, services: Services, *, interval_s: float = INTERVAL_S) -> None:
+        self.services = services
+        self.interval_s = interval_s
 
-    def kick() -> None:
-        # Shutting down: the job is gone, and so is the need.
-        with contextlib.suppress(JobLookupError):
-            scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+    async def pass_once(self) -> QueueReport:
+        """One :func:`run_queue` pass in a worker thread (it does blocking DB work)."""
+        report = await asyncio.to_thread(run_queue, self.services)
+        if report.changed:
+            log.info("allocation_queue", **{k: len(v) for k, v in vars(report).items()})
+        return report
 
-    hub_for(services.db).on_kick = kick
+    async def run(self, stop: asyncio.Event) -> None:
+        """Passes until ``stop`` is set; a failed pass is logged as ``allocation_queue_failed``."""
+        await run_loop(
+            self.pass_once,
+            wakeup=self.services.allocation_wakeup,
+            interval_s=self.interval_s,
+            stop=stop,
+            name="allocation_queue",
+        )

@@ -7,12 +7,14 @@ Life of an allocation::
        |                  \\--deploy failed MAX_TRIES times--> failed
        \\--------- DELETE, from any live state ---------------------> released
 
+The states and their transitions are :mod:`provisiond.allocations.states`.
+
 Matching is the atomic claim (:func:`provisiond.allocations.match.claim`).
 Fairness: :func:`run_queue` walks pending requests oldest first and gives each the
 best-fitting machine it can take now, so a later request that fits a machine the
 oldest cannot use gets it (no head-of-line blocking), while a request never takes
 a machine an older pending one was offered first. The request path matches at once
-only when no other request is pending; otherwise it queues and kicks the job, so
+only when no other request is pending; otherwise it queues and wakes the queue, so
 the walk alone decides the order. (Two requests arriving in the same instant on
 different daemons are both "first"; their order is the database's.)
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -39,19 +41,21 @@ from provisiond.allocations.leases import (
     record,
     role_rank,
 )
+from provisiond.allocations.states import (
+    FINAL_STATES,
+    LIVE_STATES,
+    STATES,
+    AllocationState,
+    AllocEv,
+    advance,
+)
 from provisiond.auth import Role
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
 from provisiond.errors import Conflict, Forbidden, NotFound, Problem, ValidationFailed
 from provisiond.lifecycle import State
 from provisiond.models import Allocation, ApiToken, Image, Machine, Nic, utcnow
-from provisiond.schemas.allocations import (
-    FINAL_STATES,
-    LIVE_STATES,
-    AllocationIn,
-    AllocationOut,
-    format_lease,
-)
+from provisiond.schemas.allocations import AllocationIn, AllocationOut, format_lease
 
 #: Pending requests tried per queue pass (the rest wait for the next pass).
 MAX_WALK = 500
@@ -82,7 +86,10 @@ def to_out(session: Session, allocation: Allocation) -> AllocationOut:
     owner = session.get(ApiToken, allocation.owner_token_id)
     image = session.get(Image, allocation.image_id) if allocation.image_id else None
     machine = session.get(Machine, allocation.machine_id) if allocation.machine_id else None
-    shown = machine is not None and allocation.state in ("deploying", "ready")
+    shown = machine is not None and allocation.state in (
+        AllocationState.DEPLOYING,
+        AllocationState.READY,
+    )
     host_key = machine.ssh_host_key if machine is not None and shown else ""
     return AllocationOut(
         id=allocation.uuid,
@@ -147,10 +154,10 @@ def list_allocations(
         query = query.where(Allocation.owner_token_id == owner_row.id)
     if state is not None:
         states = state.split(",")
-        if not set(states) <= set(LIVE_STATES + FINAL_STATES):
+        if not set(states) <= set(STATES):
             raise ValidationFailed(
                 [Problem("state", f"unknown state {state!r}")],
-                hint="states: " + ", ".join(LIVE_STATES + FINAL_STATES) + " (comma-separated)",
+                hint="states: " + ", ".join(STATES) + " (comma-separated)",
             )
         query = query.where(col(Allocation.state).in_(states))
     rows = session.exec(query.order_by(col(Allocation.id).desc()).limit(limit)).all()
@@ -166,7 +173,10 @@ def _check_quota(session: Session, token: ApiToken) -> None:
     counts = dict(
         session.execute(
             select(col(Allocation.state), func.count())
-            .where(Allocation.owner_token_id == token.id, col(Allocation.state).in_(LIVE_STATES))
+            .where(
+                Allocation.owner_token_id == token.id,
+                col(Allocation.state).in_([s.value for s in LIVE_STATES]),
+            )
             .group_by(col(Allocation.state))
         ).all()
     )
@@ -208,12 +218,7 @@ def start(
     )
     if machine is None:
         return False
-    allocation.state = "deploying"
-    allocation.machine_id = machine.id
-    allocation.attempts += 1
-    allocation.updated_at = utcnow()
-    session.add(allocation)
-    session.flush()
+    advance(session, allocation, AllocEv.CLAIM, machine_id=machine.id)
     deploy.start_deploy(
         session,
         machine,
@@ -288,7 +293,9 @@ def create(
         session.flush()
         others_pending = session.exec(
             select(Allocation.id)
-            .where(Allocation.state == "pending", Allocation.id != allocation.id)
+            .where(
+                Allocation.state == AllocationState.PENDING.value, Allocation.id != allocation.id
+            )
             .limit(1)
         ).first()
         if others_pending is None:
@@ -305,11 +312,10 @@ def create(
             details={"constraints": constraints, "image": image.name},
         )
         out = to_out(session, allocation)
-    hub = hub_for(services.db)
     if matched:
         services.wake_deployer()
     else:
-        hub.kick()
+        services.wake_allocator()
     return out, True
 
 
@@ -329,7 +335,7 @@ def release(
         sent = free_machine(
             session, allocation, machine, actor=actor, reason=reason, settings=services.settings
         )
-        finish(session, allocation, "released", reason)
+        advance(session, allocation, AllocEv.RELEASE)
         record(session, allocation, "release", reason, actor=actor, machine=machine,
                request_id=request_id)  # fmt: skip
         out = to_out(session, allocation)
@@ -337,25 +343,6 @@ def release(
         services.wake_deployer()
     hub_for(services.db).notify(ident)
     return out
-
-
-def finish(
-    session: Session,
-    allocation: Allocation,
-    state: str,
-    reason: str,
-    *,
-    now: datetime | None = None,
-) -> None:
-    """Move a live allocation to a final state (released | expired | failed)."""
-    now = now or utcnow()
-    allocation.state = state
-    allocation.released_at = now
-    allocation.updated_at = now
-    if state == "failed":
-        allocation.failure_reason = reason[:4000]
-    session.add(allocation)
-    session.flush()
 
 
 def renew(

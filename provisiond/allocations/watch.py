@@ -22,14 +22,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, and_, col, or_, select
 
 from provisiond.allocations.leases import hub_for
 from provisiond.allocations.service import find, to_out
+from provisiond.allocations.states import FINAL_STATES, STATES
 from provisiond.container import Services
 from provisiond.errors import ClientGone, Problem, ValidationFailed
 from provisiond.models import ApiToken, Event
-from provisiond.schemas.allocations import FINAL_STATES, STATES, AllocationOut
+from provisiond.schemas.allocations import AllocationOut
 
 #: The longest one long-poll may wait.
 WAIT_MAX_S = 300.0
@@ -100,20 +101,23 @@ async def _wake_or_gone(woken: asyncio.Event, gone: asyncio.Event | None, within
 
 
 def _log_rows(
-    session: Session, uuid: str, machine_id: int | None, since: datetime, after_id: int
+    session: Session, allocation_id: int, machine_id: int | None, since: datetime, after_id: int
 ) -> list[Event]:
-    about = col(Event.kind) == "allocation"
+    """This allocation's own events, and its machine's (not other allocations') since it
+    was made: one indexed query (events carry allocation_id)."""
+    about = col(Event.allocation_id) == allocation_id
     if machine_id is not None:
-        about = or_(about, col(Event.machine_id) == machine_id)
-    rows = session.exec(
-        select(Event)
-        .where(col(Event.id) > after_id, col(Event.at) >= since, about)
-        .order_by(col(Event.id))
-        .limit(LOG_BATCH)
-    ).all()
-    return [
-        r for r in rows if r.kind != "allocation" or (r.details or {}).get("allocation") == uuid
-    ]
+        about = or_(
+            about, and_(col(Event.machine_id) == machine_id, col(Event.kind) != "allocation")
+        )
+    return list(
+        session.exec(
+            select(Event)
+            .where(col(Event.id) > after_id, col(Event.at) >= since, about)
+            .order_by(col(Event.id))
+            .limit(LOG_BATCH)
+        ).all()
+    )
 
 
 def _snapshot(
@@ -121,8 +125,9 @@ def _snapshot(
 ) -> tuple[AllocationOut, list[dict[str, Any]], int]:
     with services.db.read_session() as session:
         allocation = find(session, token, ident)
+        assert allocation.id is not None
         rows = _log_rows(
-            session, allocation.uuid, allocation.machine_id, allocation.created_at, after_id
+            session, allocation.id, allocation.machine_id, allocation.created_at, after_id
         )
         out = to_out(session, allocation)
     last = max([after_id, *(r.id or 0 for r in rows)])

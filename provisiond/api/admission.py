@@ -189,7 +189,7 @@ class Admission:
     Counting is plain integers on the event loop's thread (no locks needed): a request
     is admitted and released by the same coroutine."""
 
-    def __init__(self, app: ASGIApp, limits: Limits, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, limits: Limits, metrics: Metrics) -> None:
         self.app = app
         self.limits = limits
         self.metrics = metrics
@@ -214,20 +214,17 @@ class Admission:
         if not await gate.enter():
             await self._refuse(kind, lane, send)
             return
-        gauge = self.metrics.requests_in_flight.labels(lane.value, kind) if self.metrics else None
-        if gauge is not None:
-            gauge.inc()
+        gauge = self.metrics.requests_in_flight.labels(lane.value, kind)
+        gauge.inc()
         lanes.enter(lane)  # this request's task only (uvicorn runs each in its own)
         try:
             await self._admitted(scope, receive, send, lane)
         finally:
             gate.leave()
-            if gauge is not None:
-                gauge.dec()
+            gauge.dec()
 
     async def _refuse(self, kind: str, lane: Lane, send: Send) -> None:
-        if self.metrics is not None:
-            self.metrics.requests_refused.labels(lane.value, kind).inc()
+        self.metrics.requests_refused.labels(lane.value, kind).inc()
         retry = self.limits.retry_after_s * (5 if kind == "watch" else 1)
         await _send_error(
             send,
@@ -291,8 +288,7 @@ class Admission:
             message = await receive()  # returns at disconnect or once the response is done
             if message["type"] == "http.disconnect" and not answered:
                 gone.set()
-                if self.metrics is not None:
-                    self.metrics.requests_dropped.labels(lane.value).inc()
+                self.metrics.requests_dropped.labels(lane.value).inc()
 
         pending: list[Message] = [first]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,14 +15,15 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisiond import __version__
 from provisiond.api.admission import Admission, Limits
 from provisiond.api.openapi import document_errors
-from provisiond.api.routers import ROUTERS
+from provisiond.api.routers import BOOT_ROUTES, ROUTERS
 from provisiond.container import Services
-from provisiond.errors import ProvisiondError
+from provisiond.errors import ClientGone, ProvisiondError
 from provisiond.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,6 +43,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{first['path']}: {first['message']}{more}", problems
 
+
+#: A CHECK constraint's name in SQLite's and PostgreSQL's messages.
+_CHECK = re.compile(r'(?:CHECK constraint failed: |violates check constraint ")(\w+)')
 
 #: FastAPI's own HTTP errors, in the codes our errors use.
 _HTTP_CODES = {
@@ -78,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # admission already answered 413 for a body over its limit)
         if not req.scope.get("state", {}).get("body_refused"):
             log.info("client_disconnected", path=req.url.path, during="request body")
-        return _error(400, "client_gone", "the client went away mid-request")
+        return JSONResponse(
+            {"error": ClientGone("the client went away mid-request").to_dict()}, 499
+        )
 
     @app.exception_handler(RecursionError)
     async def _nested(req: Request, _exc: RecursionError) -> JSONResponse:
@@ -93,6 +100,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IntegrityError)
     async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:
         log.info("integrity_error", error=str(exc.orig))
+        check = _CHECK.search(str(exc.orig))
+        if check:  # a value the schema let through but a CHECK constraint refused
+            return _error(
+                422,
+                "validation_failed",
+                f"a value is out of range (constraint {check.group(1)})",
+                "check the ranges in /docs",
+            )
         return _error(
             409,
             "conflict",
@@ -200,3 +215,41 @@ def create_app(services: Services) -> FastAPI:
         document_errors(router)
         app.include_router(router)
     return app
+
+
+class BootOnly:
+    """What a provisioning network's boot listener serves: the boot routes of ``app``
+    (:data:`provisiond.api.routers.BOOT_ROUTES`), and 404 for anything else.
+
+    Every machine being booted reaches that listener, so the admin API, /docs and
+    /metrics must not be there. The daemon serves it with a uvicorn server of its own,
+    so which listener took a request is known by construction rather than guessed
+    from addresses (``scope["server"]`` is the local address, which a netns listener
+    may share with a host one). What it lets through goes to the very app the main
+    listener serves: one admission middleware bounds both listeners (a second app
+    would have its own bounds, doubling ``boot_max_in_flight``), with the same error
+    handlers. A boot route whose path matches takes the request whatever its
+    method, so a wrong method still gets the route's 405.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = BOOT_ROUTES) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or any(
+            route.matches(scope)[0] is not Match.NONE for route in self.routes
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = _error(
+            404,
+            "not_found",
+            f"{scope.get('path', '')[:200]} is not served on a provisioning network",
+            "this listener serves only /boot, /meta, /images, /api/v1/agent and /healthz; "
+            "use the daemon's main listener for the API",
+        )
+        await response(scope, receive, send)

@@ -67,7 +67,8 @@ def token_create(
     name: Annotated[str, typer.Option("--name", "-n", help="A unique name, e.g. ci-runner-1")],
     role: Annotated[str, typer.Option("--role", "-r", help="admin, operator or ci")] = "ci",
     quota: Annotated[
-        int | None, typer.Option("--quota", help="Most machines this token may hold at once")
+        int | None,
+        typer.Option("--quota", min=0, help="Most machines this token may hold at once"),
     ] = None,
     expires: Annotated[
         str | None,

@@ -29,7 +29,6 @@ from provisiond.cli.common import (
 from provisiond.cli.common import settings as load
 from provisiond.config import Settings
 from provisiond.db import Database
-from provisiond.deploy.boot_scripts import BootConfig
 from provisiond.inventory import images as service
 from provisiond.netboot.images import ImageStore
 
@@ -41,7 +40,7 @@ app = typer.Typer(
 def _open(cfg: Settings) -> tuple[Database, ImageStore]:
     db = Database(cfg.db_url, busy_timeout_s=cfg.sqlite_busy_timeout_s)
     db.check_schema()
-    return db, ImageStore(BootConfig.from_settings(cfg).images_dir)
+    return db, ImageStore(cfg.images_path)
 
 
 @app.command("add")

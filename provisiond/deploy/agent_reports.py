@@ -34,13 +34,15 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.config import Settings
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.deploy.records import finish, running_deployment
 from provisiond.errors import Unauthorized
+from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
-from provisiond.models import Event, Machine, Nic, utcnow
+from provisiond.models import Machine, Nic, utcnow
 from provisiond.schemas.agent import (
     AgentReply,
     Heartbeat,
@@ -157,16 +159,15 @@ def _update_nics(machine: Machine, nics: list[NicReport]) -> None:
 def _record(
     session: Session, machine: Machine, event: str, message: str, details: dict[str, Any]
 ) -> None:
-    session.add(
-        Event(
-            machine_id=machine.id,
-            machine_name=machine.name,
-            kind="inventory",
-            event=event,
-            actor=ACTOR,
-            message=message,
-            details=details,
-        )
+    events.record(
+        session,
+        EventKind.INVENTORY,
+        event,
+        flush=False,
+        machine=machine,
+        actor=ACTOR,
+        message=message,
+        details=details,
     )
 
 
@@ -176,7 +177,7 @@ def record_inventory(
     report: InventoryReport,
     *,
     settings: Settings,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> AgentReply:
     """Store what the agent found; an ``inspecting`` machine becomes ``available``."""
     now = utcnow()
@@ -252,7 +253,7 @@ def record_heartbeat(
     hb: Heartbeat,
     *,
     settings: Settings,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> AgentReply:
     """Note that the agent lives; the first heartbeat after install makes the machine active."""
     now = utcnow()

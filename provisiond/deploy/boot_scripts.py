@@ -6,8 +6,10 @@
 ============================  ===========================================
 state                         script (template kind)
 ============================  ===========================================
-unknown MAC                   enrolled ("discovered via PXE"); then as
-                              ``enrolled``
+unknown MAC                   enrolled ("discovered via PXE") when the
+                              network's limits allow, then as ``enrolled``;
+                              else ``retry`` (or ``exit`` with auto_enroll
+                              off), see :mod:`provisiond.deploy.enrollment`
 enrolled                      auto_enroll on and an inspection image in
                               the catalog: advance to inspecting and boot
                               it (``inspect``); else ``exit`` plus an event
@@ -19,6 +21,10 @@ active, installing_agent      ``local``: boot the local disk
 anything else                 ``poweroff``
 ============================  ===========================================
 
+The script is read first (:func:`boot_script`); a write transaction opens only when
+serving it writes something (an enrollment, an inspection starting, a boot phase, an
+event): on SQLite a boot storm of resting machines must not queue for the write slot.
+
 Which image a deploy uses: the newest Allocation holding the machine that names an
 image (``Allocation.image_id``, the field the deploy flow fills in); a machine put
 into ``deploying`` without one gets the newest catalog image of its arch that is not
@@ -29,54 +35,28 @@ Seed files and the OS's phone-home callback are in :mod:`provisiond.deploy.seeds
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.config import Settings
 from provisiond.db import Database
+from provisiond.deploy import enrollment
 from provisiond.deploy import records as deploy
 from provisiond.deploy import telemetry as boot_telemetry
+from provisiond.deploy.enrollment import ACTOR
 from provisiond.errors import BadRequest, Conflict
+from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
-from provisiond.models import Allocation, Event, Image, Machine, Nic
+from provisiond.models import Allocation, Image, Machine, Nic
 from provisiond.secrets import SecretBox
 from provisiond.templates import Templates, candidates
 from provisiond.validators import normalize_mac
-
-ACTOR = "boot:pxe"
-
-
-@dataclass(frozen=True)
-class BootConfig:
-    """Boot settings, read from Settings with defaults until the fields exist there."""
-
-    images_dir: Path
-    #: ``http://host:port`` machines use to reach us; empty -> the request's base URL.
-    public_url: str = ""
-    #: Boot newly enrolled machines into inspection (else they get an exit script).
-    auto_enroll: bool = True
-    inspect_image: str = "inspect"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BootConfig:
-        images_dir = settings.images_dir or settings.data_dir / "images"
-        return cls(
-            images_dir=Path(images_dir),
-            public_url=settings.public_url.rstrip("/"),
-            auto_enroll=settings.auto_enroll,
-            inspect_image=settings.inspect_image,
-        )
-
-    def base_url(self, request_base: str) -> str:
-        return self.public_url or request_base.rstrip("/")
-
 
 #: What iPXE (``${net0/mac}``, ``${net0/mac:hexhyp}``) and people write: six octets
 #: joined by one of ``:`` or ``-`` throughout, twelve bare hex digits, or Cisco's
@@ -152,21 +132,13 @@ def deploy_image(session: Session, machine: Machine, inspect_image: str) -> Imag
 def _boot_event(
     session: Session, machine: Machine, event: str, message: str, **details: Any
 ) -> None:
-    session.add(
-        Event(
-            machine_id=machine.id,
-            machine_name=machine.name,
-            kind="boot",
-            event=event,
-            actor=ACTOR,
-            message=message,
-            details=details,
-        )
-    )
-    session.flush()
+    events.record(
+        session, EventKind.BOOT, event, machine=machine, actor=ACTOR, message=message,
+        details=details,
+    )  # fmt: skip
 
 
-def _enroll(session: Session, mac: str, settings: Settings | None) -> Machine:
+def _enroll(session: Session, mac: str, settings: Settings, network: str) -> Machine:
     machine = Machine(name=f"pxe-{mac.replace(':', '')}")
     try:
         with session.begin_nested():
@@ -176,8 +148,8 @@ def _enroll(session: Session, mac: str, settings: Settings | None) -> Machine:
                 Ev.ENROLL,
                 actor=ACTOR,
                 reason="discovered via PXE",
-                details={"mac": mac},
-                timeouts=settings.timeouts if settings else None,
+                details={"mac": mac, "network": network},
+                timeouts=settings.timeouts,
             )
             assert machine.id is not None
             session.add(Nic(machine_id=machine.id, mac=mac, pxe=True))
@@ -191,132 +163,193 @@ def _enroll(session: Session, mac: str, settings: Settings | None) -> Machine:
 
 
 def _by_mac(session: Session, mac: str) -> Machine | None:
-    nic = session.exec(select(Nic).where(Nic.mac == mac)).first()
-    return nic.machine if nic else None
+    return session.exec(select(Machine).join(Nic).where(Nic.mac == mac)).first()
+
+
+def _inspect_image(session: Session, settings: Settings) -> Image | None:
+    return session.exec(select(Image).where(Image.name == settings.inspect_image)).first()
+
+
+def _no_inspect_image(templates: Templates, settings: Settings, ctx: dict[str, Any]) -> str:
+    reason = f"no inspection image named {settings.inspect_image!r} in the catalog"
+    return render_script(templates, "exit", ctx["machine"]["arch"], reason=reason, **ctx)
+
+
+def _booting(
+    templates: Templates, kind: str, image: Image, base_url: str, ctx: dict[str, Any]
+) -> str:
+    """The ``inspect`` or ``deploy`` script: the image's kernel with the NoCloud seed."""
+    machine = ctx["machine"]
+    return render_script(
+        templates,
+        kind,
+        machine["arch"],
+        image=image_context(image, base_url),
+        seed_url=f"{base_url}/meta/{machine['uuid']}/",
+        **ctx,
+    )
+
+
+def _resting(templates: Templates, machine: Machine, ctx: dict[str, Any]) -> str:
+    kind = "local" if machine.state in (State.ACTIVE, State.INSTALLING_AGENT) else "poweroff"
+    return render_script(templates, kind, machine.arch, **ctx)
+
+
+def _phase_due(session: Session, machine: Machine, kind: str | None) -> bool:
+    """Whether serving the script writes: its ``ipxe_script`` phase is not recorded yet,
+    or (``kind`` given) there is no running record of that kind, which is then made."""
+    assert machine.id is not None
+    record = deploy.running_deployment(session, machine.id)
+    if record is None:
+        return kind is not None
+    if kind is not None and record.kind != kind:
+        return True
+    return "ipxe_script" not in record.phases
+
+
+def _script_without_writes(
+    session: Session,
+    templates: Templates,
+    settings: Settings,
+    machine: Machine,
+    mac: str,
+    base_url: str,
+) -> str | None:
+    """The script when serving it writes nothing (in a read session); None otherwise."""
+    ctx: dict[str, Any] = {"base_url": base_url, "machine": machine_context(machine, mac)}
+    if machine.state == State.ENROLLED:
+        return None  # an inspection starts, or the refusal is recorded
+    if machine.state == State.INSPECTING:
+        inspect = _inspect_image(session, settings)
+        if inspect is None:
+            return _no_inspect_image(templates, settings, ctx)
+        if _phase_due(session, machine, deploy.INSPECT):
+            return None
+        return _booting(templates, "inspect", inspect, base_url, ctx)
+    if machine.state == State.DEPLOYING:
+        image = deploy_image(session, machine, settings.inspect_image)
+        if image is None or _phase_due(session, machine, None):
+            return None  # the missing image is recorded as an event
+        return _booting(templates, "deploy", image, base_url, ctx)
+    return _resting(templates, machine, ctx)
+
+
+def _refused(templates: Templates, refused: enrollment.Refusal, mac: str, base_url: str) -> str:
+    machine = {"name": f"pxe-{mac.replace(':', '')}", "uuid": "", "arch": "x86_64", "mac": mac}
+    ctx: dict[str, Any] = {"base_url": base_url, "machine": {**machine, "state": "unknown"}}
+    kind = "retry" if refused.retry else "exit"
+    return render_script(
+        templates, kind, "x86_64", reason=refused.message, retry_s=enrollment.RETRY_S, **ctx
+    )
+
+
+def boot_script(
+    db: Database,
+    templates: Templates,
+    mac_text: str,
+    base_url: str,
+    *,
+    network: str,
+    settings: Settings,
+    secrets: SecretBox,
+    metrics: Metrics,
+) -> str:
+    """``GET /boot/{mac}.ipxe``: read first; a write transaction only when one is due.
+
+    ``network`` is the provisioning network the request came from
+    (:func:`provisiond.deploy.enrollment.network_for`), whose limits an unknown MAC's
+    enrollment counts against.
+    """
+    mac = parse_mac(mac_text)
+    limits = enrollment.limits(settings)
+    with db.read_session() as session:
+        machine = _by_mac(session, mac)
+        if machine is not None:
+            script = _script_without_writes(session, templates, settings, machine, mac, base_url)
+            if script is not None:
+                return script
+        else:
+            refused = enrollment.refusal(session, network, limits)
+            if refused is not None and not enrollment.event_due(session, network):
+                metrics.enroll_refused.labels(network, refused.reason).inc()
+                return _refused(templates, refused, mac, base_url)
+    with db.transaction() as session:
+        if _by_mac(session, mac) is None:  # checked again: the count may have moved
+            refused = enrollment.refusal(session, network, limits)
+            if refused is not None:
+                metrics.enroll_refused.labels(network, refused.reason).inc()
+                if enrollment.event_due(session, network):
+                    enrollment.record(session, refused, network, mac)
+                return _refused(templates, refused, mac, base_url)
+        return machine_script(
+            session,
+            templates,
+            mac,
+            base_url,
+            settings=settings,
+            secrets=secrets,
+            metrics=metrics,
+            network=network,
+        )
 
 
 def machine_script(
     session: Session,
     templates: Templates,
-    config: BootConfig,
     mac_text: str,
     base_url: str,
-    settings: Settings | None = None,
-    secrets: SecretBox | None = None,
-    metrics: Metrics | None = None,
+    *,
+    settings: Settings,
+    secrets: SecretBox,
+    metrics: Metrics,
+    network: str = enrollment.UNMATCHED,
 ) -> str:
-    """The per-MAC iPXE script; enrolls and starts inspection as the table above says."""
+    """The per-MAC iPXE script in a write transaction; enrolls and starts inspection as
+    the table above says (the enrollment limits are :func:`boot_script`'s)."""
     mac = parse_mac(mac_text)
-    machine = _by_mac(session, mac) or _enroll(session, mac, settings)
+    machine = _by_mac(session, mac) or _enroll(session, mac, settings, network)
     ctx: dict[str, Any] = {"base_url": base_url, "machine": machine_context(machine, mac)}
     arch = machine.arch
-    timeouts = settings.timeouts if settings else None
 
     if machine.state == State.ENROLLED:
-        inspect = session.exec(select(Image).where(Image.name == config.inspect_image)).first()
-        if not config.auto_enroll:
+        inspect = _inspect_image(session, settings)
+        if not settings.auto_enroll:
             reason = "auto_enroll is off; an operator must inspect or manage this machine"
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
         if inspect is None:
-            reason = f"no inspection image named {config.inspect_image!r} in the catalog"
+            reason = f"no inspection image named {settings.inspect_image!r} in the catalog"
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
-        if settings is not None and secrets is not None:
-            deploy.start_inspection(
-                session,
-                machine,
-                actor=ACTOR,
-                settings=settings,
-                secrets=secrets,
-                power_cycle=False,
-                reason="PXE boot",
-            )
-        else:
-            advance(session, machine, Ev.INSPECT, actor=ACTOR, reason="PXE boot", timeouts=timeouts)
+        deploy.start_inspection(
+            session,
+            machine,
+            actor=ACTOR,
+            settings=settings,
+            secrets=secrets,
+            power_cycle=False,
+            reason="PXE boot",
+        )
         ctx["machine"] = machine_context(machine, mac)
 
     state = machine.state
     if state == State.INSPECTING:
-        inspect = session.exec(select(Image).where(Image.name == config.inspect_image)).first()
+        inspect = _inspect_image(session, settings)
         if inspect is None:
-            reason = f"no inspection image named {config.inspect_image!r} in the catalog"
-            return render_script(templates, "exit", arch, reason=reason, **ctx)
-        if settings is not None and secrets is not None:
-            deploy.ensure_inspection_record(session, machine, secrets=secrets)
+            return _no_inspect_image(templates, settings, ctx)
+        deploy.ensure_inspection_record(session, machine, secrets=secrets)
         boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
-        return render_script(
-            templates,
-            "inspect",
-            arch,
-            image=image_context(inspect, base_url),
-            seed_url=f"{base_url}/meta/{machine.uuid}/",
-            **ctx,
-        )
+        return _booting(templates, "inspect", inspect, base_url, ctx)
     if state == State.DEPLOYING:
-        image = deploy_image(session, machine, config.inspect_image)
+        image = deploy_image(session, machine, settings.inspect_image)
         if image is None:
             reason = f"no image for {arch} in the catalog"
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
         boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
-        return render_script(
-            templates,
-            "deploy",
-            arch,
-            image=image_context(image, base_url),
-            seed_url=f"{base_url}/meta/{machine.uuid}/",
-            **ctx,
-        )
-    if state in (State.ACTIVE, State.INSTALLING_AGENT):
-        return render_script(templates, "local", arch, **ctx)
-    return render_script(templates, "poweroff", arch, **ctx)
+        return _booting(templates, "deploy", image, base_url, ctx)
+    return _resting(templates, machine, ctx)
 
 
 def entry_script(templates: Templates, base_url: str) -> str:
     return templates.render_first(["ipxe/entry.j2"], base_url=base_url)
-
-
-def canonical_address(address: str) -> str:
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return address.strip()
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def _image_phase(session: Session, client: str, name: str, file: str) -> tuple[int, str] | None:
-    """(machine id, ``kernel`` or ``initrd``) when the fetch is a boot phase of the client."""
-    machine = boot_telemetry.machine_by_address(session, canonical_address(client))
-    if machine is None or machine.id is None:
-        return None
-    record = deploy.running_deployment(session, machine.id)
-    if record is None:
-        return None
-    image = session.get(Image, record.image_id) if record.image_id else None
-    if image is None:
-        image = session.exec(select(Image).where(Image.name == name)).first()
-    if image is None or image.name != name:
-        return None
-    phase = {image.kernel: "kernel", image.initrd: "initrd"}.get(f"{name}/{file}")
-    if phase is None or phase in record.phases:
-        return None
-    return machine.id, phase
-
-
-def record_image_fetch(db: Database, metrics: Metrics, client: str, name: str, file: str) -> None:
-    """Record a kernel or initrd fetch as a boot phase of the client's machine.
-
-    Image downloads are the hot path of a boot storm: the lookup runs in a read
-    session, and a write transaction is opened only when there is a phase to record.
-    """
-    with db.read_session() as session:
-        found = _image_phase(session, client, name, file)
-    if found is None:
-        return
-    machine_id, phase = found
-    with db.transaction() as session:
-        machine = session.get(Machine, machine_id)
-        boot_telemetry.record_phase(session, machine, phase, metrics=metrics, file=f"{name}/{file}")

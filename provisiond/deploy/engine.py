@@ -18,20 +18,23 @@ releasing                                    wipe the disks' first and last MiB 
                                              SSH and verify, power off, available
 ===========================================  =======================================
 
-Every step takes the machine's DB lock first (owner ``engine@<host>``, so a
-restarted daemon on the same host takes back its own lock at once, and a dead
-daemon's lock expires), and runs its blocking calls in the executor with
+Every step takes the machine's DB lock first (owner ``<daemon id>:engine``, one per
+process), renews it while it runs and writes its result only while the lock is still
+its own (:mod:`provisiond.deploy.lock_guard`). A dead daemon's locks expire, or its
+successor on the same data dir takes them over at start
+(:mod:`provisiond.deploy.succession`). Blocking calls run in the executor with
 timeouts. Nothing lives only in memory: after a crash in the middle of an agent
 install, the step runs again (it is idempotent: files are replaced, the service
 restarted). A step that fails closes the deployment with a reason, e.g.
-``SSH host key mismatch ...`` or ``BMC power-cycle failed: ...``.
+``SSH host key mismatch ...`` or ``BMC power-cycle failed: ...``. A boot power-cycled
+before a restart that is never heard from again is retried
+(:mod:`provisiond.deploy.lost_boot`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,14 +42,16 @@ from typing import Any
 from sqlalchemy import or_
 from sqlmodel import col, select
 
-from provisiond import locks
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.deploy.agent_reports import issue_agent_token
+from provisiond.deploy.lock_guard import LockGuard
+from provisiond.deploy.lost_boot import is_lost
 from provisiond.deploy.release import ACTOR, Releaser, add_event
 from provisiond.deploy.remote_ops import install_agent
 from provisiond.deploy.ssh import HostKeyMismatch, SshError
+from provisiond.deploy.succession import Succession
 from provisiond.drivers.power.base import BmcError, BmcManualAction, BootDevice, PowerAction
 from provisiond.drivers.power.base import PowerState as PS
 from provisiond.errors import ConcurrentChange, Conflict, InvalidTransition, ProvisiondError
@@ -56,6 +61,7 @@ from provisiond.machines import power as machine_power
 from provisiond.machines import power_calls as power
 from provisiond.machines.power_calls import PowerPolicy
 from provisiond.models import Deployment, Machine, utcnow
+from provisiond.reconciler import run_loop
 
 log = get_logger(__name__)
 
@@ -67,10 +73,6 @@ class Work:
     step: str  # power | install | heartbeat_timeout | release
 
 
-def _owner() -> str:
-    return f"engine@{socket.gethostname()}"
-
-
 class DeployEngine:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -78,6 +80,7 @@ class DeployEngine:
         self._inflight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.releaser = Releaser(self)
+        self.guard = LockGuard(services.db, f"{services.instance}:engine", self.settings.lock_ttl_s)
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
 
@@ -85,17 +88,23 @@ class DeployEngine:
 
     async def run(self, stop: asyncio.Event) -> None:
         wakeup = self.services.deploy_wakeup
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:  # a failed pass is logged; the next one tries again
-                log.exception("deploy_engine_pass_failed")
-            await asyncio.to_thread(wakeup.wait, self.settings.engine_interval_s)
-            wakeup.clear()
+        succession = Succession(self.settings.data_dir, self.services.instance)
+        try:
+            await asyncio.to_thread(succession.take_over, self.services.db)
+        except Exception:  # the predecessor's locks then expire by themselves
+            log.exception("lock_takeover_failed")
+        await run_loop(  # logs deploy_engine_pass_failed when a pass raises
+            self.tick,
+            wakeup=wakeup,
+            interval_s=self.settings.engine_interval_s,
+            stop=stop,
+            name="deploy_engine_pass",
+        )
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        succession.close()
 
     async def tick(self) -> list[Work]:
         work = await asyncio.to_thread(self.scan)
@@ -118,7 +127,7 @@ class DeployEngine:
     def scan(self, now: datetime | None = None) -> list[Work]:
         now = now or utcnow()
         busy = or_(col(Machine.lock_owner).is_(None), col(Machine.lock_expires) < now)
-        mine = col(Machine.lock_owner) == _owner()
+        mine = col(Machine.lock_owner) == self.guard.owner
         states = [State.DEPLOYING, State.INSPECTING, State.INSTALLING_AGENT, State.RELEASING]
         out: list[Work] = []
         with self.services.db.read_session() as session:
@@ -137,23 +146,16 @@ class DeployEngine:
                 if record is None:
                     continue
                 step = _step_for(machine, record, now, self.settings.agent_heartbeat_timeout_s)
-                if step is None and _lost_boot(machine, record, now, self.started_at):
+                if step is None and self._lost(machine, record, now):
                     step = "repower"
                 if step:
                     out.append(Work(machine.id, machine.name, step))
         return out
 
     async def _drive(self, item: Work) -> None:
-        owner = _owner()
+        guard = self.guard
         try:
-            got = await asyncio.to_thread(
-                locks.try_acquire,
-                self.services.db,
-                item.machine_id,
-                owner,
-                ttl_s=self.settings.lock_ttl_s,
-            )
-            if not got:
+            if not await asyncio.to_thread(guard.take, item.machine_id):
                 return
             try:
                 step = {
@@ -163,9 +165,10 @@ class DeployEngine:
                     "release": self.releaser.step,
                     "repower": self._repower_step,
                 }[item.step]
-                await step(item)
+                async with guard.heartbeat(item.machine_id, item.name):
+                    await step(item)
             finally:
-                await asyncio.to_thread(locks.release, self.services.db, item.machine_id, owner)
+                await asyncio.to_thread(guard.release, item.machine_id)
         except Exception:
             log.exception("deploy_step_failed", machine=item.name, step=item.step)
         finally:
@@ -176,6 +179,8 @@ class DeployEngine:
 
     def _fail(self, machine_id: int, reason: str, *, expect: set[str]) -> None:
         with self.services.db.transaction() as session:
+            if not self.guard.hold(session, machine_id, f"fail: {reason}"):
+                return
             machine = session.get(Machine, machine_id)
             if machine is None or machine.state not in expect:
                 return
@@ -197,6 +202,8 @@ class DeployEngine:
 
     def _phase(self, machine_id: int, phase: str, *, deployment: str = "", **details: Any) -> None:
         with self.services.db.transaction() as session:
+            if not self.guard.hold(session, machine_id, f"phase {phase}"):
+                return
             machine = session.get(Machine, machine_id)
             record = (
                 session.exec(select(Deployment).where(Deployment.uuid == deployment)).first()
@@ -349,18 +356,24 @@ class DeployEngine:
     async def _repower_step(self, item: Work) -> None:
         await asyncio.to_thread(self._repower, item.machine_id)
 
+    def _lost(self, machine: Machine, record: Deployment, now: datetime) -> bool:
+        wait = self.settings.lost_boot_s
+        return is_lost(machine, record, now=now, started=self.started_at, wait_s=wait)
+
     def _repower(self, machine_id: int) -> None:
         limit = self.settings.deploy_max_attempts
         reason = (
-            f"no OS callback {LOST_BOOT_S:.0f}s after a power-cycle sent before a daemon "
-            "restart; the callback may have gone unanswered"
+            "a boot power-cycled before a daemon restart was not heard from in the "
+            f"{self.settings.lost_boot_s:.0f}s after it; its callback may have gone unanswered"
         )
         with self.services.db.transaction() as session:
+            if not self.guard.hold(session, machine_id, "retry from the power-cycle"):
+                return
             machine = session.get(Machine, machine_id)
             if machine is None or machine.state not in (State.DEPLOYING, State.INSPECTING):
                 return
             record = deploy.running_deployment(session, machine_id)
-            if record is None or not _lost_boot(machine, record, utcnow(), self.started_at):
+            if record is None or not self._lost(machine, record, utcnow()):
                 return
             if record.attempt >= limit:
                 deploy.fail(
@@ -395,18 +408,3 @@ def _step_for(
         if now - since > timedelta(seconds=heartbeat_timeout):
             return "heartbeat_timeout"
     return None
-
-
-#: The guest retries its phone-home for about a minute; a boot older than this that
-#: never called back while the daemon was down is started again.
-LOST_BOOT_S = 90.0
-
-
-def _lost_boot(machine: Machine, record: Deployment, now: datetime, started: datetime) -> bool:
-    if machine.state not in (State.DEPLOYING, State.INSPECTING) or record.host_key:
-        return False
-    stamp = record.phases.get("power_cycle")
-    if not isinstance(stamp, str) or record.phases.get("power_cycle_skipped"):
-        return False
-    cycled = datetime.fromisoformat(stamp)
-    return cycled < started and now - cycled > timedelta(seconds=LOST_BOOT_S)

@@ -36,10 +36,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.config import Settings
 from provisiond.errors import Conflict
+from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
-from provisiond.models import Allocation, Deployment, Event, Machine, utcnow
+from provisiond.models import Allocation, Deployment, Machine, utcnow
 from provisiond.secrets import SecretBox
 
 #: Deployment.kind values.
@@ -103,6 +105,17 @@ def mark_phase(deployment: Deployment, phase: str, at: datetime | None = None) -
         return False
     deployment.phases = {**deployment.phases, phase: (at or utcnow()).isoformat()}
     return True
+
+
+#: ``phases`` key: the last time the machine asked again for a boot phase it had
+#: already reached, ``{"phase": "dhcp_discover", "at": "..."}``. Not a phase (its
+#: value is no time stamp), so phase tables and deadline reasons skip it.
+ASKED_AGAIN = "asked_again"
+
+
+def mark_asked_again(deployment: Deployment, phase: str, at: datetime | None = None) -> None:
+    stamp = {"phase": phase, "at": (at or utcnow()).isoformat()}
+    deployment.phases = {**deployment.phases, ASKED_AGAIN: stamp}
 
 
 def _new_record(
@@ -344,16 +357,13 @@ def retry_from_power_cycle(
         secrets=secrets,
         attempt=record.attempt + 1,
     )
-    session.add(
-        Event(
-            machine_id=machine.id,
-            machine_name=machine.name,
-            kind="deploy",
-            event="retry",
-            actor="engine",
-            message=f"{record.kind} attempt {new.attempt}: {reason}",
-            details={"deployment": new.uuid, "previous": record.uuid},
-        )
+    events.record(
+        session,
+        EventKind.DEPLOY,
+        "retry",
+        machine=machine,
+        actor="engine",
+        message=f"{record.kind} attempt {new.attempt}: {reason}",
+        details={"deployment": new.uuid, "previous": record.uuid},
     )
-    session.flush()
     return new

@@ -7,7 +7,8 @@ the host key the OS reported); without one it is skipped, and a ``wipe_skipped``
 event says so, written in the same transaction as the outcome (``available``, or
 ``release_failed`` with the reason). ``disks_wiped`` is recorded as soon as the
 wipe is verified. Nothing is written when the machine left ``releasing`` meanwhile
-(an operator moved it on): the release is then not ours to finish.
+(an operator moved it on), or when the engine's lock on it passed to another owner
+(:mod:`provisiond.deploy.lock_guard`): the release is then not ours to finish.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.deploy.remote_ops import wipe_disks
 from provisiond.deploy.ssh import SshError
 from provisiond.drivers.power.base import BmcError, BmcManualAction, PowerAction
 from provisiond.errors import Conflict, ProvisiondError
+from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.machines import power as machine_power
 from provisiond.machines import power_calls as power
-from provisiond.models import Deployment, Event, Machine
+from provisiond.models import Deployment, Machine
 
 if TYPE_CHECKING:
     from provisiond.deploy.engine import DeployEngine, Work
@@ -40,15 +43,15 @@ WIPE_SKIPPED = (
 
 
 def add_event(session: Session, machine_id: int, name: str, event: str, message: str) -> None:
-    session.add(
-        Event(
-            machine_id=machine_id,
-            machine_name=name,
-            kind="deploy",
-            event=event,
-            actor=ACTOR,
-            message=message,
-        )
+    events.record(
+        session,
+        EventKind.DEPLOY,
+        event,
+        flush=False,
+        machine_id=machine_id,
+        machine_name=name,
+        actor=ACTOR,
+        message=message,
     )
 
 
@@ -129,6 +132,8 @@ class Releaser:
 
     def failed(self, item: Work, reason: str, notes: list[tuple[str, str]]) -> None:
         with self.services.db.transaction() as session:
+            if not self.engine.guard.hold(session, item.machine_id, f"release failed: {reason}"):
+                return
             machine = _still_releasing(session, item, notes)
             if machine is None:
                 return
@@ -143,6 +148,8 @@ class Releaser:
 
     def released(self, item: Work, wiped: list[str], notes: list[tuple[str, str]]) -> None:
         with self.services.db.transaction() as session:
+            if not self.engine.guard.hold(session, item.machine_id, "released"):
+                return
             machine = _still_releasing(session, item, notes)
             if machine is None:
                 return

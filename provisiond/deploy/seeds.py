@@ -24,13 +24,12 @@ from provisiond.config import Settings
 from provisiond.deploy import records as deploy
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.deploy.boot_scripts import (
-    ACTOR,
-    BootConfig,
-    canonical_address,
     deploy_image,
     image_context,
     machine_context,
 )
+from provisiond.deploy.enrollment import ACTOR
+from provisiond.deploy.image_fetch import canonical_address
 from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
@@ -49,13 +48,14 @@ def _os_family(image: Image | None) -> str:
 def seed_file(
     session: Session,
     templates: Templates,
-    config: BootConfig,
+    settings: Settings,
     machine_uuid: str,
     file: str,
     client: str,
     base_url: str,
-    secrets: SecretBox | None = None,
-    metrics: Metrics | None = None,
+    *,
+    secrets: SecretBox,
+    metrics: Metrics,
 ) -> str:
     """One NoCloud seed file (or kickstart/preseed) for a deploying or inspecting machine."""
     if file not in SEED_FILES:
@@ -92,7 +92,7 @@ def seed_file(
             hint="start one (machines deploy / inspect); seed data belongs to it",
         )
     inspecting = record.kind == deploy.INSPECT
-    image = None if inspecting else deploy_image(session, machine, config.inspect_image)
+    image = None if inspecting else deploy_image(session, machine, settings.inspect_image)
     alloc = (
         session.get(Allocation, record.allocation_id) if record.allocation_id is not None else None
     )
@@ -101,7 +101,7 @@ def seed_file(
         record.phases = {**record.phases, "agent_url": base_url}
         session.add(record)
         boot_telemetry.record_phase(session, machine, "seed", metrics=metrics, client=client)
-    token = deploy.callback_token(secrets, record.uuid) if secrets is not None else ""
+    token = deploy.callback_token(secrets, record.uuid)
     family = _os_family(image)
     names = [f"os/{family}/{file}.j2", f"os/default/{file}.j2"]
     if not any((templates.root / n).is_file() for n in names):
@@ -131,7 +131,7 @@ def callback(
     token: str,
     fields: dict[str, str],
     client: str,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> dict[str, Any]:
     """The booted OS phones home with its SSH host key (cloud-init ``phone_home``).
 

@@ -24,21 +24,11 @@ from types import TracebackType
 
 import paramiko
 
-from provisiond.errors import ProvisiondError
+# Re-exported: the SSH errors live in the one tree (provisiond.errors).
+from provisiond.errors import CommandFailed as CommandFailed
+from provisiond.errors import HostKeyMismatch as HostKeyMismatch
+from provisiond.errors import SshError as SshError
 from provisiond.netboot.netns_socket import connect_in_netns
-
-
-class SshError(ProvisiondError):
-    status_code = 502
-    code = "ssh_error"
-
-
-class HostKeyMismatch(SshError):
-    code = "ssh_host_key_mismatch"
-
-
-class CommandFailed(SshError):
-    code = "ssh_command_failed"
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ inventory              the agent's inventory report (inspection done)
 =====================  ==================================================
 
 A phase is recorded once per deployment (the first time), so a retried DHCP or a
-second kernel fetch does not move it. Lookups are by MAC (DHCP, TFTP by address)
-or by the client address of an HTTP request, matched against recorded NIC
-addresses only.
+second kernel fetch does not move it; the boot firmware's repeated requests (PXE
+or iPXE DHCP, TFTP) are noted as ``asked_again`` instead, which tells the engine a
+boot is alive after a daemon restart (:mod:`provisiond.deploy.lost_boot`). Lookups
+are by MAC (DHCP, TFTP by address) or by the client address of an HTTP request,
+matched against recorded NIC addresses only.
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from provisiond.deploy.records import mark_phase, running_deployment
+from provisiond import events
+from provisiond.deploy.records import mark_asked_again, mark_phase, running_deployment
+from provisiond.events import EventKind
 from provisiond.metrics import Metrics
-from provisiond.models import Deployment, Event, Machine, Nic, utcnow
+from provisiond.models import Deployment, Machine, Nic, utcnow
 
 ORIGIN_PHASES = ("power_cycle", "deploy_requested", "inspect_requested")
+#: Phases the boot firmware reaches by asking dnsmasq: seen again, the machine is
+#: (re)booting. Not ``os_dhcp``: a running OS renews its lease whether or not its
+#: callback was answered.
+BOOT_REQUESTS = frozenset({"dhcp_discover", "dhcp_ack", "dhcp_proxy", "ipxe_dhcp", "tftp"})
 
 
 def machine_by_mac(session: Session, mac: str) -> Machine | None:
@@ -69,7 +77,7 @@ def record_phase(
     machine: Machine | None,
     phase: str,
     *,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
     actor: str = "boot",
     at: datetime | None = None,
     deployment: Deployment | None = None,
@@ -87,24 +95,24 @@ def record_phase(
         return False
     at = at or utcnow()
     if not mark_phase(deployment, phase, at):
+        if phase in BOOT_REQUESTS:
+            mark_asked_again(deployment, phase, at)
+            session.add(deployment)
         return False
     session.add(deployment)
     elapsed = seconds_since_origin(deployment, at)
-    session.add(
-        Event(
-            at=at,
-            machine_id=machine.id,
-            machine_name=machine.name,
-            kind="boot",
-            event=phase,
-            actor=actor,
-            message=f"{deployment.kind} phase {phase}"
-            + (f" at +{elapsed:.1f}s" if elapsed is not None else ""),
-            details={"deployment": deployment.uuid, "seconds": elapsed, **details},
-        )
+    events.record(
+        session,
+        EventKind.BOOT,
+        phase,
+        at=at,
+        machine=machine,
+        actor=actor,
+        message=f"{deployment.kind} phase {phase}"
+        + (f" at +{elapsed:.1f}s" if elapsed is not None else ""),
+        details={"deployment": deployment.uuid, "seconds": elapsed, **details},
     )
-    session.flush()
-    if metrics is not None and elapsed is not None:
+    if elapsed is not None:
         metrics.boot_phase_seconds.labels(deployment.kind, phase).observe(elapsed)
     return True
 

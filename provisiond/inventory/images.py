@@ -19,7 +19,7 @@ from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.events import audit
 from provisiond.models import Allocation, Deployment, Image
 from provisiond.netboot.images import ImageStore
-from provisiond.schemas.resources import ImageIn, ImageOut, ImagePatch
+from provisiond.schemas.catalog import ImageIn, ImageOut, ImagePatch
 
 
 def _find(session: Session, name: str) -> Image:

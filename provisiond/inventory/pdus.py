@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from provisiond.crud import apply_patch, ensure_name_free, get_by_name
 from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.events import audit
-from provisiond.machines.service import place, replace
+from provisiond.inventory.rack_units import place, replace
 from provisiond.models import Machine, Outlet, Pdu, Rack
 from provisiond.schemas.resources import OutletIn, PduIn, PduOut, PduPatch
 

@@ -42,12 +42,14 @@ Nothing is deleted without ``prune``: then racks, switches, PDUs and machines th
 the file does not name are deleted, machines only when at rest and not active.
 
     >>> plan(session, Source(text), secrets=box)               # what would change
-    >>> apply(session, Source(text), secrets=box, actor="token:ops", prune=True)
+    >>> apply(session, Source(text), secrets=box, actor="token:ops",
+    ...       hosts_changed=services.hosts_changed, prune=True)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +57,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlmodel import Session
 
+from provisiond.db import after_commit
 from provisiond.errors import (
     BadRequest,
     BodyTooLarge,
@@ -253,15 +256,27 @@ def plan(session: Session, source: Source, *, secrets: SecretBox, prune: bool = 
 
 
 def apply(
-    session: Session, source: Source, *, secrets: SecretBox, actor: str, prune: bool = False
+    session: Session,
+    source: Source,
+    *,
+    secrets: SecretBox,
+    actor: str,
+    hosts_changed: Callable[..., None],
+    prune: bool = False,
 ) -> Plan:
-    """Check and apply ``source`` in the caller's transaction (the caller commits)."""
+    """Check and apply ``source`` in the caller's transaction; once it commits, the
+    touched machines' dnsmasq host files are rewritten through ``hosts_changed``."""
     if session.get_bind().dialect.name == "postgresql":
         # Two applies at once would each check against a state the other is changing.
         # SQLite needs nothing: its write transactions already take the lock up front.
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPLY_LOCK})
     ready = draft(session, source, secrets=secrets, prune=prune)
     inventory_write.write(session, ready, secrets=secrets, actor=actor)
+    touched = [c for c in ready.plan.changes if c.kind == "machine" and c.action != "unchanged"]
+    changed = [c.name for c in touched if c.action != "delete"]
+    removed = [c.name for c in touched if c.action == "delete"]
+    if touched:
+        after_commit(session, lambda: hosts_changed(changed, removed=removed))
     return ready.plan.model_copy(update={"applied": True})
 
 

@@ -36,7 +36,8 @@ from provisiond.inventory.yamlfile import (
     load,
     plain,
 )
-from provisiond.schemas.resources import Name
+from provisiond.schemas.base import Name
+from provisiond.schemas.disks import Disk
 from provisiond.validators import normalize_mac
 
 Loc = tuple[str | int, ...]
@@ -172,7 +173,7 @@ class MachineSpec(Spec):
     ram_mib: Count | None = None
     power_watts: Count | None = None
     tags: list[Word64] = []
-    disks: list[dict[str, Any]] = []
+    disks: list[Disk] = []
     nics: list[NicSpec] = []
     bmc: BmcSpec | None = None
     outlets: list[OutletRef] = []

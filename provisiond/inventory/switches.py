@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from provisiond.crud import apply_patch, ensure_name_free, get_by_name
 from provisiond.errors import Conflict
 from provisiond.events import audit
-from provisiond.machines.service import place, replace
+from provisiond.inventory.rack_units import place, replace
 from provisiond.models import Machine, Nic, Rack, Switch, SwitchPort
 from provisiond.schemas.resources import PortIn, SwitchIn, SwitchOut, SwitchPatch
 

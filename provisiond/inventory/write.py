@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlmodel import Session, col, select
 
+from provisiond import events
+from provisiond.events import EventKind
 from provisiond.inventory.state import FIELDS
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import (
     Bmc,
-    Event,
     Machine,
     Nic,
     Outlet,
@@ -65,16 +66,15 @@ class _Writer:
         ]
 
     def audit(self, machine: Machine, event: str, message: str) -> None:
-        self.session.add(
-            Event(
-                at=self.now,
-                machine_id=machine.id,
-                machine_name=machine.name,
-                kind="audit",
-                event=event,
-                actor=self.actor,
-                message=message,
-            )
+        events.record(
+            self.session,
+            EventKind.AUDIT,
+            event,
+            flush=False,  # the write loop flushes in batches
+            at=self.now,
+            machine=machine,
+            actor=self.actor,
+            message=message,
         )
 
     def run(self) -> None:

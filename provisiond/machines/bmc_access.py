@@ -5,13 +5,14 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from provisiond.drivers.power.base import BmcTarget
-from provisiond.errors import ProvisiondError
+from provisiond.errors import Conflict
 from provisiond.models import Bmc, CredentialSet
 from provisiond.secrets import SecretBox
 
 
-class BmcNotConfigured(ProvisiondError):
-    status_code = 409
+class BmcNotConfigured(Conflict):
+    """The machine has no usable BMC address or password (its record, not the BMC)."""
+
     code = "bmc_not_configured"
 
 

@@ -15,13 +15,8 @@ from provisiond.drivers.power.redfish_tls import PIN_HINT, canonical_fingerprint
 from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.events import audit
 from provisiond.models import Bmc, CredentialSet, Machine
-from provisiond.schemas.resources import (
-    BmcIn,
-    BmcPatch,
-    CredentialIn,
-    CredentialOut,
-    CredentialPatch,
-)
+from provisiond.schemas.catalog import CredentialIn, CredentialOut, CredentialPatch
+from provisiond.schemas.resources import BmcIn, BmcPatch
 from provisiond.secrets import SecretBox
 
 

@@ -18,16 +18,17 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from provisiond import lifecycle
+from provisiond import events, lifecycle
 from provisiond.container import Services
 from provisiond.drivers.power.base import BmcAuthError, BmcError, BmcTarget, Identity, PowerState
 from provisiond.drivers.power.ipmi import PRIVILEGE_CODE
 from provisiond.drivers.power.ipmi_probe import expand_targets, parse_ports, sweep
 from provisiond.errors import BadRequest, NotFound, ProvisiondError
+from provisiond.events import EventKind
 from provisiond.lifecycle import Ev
 from provisiond.machines import power_calls as power
 from provisiond.machines.power_calls import PowerPolicy
-from provisiond.models import Bmc, CredentialSet, Event, Machine
+from provisiond.models import Bmc, CredentialSet, Machine
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -236,16 +237,15 @@ def _record(services: Services, found: list[_Found], actor: str, result: Discove
                 if key != "bmc":
                     setattr(machine, key, value)
             session.add(machine)
-            session.add(
-                Event(
-                    machine_id=machine.id,
-                    machine_name=machine.name,
-                    kind="discovery",
-                    event="updated",
-                    actor=actor,
-                    message="discovery updated " + ", ".join(sorted(changes)),
-                    details={k: str(v) for k, v in changes.items()},
-                )
+            events.record(
+                session,
+                EventKind.DISCOVERY,
+                "updated",
+                flush=False,
+                machine=machine,
+                actor=actor,
+                message="discovery updated " + ", ".join(sorted(changes)),
+                details={k: str(v) for k, v in changes.items()},
             )
             result.updated.append(machine.name)
 
@@ -253,18 +253,17 @@ def _record(services: Services, found: list[_Found], actor: str, result: Discove
 def _summary_event(services: Services, result: DiscoveryResult, actor: str) -> None:
     """One event per sweep, so operators see sweeps (and their failures) in the event log."""
     with services.db.transaction() as session:
-        session.add(
-            Event(
-                kind="discovery",
-                event="sweep",
-                actor=actor,
-                message=(
-                    f"swept {result.targets} targets: {result.responders} answered, "
-                    f"{len(result.enrolled)} enrolled, {len(result.updated)} updated, "
-                    f"{len(result.unchanged)} unchanged, {len(result.failed)} failed"
-                ),
-                details={"failed": result.failed[:100], "seconds": result.seconds},
-            )
+        events.record(
+            session,
+            EventKind.DISCOVERY,
+            "sweep",
+            actor=actor,
+            message=(
+                f"swept {result.targets} targets: {result.responders} answered, "
+                f"{len(result.enrolled)} enrolled, {len(result.updated)} updated, "
+                f"{len(result.unchanged)} unchanged, {len(result.failed)} failed"
+            ),
+            details={"failed": result.failed[:100], "seconds": result.seconds},
         )
 
 

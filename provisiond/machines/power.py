@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from provisiond import locks
+from provisiond import events, locks
 from provisiond.container import Services
 from provisiond.drivers.power.base import (
     BmcError,
@@ -34,13 +34,12 @@ from provisiond.drivers.power.redfish_tls import (
     fetch_certificate,
 )
 from provisiond.errors import Conflict, Problem, ValidationFailed
-from provisiond.events import audit
+from provisiond.events import EventKind, audit
 from provisiond.machines import power_calls as power
 from provisiond.machines.bmc_access import bmc_target
 from provisiond.machines.power_calls import PowerPolicy
 from provisiond.machines.power_sync import set_power_state
 from provisiond.machines.service import find
-from provisiond.models import Event
 
 
 @dataclass
@@ -88,17 +87,16 @@ def _record(
     with services.db.transaction() as session:
         if state is not None:
             set_power_state(session, machine_id, state.value)
-        session.add(
-            Event(
-                machine_id=machine_id,
-                machine_name=name,
-                kind="power",
-                event=event,
-                actor=actor,
-                message=message,
-                details=details or {},
-                request_id=request_id,
-            )
+        events.record(
+            session,
+            EventKind.POWER,
+            event,
+            machine_id=machine_id,
+            machine_name=name,
+            actor=actor,
+            message=message,
+            details=details,
+            request_id=request_id,
         )
 
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from provisiond import events
 from provisiond.container import Services
 from provisiond.drivers.power.base import BmcError, BmcTarget, PowerState
 from provisiond.errors import ProvisiondError
+from provisiond.events import EventKind
 from provisiond.logging import get_logger
 from provisiond.machines import power_calls as power
 from provisiond.machines.bmc_access import bmc_target
 from provisiond.machines.power_calls import PowerPolicy
-from provisiond.models import Bmc, Event, Machine, utcnow
+from provisiond.models import Bmc, Machine, utcnow
 
 log = get_logger(__name__)
 
@@ -129,6 +132,7 @@ def _record(
     """Write only rows whose power state or BMC health changed, with events, in one go."""
     threshold = services.settings.power_failure_threshold
     with services.db.transaction() as session:
+        noted: list[tuple[EventKind, str, dict[str, Any]]] = []  # one INSERT at the end
         for job in jobs:
             result = results.get(job.machine_id)
             if result is None:
@@ -142,7 +146,7 @@ def _record(
                 if becomes_unreachable:
                     bmc.unreachable_reason = f"{result.message} — {result.hint}"[:512]
                     report.unreachable.append(job.name)
-                    session.add(_event(job, "bmc_unreachable", bmc.unreachable_reason))
+                    noted.append(_event(job, "bmc_unreachable", bmc.unreachable_reason))
                     set_power_state(session, job.machine_id, PowerState.UNKNOWN.value)
                 session.add(bmc)
                 continue
@@ -151,7 +155,7 @@ def _record(
                 bmc = session.exec(select(Bmc).where(Bmc.machine_id == job.machine_id)).one()
                 if bmc.unreachable_reason:
                     report.recovered.append(job.name)
-                    session.add(_event(job, "bmc_reachable", "BMC answers again"))
+                    noted.append(_event(job, "bmc_reachable", "BMC answers again"))
                 bmc.power_failures = 0
                 bmc.unreachable_reason = ""
                 session.add(bmc)
@@ -159,7 +163,7 @@ def _record(
                 if job.power_state != PowerState.UNKNOWN.value:
                     report.drifted.append(job.name)
                     services.metrics.power_drift.inc()
-                    session.add(
+                    noted.append(
                         _event(
                             job,
                             "power_drift",
@@ -168,6 +172,7 @@ def _record(
                         )
                     )
                 set_power_state(session, job.machine_id, state)
+        events.record_many(session, noted)
 
 
 def set_power_state(session: Session, machine_id: int, state: str) -> None:
@@ -183,13 +188,14 @@ def set_power_state(session: Session, machine_id: int, state: str) -> None:
     )
 
 
-def _event(job: _Job, kind: str, message: str, details: dict[str, str] | None = None) -> Event:
-    return Event(
-        machine_id=job.machine_id,
-        machine_name=job.name,
-        kind="power",
-        event=kind,
-        actor="power_sync",
-        message=message,
-        details=details or {},
-    )
+def _event(
+    job: _Job, event: str, message: str, details: dict[str, str] | None = None
+) -> tuple[EventKind, str, dict[str, Any]]:
+    fields: dict[str, Any] = {
+        "machine_id": job.machine_id,
+        "machine_name": job.name,
+        "actor": "power_sync",
+        "message": message,
+        "details": details,
+    }
+    return EventKind.POWER, event, fields

@@ -5,14 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from provisiond.models.base import UTCDateTime, new_uuid, utcnow
 
 
 class Allocation(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("owner_token_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("owner_token_id", "idempotency_key"),
+        # Table models do not validate: the database refuses what would corrupt scheduling.
+        CheckConstraint("lease_s > 0", name="ck_allocation_lease_s_positive"),
+        CheckConstraint("attempts >= 0", name="ck_allocation_attempts_not_negative"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(default_factory=new_uuid, unique=True, index=True, max_length=36)
     owner_token_id: int = Field(foreign_key="apitoken.id", ondelete="CASCADE", index=True)

@@ -5,7 +5,7 @@
 from datetime import datetime
 from typing import TYPE_CHECKING, Optional
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import CheckConstraint, UniqueConstraint
 from sqlmodel import Field, Relationship, SQLModel
 
 from provisiond.models.base import UTCDateTime, utcnow
@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 
 class Rack(SQLModel, table=True):
+    # Table models do not validate: the database refuses what placement and power budgets trust.
+    __table_args__ = (
+        CheckConstraint("u_height >= 1", name="ck_rack_u_height_positive"),
+        CheckConstraint("power_budget_watts >= 0", name="ck_rack_power_budget_watts_not_negative"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=64)
     site: str = Field(default="", max_length=64)
@@ -24,6 +29,10 @@ class Rack(SQLModel, table=True):
 
 
 class Switch(SQLModel, table=True):
+    __table_args__ = (
+        CheckConstraint("u_position >= 1", name="ck_switch_u_position_positive"),
+        CheckConstraint("u_height >= 1", name="ck_switch_u_height_positive"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=64)
     rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="RESTRICT")
@@ -49,6 +58,11 @@ class SwitchPort(SQLModel, table=True):
 
 
 class Pdu(SQLModel, table=True):
+    __table_args__ = (
+        CheckConstraint("u_position >= 1", name="ck_pdu_u_position_positive"),
+        CheckConstraint("u_height >= 0", name="ck_pdu_u_height_not_negative"),
+        CheckConstraint("capacity_watts >= 0", name="ck_pdu_capacity_watts_not_negative"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=64)
     rack_id: int | None = Field(default=None, foreign_key="rack.id", ondelete="RESTRICT")

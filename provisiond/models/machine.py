@@ -5,13 +5,21 @@
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON
+from sqlalchemy import JSON, CheckConstraint
 from sqlmodel import Field, Relationship, SQLModel
 
 from provisiond.models.base import UTCDateTime, new_uuid, utcnow
 
 
 class Machine(SQLModel, table=True):
+    # Table models do not validate: the database refuses what placement and matching trust.
+    __table_args__ = (
+        CheckConstraint("cpus >= 0", name="ck_machine_cpus_not_negative"),
+        CheckConstraint("ram_mib >= 0", name="ck_machine_ram_mib_not_negative"),
+        CheckConstraint("u_position >= 1", name="ck_machine_u_position_positive"),
+        CheckConstraint("u_height >= 1", name="ck_machine_u_height_positive"),
+        CheckConstraint("power_watts >= 0", name="ck_machine_power_watts_not_negative"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(default_factory=new_uuid, unique=True, index=True, max_length=36)
     name: str = Field(unique=True, index=True, max_length=64)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import CheckConstraint
 from sqlmodel import Field, SQLModel
 
 from provisiond.models.base import UTCDateTime, utcnow
 
 
 class ApiToken(SQLModel, table=True):
+    __table_args__ = (
+        CheckConstraint("quota_machines >= 0", name="ck_apitoken_quota_machines_not_negative"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=64)
     role: str = Field(max_length=16)  # admin | operator | ci

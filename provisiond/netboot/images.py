@@ -25,17 +25,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisiond.errors import BadRequest, Conflict, NotFound, ProvisiondError
+from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound
 
 ROLES = ("kernel", "initrd", "rootfs")
 MANIFEST = ".sha256.json"
 CHUNK = 1 << 20
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-
-
-class Forbidden(ProvisiondError):
-    status_code = 403
-    code = "forbidden"
 
 
 def safe_component(value: str, what: str) -> str:

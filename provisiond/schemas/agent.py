@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from provisiond.schemas.resources import INT_MAX
+from provisiond.schemas.base import INT_MAX
 from provisiond.validators import normalize_mac
 
 #: Where the agent heartbeats when the daemon has no better idea.

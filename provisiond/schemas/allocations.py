@@ -29,12 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from provisiond.schemas.resources import INT_MAX, Arch, Name, Strict, Tag
-
-#: States an allocation can be in; the first three hold (or wait for) a machine.
-STATES = ("pending", "deploying", "ready", "failed", "released", "expired")
-LIVE_STATES = ("pending", "deploying", "ready")
-FINAL_STATES = ("failed", "released", "expired")
+from provisiond.schemas.base import INT_MAX, Arch, Name, Strict, Tag
 
 SSH_KEY_TYPES = frozenset(
     {
@@ -72,8 +67,10 @@ def parse_lease(value: Any) -> int:
                 for n, mult in zip(match.groups(), (86400, 3600, 60, 1), strict=True)
                 if n
             )
-    if seconds < 1 or seconds > INT_MAX:
+    if seconds < 1:
         raise ValueError("a lease must be at least 1 second")
+    if seconds > INT_MAX:
+        raise ValueError(f"a lease must be at most {INT_MAX} seconds")
     return seconds
 
 
@@ -151,6 +148,7 @@ class RenewIn(Strict):
 
 class AllocationOut(BaseModel):
     id: str
+    #: One of :data:`provisiond.allocations.states.STATES`.
     state: str
     owner: str
     image: str | None

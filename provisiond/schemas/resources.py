@@ -1,4 +1,5 @@
-"""Request and response shapes shared by the API, its client and the services.
+"""Request and response shapes of the inventory: racks, machines (NICs, BMC), switches
+and PDUs. Shared by the API, its client and the services.
 
 Table models (provisiond.models) stay apart from what the API accepts and shows.
 Passwords come in as ``SecretStr`` (so a stray repr or log line shows ``***``)
@@ -8,105 +9,32 @@ and never go out: responses say only ``password_set``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
-from provisiond.validators import normalize_mac
-
-Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-]
-Tag = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:=-]*$")
-]
-Arch = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[a-z0-9_]+$")]
-#: A host name or IP address: no spaces, no scheme.
-Address = Annotated[str, StringConstraints(max_length=255, pattern=r"^[^\s/]*$")]
-Mac = Annotated[str, AfterValidator(normalize_mac)]
-#: A file name inside the image store: relative, no ``..`` segment.
-
-
-def _relative_path(value: str) -> str:
-    if value.startswith("/") or ".." in value.split("/"):
-        raise ValueError("must be a relative path inside the image store, without '..'")
-    return value
-
-
-ImagePath = Annotated[
-    str,
-    StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9._/+-]*$"),
-    AfterValidator(_relative_path),
-]
-#: The largest value an INTEGER column holds on PostgreSQL.
-INT_MAX = 2**31 - 1
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Text = Annotated[str, StringConstraints(max_length=255)]
-Short = Annotated[str, StringConstraints(max_length=128)]
-
-
-#: A name or uuid in a URL, or a query filter: anything but NUL (PostgreSQL rejects it).
-Key = Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")]
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        if _has_nul(value):
-            raise ValueError("must not contain NUL characters")
-        return value
-
-
-class Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class Patch(Strict):
-    """A partial update: fields left out stay; ``null`` is allowed only where it means "none"."""
-
-    nullable: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="after")
-    def _no_null(self) -> Patch:
-        for key in sorted(self.model_fields_set - self.nullable):
-            if getattr(self, key) is None:
-                raise ValueError(f"{key} cannot be null; leave it out to keep it")
-        return self
-
-
-def _unique(values: list[str], what: str) -> list[str]:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"{what} {value!r} is listed twice")
-        seen.add(value)
-    return values
-
+from provisiond.schemas.base import (
+    INT_MAX,
+    Address,
+    Arch,
+    Finite,
+    Mac,
+    Name,
+    Out,
+    Patch,
+    Short,
+    Strict,
+    Tag,
+    Text,
+    _unique,
+)
+from provisiond.schemas.disks import check_disk
 
 # --- racks -------------------------------------------------------------------
 
@@ -211,9 +139,9 @@ class _MachineFields(Strict):
     model: Short = ""
     cpus: int | None = Field(default=None, ge=0, le=100_000)
     ram_mib: int | None = Field(default=None, ge=0, le=INT_MAX)
-    disks: list[dict[str, str | int | Finite | bool | None]] = Field(
-        default_factory=list, max_length=256
-    )
+    disks: list[
+        Annotated[dict[str, str | int | Finite | bool | None], AfterValidator(check_disk)]
+    ] = Field(default_factory=list, max_length=256)
     power_watts: int | None = Field(default=None, ge=0, le=INT_MAX)
 
     @field_validator("tags", check_fields=False)
@@ -405,111 +333,3 @@ class PduOut(Out):
     capacity_watts: int | None
     mgmt_address: str
     outlets: list[OutletOut]
-
-
-# --- images ------------------------------------------------------------------
-
-
-ImageKind = Literal["live", "disk"]
-#: Checksums by file role.
-Sums = dict[Literal["kernel", "initrd", "rootfs"], Sha256]
-OsTemplate = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._/-]*$")]
-
-
-class ImageIn(Strict):
-    name: Name
-    arch: Arch = "x86_64"
-    kind: ImageKind = "live"
-    kernel: ImagePath = Field(min_length=1)
-    initrd: ImagePath = Field(min_length=1)
-    rootfs: ImagePath = ""
-    kernel_args: str = Field(default="", max_length=1024)
-    os_template: OsTemplate = ""
-    sha256: Sums = Field(default_factory=dict)
-
-
-class ImagePatch(Patch):
-    name: Name | None = None
-    arch: Arch | None = None
-    kind: ImageKind | None = None
-    kernel: ImagePath | None = Field(default=None, min_length=1)
-    initrd: ImagePath | None = Field(default=None, min_length=1)
-    rootfs: ImagePath | None = None
-    kernel_args: str | None = Field(default=None, max_length=1024)
-    os_template: OsTemplate | None = None
-    sha256: Sums | None = None
-
-
-class ImageOut(Out):
-    name: str
-    arch: str
-    kind: str
-    kernel: str
-    initrd: str
-    rootfs: str
-    kernel_args: str
-    os_template: str
-    sha256: dict[str, str]
-    created_at: datetime
-
-
-# --- events ------------------------------------------------------------------
-
-
-class EventOut(Out):
-    id: int
-    at: datetime
-    machine: str
-    kind: str
-    event: str
-    from_state: str | None
-    to_state: str | None
-    actor: str
-    message: str
-    details: dict[str, Any]
-    request_id: str
-    phase_timings: dict[str, float]
-
-
-# --- tokens and credential sets ----------------------------------------------
-
-
-class TokenIn(Strict):
-    name: Name
-    role: Literal["admin", "operator", "ci"] = "ci"
-    quota_machines: int | None = Field(default=None, ge=0, le=INT_MAX)
-    #: ``"90d"`` (units s, m, h, d, w) or an ISO 8601 date; None: never expires.
-    expires: str | None = Field(default=None, min_length=1, max_length=64)
-
-
-class TokenOut(Out):
-    name: str
-    role: str
-    prefix: str
-    quota_machines: int | None
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime | None
-
-
-class TokenCreated(TokenOut):
-    #: The clear token; this response is the only time it is shown.
-    token: str
-
-
-class CredentialIn(Strict):
-    name: Name
-    username: str = Field(min_length=1, max_length=64)
-    password: SecretStr = Field(min_length=1, max_length=256)
-
-
-class CredentialPatch(Patch):
-    username: str | None = Field(default=None, min_length=1, max_length=64)
-    password: SecretStr | None = Field(default=None, min_length=1, max_length=256)
-
-
-class CredentialOut(Out):
-    name: str
-    username: str
-    password_set: bool
-    created_at: datetime

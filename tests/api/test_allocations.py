@@ -7,14 +7,16 @@ pass (:func:`run_queue`) as the scheduler would.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlmodel import col, select
 
+from provisiond.allocations import watch
 from provisiond.allocations.queue import run_queue
 from provisiond.auth import create_token
 from provisiond.config import Settings
@@ -44,6 +46,11 @@ def body(image: str = "debian-12", lease: Any = "1h", **constraints: Any) -> dic
 def post(api: Api, role: str = "ci", **kw: Any) -> Any:
     headers = kw.pop("headers", {})
     return api.as_(role).post(URL, json=body(**kw), headers=headers)
+
+
+def _at(value: str) -> datetime:
+    """A time as the API writes it (ISO 8601, UTC)."""
+    return datetime.fromisoformat(value)
 
 
 @pytest.fixture
@@ -268,17 +275,16 @@ def _make_ready(services: Services, name: str, address: str = "") -> None:
 def test_ready_then_release(api: Api, catalog: Services) -> None:
     out = post(api, names=["small"], lease="2h").json()
     _make_ready(catalog, "small", address="10.9.0.7")
+    before = utcnow()
     assert run_queue(catalog).ready == [out["id"]]
+    after = utcnow()
     ready = api.ci.get(f"{URL}/{out['id']}").json()
     assert ready["state"] == "ready"
     assert ready["address"] == "10.9.0.7"
     assert ready["ssh_user"] == "root"
     assert ready["host_key_fingerprint"].startswith("SHA256:")
-    lease_left = (
-        Allocation.model_validate({"expires_at": ready["expires_at"], "owner_token_id": 0})
-    ).expires_at
-    assert lease_left is not None
-    assert timedelta(seconds=7100) < lease_left - utcnow() <= timedelta(seconds=7200)
+    # The lease counts from readiness (the queue pass), however long the test took.
+    assert before + timedelta(hours=2) <= _at(ready["expires_at"]) <= after + timedelta(hours=2)
 
     released = api.ci.delete(f"{URL}/{out['id']}")
     assert released.status_code == 200
@@ -316,12 +322,18 @@ def test_lease_expiry_releases_even_across_a_restart(
 ) -> None:
     out = post(api, names=["small"], lease=30).json()
     _make_ready(catalog, "small")
+    before = utcnow()
     run_queue(catalog)
-    # A pending request's bound is its lease too.
+    ends = _at(api.ci.get(f"{URL}/{out['id']}").json()["expires_at"])
+    assert before + timedelta(seconds=30) <= ends <= utcnow() + timedelta(seconds=30)
+    # A pending request's bound is its lease too, from its creation (after ``ends - 30``).
     waiting = post(api, names=["small"], lease=60).json()
     assert waiting["state"] == "pending"
+    waiting_ends = _at(waiting["expires_at"])
+    assert waiting_ends == _at(waiting["created_at"]) + timedelta(seconds=60)
 
-    assert run_queue(catalog, now=utcnow() + timedelta(seconds=20)).expired == []
+    # Passes run at chosen times, not "now plus a margin": a slow test run moves nothing.
+    assert run_queue(catalog, now=ends - timedelta(seconds=10)).expired == []
     # "Restart": a fresh Services on the same database finds the lease over.
     fresh = Services(
         settings=settings,
@@ -330,7 +342,7 @@ def test_lease_expiry_releases_even_across_a_restart(
         instance="restarted",
     )
     try:
-        report = run_queue(fresh, now=utcnow() + timedelta(seconds=31))
+        report = run_queue(fresh, now=ends + timedelta(seconds=1))
     finally:
         fresh.close()
     assert report.expired == [out["id"]]
@@ -343,7 +355,7 @@ def test_lease_expiry_releases_even_across_a_restart(
             select(Event.event).where(Event.kind == "allocation", Event.machine_name == "small")
         ).all()
     assert "expire" in kinds
-    assert run_queue(catalog, now=utcnow() + timedelta(seconds=61)).expired == [waiting["id"]]
+    assert run_queue(catalog, now=waiting_ends + timedelta(seconds=1)).expired == [waiting["id"]]
 
 
 def test_renew(api: Api, catalog: Services) -> None:
@@ -368,17 +380,32 @@ def test_list_filters(api: Api, catalog: Services) -> None:
     assert api.ci.get(URL, params={"state": "bogus"}).status_code == 422
 
 
-def test_long_poll_returns_on_change_not_on_a_timer(api: Api, catalog: Services) -> None:
+def test_long_poll_returns_on_change_not_on_a_timer(
+    api: Api, catalog: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database re-read is pushed past every bound below, so only the wait's own
+    # deadline or a change notice can end a long-poll here.
+    monkeypatch.setattr(watch, "RECHECK_S", 300.0)
+    first_read, read = threading.Event(), watch.read
+
+    def read_and_tell(*args: Any) -> Any:
+        out = read(*args)
+        first_read.set()
+        return out
+
+    monkeypatch.setattr(watch, "read", read_and_tell)
     out = post(api, names=["small"]).json()
     assert out["state"] == "deploying"
 
     started = time.monotonic()
     unchanged = api.ci.get(f"{URL}/{out['id']}", params={"wait": 0.5})
     assert unchanged.json()["state"] == "deploying"
-    assert 0.4 < time.monotonic() - started < 3
+    assert 0.4 < time.monotonic() - started < 60  # its deadline, not a re-read (300 s)
+
+    first_read.clear()
 
     def engine() -> None:
-        time.sleep(0.5)
+        first_read.wait(30)  # the long-poll has read "deploying" and waits for news
         _make_ready(catalog, "small")
         run_queue(catalog)
 
@@ -386,20 +413,29 @@ def test_long_poll_returns_on_change_not_on_a_timer(api: Api, catalog: Services)
     worker.start()
     started = time.monotonic()
     try:
-        changed = api.ci.get(f"{URL}/{out['id']}", params={"wait": 30, "since_state": "deploying"})
+        changed = api.ci.get(f"{URL}/{out['id']}", params={"wait": 120, "since_state": "deploying"})
     finally:
         worker.join(timeout=30)
     assert changed.json()["state"] == "ready"
-    assert time.monotonic() - started < 5
+    # Woken by the change notice: long before its deadline (120 s) or a re-read (300 s).
+    assert time.monotonic() - started < 60
     bad = api.ci.get(f"{URL}/{out['id']}", params={"wait": 1, "since_state": "bogus"})
     assert bad.status_code == 422
 
 
-def test_event_stream(api: Api, catalog: Services) -> None:
+def test_event_stream(api: Api, catalog: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_snapshot, snapshot = threading.Event(), watch._snapshot
+
+    def snapshot_and_tell(*args: Any) -> Any:
+        out = snapshot(*args)
+        first_snapshot.set()
+        return out
+
+    monkeypatch.setattr(watch, "_snapshot", snapshot_and_tell)
     out = post(api, names=["small"]).json()
 
     def release() -> None:
-        time.sleep(0.5)
+        first_snapshot.wait(30)  # the stream has the allocation as it was: the release is news
         api.ci.delete(f"{URL}/{out['id']}")
 
     worker = threading.Thread(target=release)
@@ -425,3 +461,31 @@ def test_event_stream(api: Api, catalog: Services) -> None:
             select(Allocation).where(col(Allocation.state).in_(("deploying", "ready")))
         ).all()
     assert live == []
+
+
+def test_event_stream_finds_its_events_behind_many_other_allocations(
+    api: Api, catalog: Services
+) -> None:
+    """The stream used to read the first 200 allocation events of anyone and filter them
+    in Python, so an allocation made after 200 others' events saw none of its own."""
+    from provisiond import events
+    from provisiond.events import EventKind
+
+    out = post(api, names=["small"]).json()
+    with catalog.db.transaction() as session:
+        events.record_many(
+            session,
+            [
+                (EventKind.ALLOCATION, "queued", {"allocation_id": 10_000 + i, "message": "other"})
+                for i in range(300)
+            ],
+        )
+    api.ci.delete(f"{URL}/{out['id']}")
+    headers = {"Authorization": api.ci._headers["Authorization"]}
+    with api.client.stream(
+        "GET", f"{URL}/{out['id']}/events", params={"duration": 5}, headers=headers
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    logged = [json.loads(line[6:]) for i, line in enumerate(lines) if lines[i - 1] == "event: log"]
+    assert all(row["message"] != "other" for row in logged)
+    assert any(row["kind"] == "allocation" and row["event"] == "release" for row in logged), logged

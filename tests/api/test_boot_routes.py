@@ -19,7 +19,6 @@ from provisiond.api.routers import boot as boot_router
 from provisiond.auth import create_token
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
-from provisiond.deploy.boot_scripts import BootConfig
 from provisiond.inventory import images as image_service
 from provisiond.lifecycle import Ev, advance
 from provisiond.models import Allocation, Deployment, Event, Image, Machine, Nic
@@ -57,7 +56,7 @@ def store(services: Services, tmp_path: Path) -> ImageStore:
     src.mkdir()
     (src / "vmlinuz").write_bytes(PAYLOAD)
     (src / "initrd.img").write_bytes(b"initrd-bytes")
-    store = ImageStore(BootConfig.from_settings(services.settings).images_dir)
+    store = ImageStore(services.settings.images_path)
     with services.db.transaction() as s:
         for name, template in (("inspect", ""), ("debian12", "debian")):
             image_service.add_image(

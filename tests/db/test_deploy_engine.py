@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
-from provisiond.deploy.engine import LOST_BOOT_S, DeployEngine
+from provisiond.deploy.engine import DeployEngine
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Deployment, Event, Machine, utcnow
 
@@ -93,7 +93,7 @@ def test_installing_agent_installs_then_times_out_without_heartbeat(services: Se
     _set_phases(services, machine_id, agent_installed=limit + 5)
     [work] = engine.scan()
     assert work.step == "heartbeat_timeout"
-    asyncio.run(engine._heartbeat_timeout(work))
+    asyncio.run(engine._drive(work))
     with services.db.read_session() as s:
         m = s.get(Machine, machine_id)
         assert m is not None and m.state == State.DEPLOY_FAILED
@@ -105,21 +105,25 @@ def test_installing_agent_installs_then_times_out_without_heartbeat(services: Se
 
 def test_a_boot_lost_across_a_restart_is_retried_from_power_cycle(services: Services) -> None:
     machine_id = _deploying(services)
-    _set_phases(services, machine_id, power_cycle=LOST_BOOT_S + 30)
+    wait = services.settings.lost_boot_s
+    _set_phases(services, machine_id, power_cycle=wait + 60)
     engine = DeployEngine(services)
-    engine.started_at = utcnow() - timedelta(seconds=LOST_BOOT_S + 60)
+    engine.started_at = utcnow() - timedelta(seconds=wait + 90)
     assert engine.scan() == []  # the power-cycle came after this engine started: just wait
-    engine.started_at = utcnow()  # a daemon restarted after the power-cycle
+    engine.started_at = utcnow() - timedelta(seconds=wait - 10)
+    assert engine.scan() == []  # restarted after the power-cycle: wait lost_boot_s first
+    engine.started_at = utcnow() - timedelta(seconds=wait + 10)
     attempts = services.settings.deploy_max_attempts
     for attempt in range(2, attempts + 1):
         [work] = engine.scan()
         assert work.step == "repower"
-        engine._repower(machine_id)
+        asyncio.run(engine._drive(work))
         record = _record(services, machine_id)
         assert record.attempt == attempt and "power_cycle" not in record.phases
         assert [w.step for w in engine.scan()] == ["power"]
-        _set_phases(services, machine_id, power_cycle=LOST_BOOT_S + 30)
-    engine._repower(machine_id)
+        _set_phases(services, machine_id, power_cycle=wait + 60)
+    [work] = engine.scan()
+    asyncio.run(engine._drive(work))
     with services.db.read_session() as s:
         m = s.get(Machine, machine_id)
         assert m is not None and m.state == State.DEPLOY_FAILED
@@ -145,7 +149,7 @@ def test_releasing_machines_are_released(services: Services) -> None:
     assert work.step == "release"
     # No OS with our key ran and no BMC: the wipe is skipped (with an event) and the
     # machine is available again.
-    asyncio.run(engine.releaser.step(work))
+    asyncio.run(engine._drive(work))
     with services.db.read_session() as s:
         m = s.get(Machine, machine_id)
         assert m is not None and m.state == State.AVAILABLE

@@ -33,6 +33,8 @@ from provisiond.rack.qemu import pid_alive, pid_command
 from provisiond.secrets import SecretBox
 from tests.support.netns import require
 
+pytestmark = pytest.mark.slow  # QEMU guests: not in `make test-fast`
+
 PASSWORD = "rack-secret"  # the simulated BMCs' password
 BOOT_S = 30
 
@@ -152,11 +154,18 @@ def test_inventory_applies_to_a_fresh_database(
 ) -> None:
     box = SecretBox.from_key_file(tmp_path / "secret.key")
     text = rack.inventory_file.read_text()
+    told: list[tuple[list[str], list[str]]] = []
     with sqlite_db.transaction() as session:
         plan = apply(
-            session, Source(text, {vrack.PASSWORD_ENV: PASSWORD}), secrets=box, actor="test"
+            session,
+            Source(text, {vrack.PASSWORD_ENV: PASSWORD}),
+            secrets=box,
+            actor="test",
+            hosts_changed=lambda names, removed=(): told.append((list(names), list(removed))),
         )
+        assert told == []  # only once the transaction commits
     assert plan.summary["create"] == 3, plan  # the rack and two machines
+    assert told == [(["vm1", "vm2"], [])]
     with sqlite_db.read_session() as session:
         machines = {m.name: m for m in session.exec(select(Machine))}
         vm2 = machines["vm2"]

@@ -9,6 +9,7 @@ virtual rack knows no daemon internals; settings never depend on an adapter.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import provisiond
@@ -31,10 +32,8 @@ FORBIDDEN: dict[str, set[str]] = {
 #: The guideline is ~400 lines; these are over it today and may only shrink.
 SIZE_LIMIT = 400
 OVER_TODAY = {
-    "agent/agent.py": 520,
-    "schemas/resources.py": 520,
+    "agent/agent.py": 520,  # one file on purpose: it is copied to the machines as is
     "rack/vrack.py": 460,
-    "machines/service.py": 450,
     "rack/guest_image.py": 415,
     "deploy/engine.py": 415,
 }
@@ -94,3 +93,17 @@ def test_no_flat_services_folder() -> None:
     assert not (ROOT / "services").exists()
     for package in USE_CASES | {"api", "cli", "netboot", "schemas"}:
         assert (ROOT / package / "__init__.py").is_file(), package
+
+
+def test_events_has_the_only_event_writer() -> None:
+    """Audit rows are built in one place (provisiond/events.py), nowhere by hand."""
+    built = re.compile(r"(?<![\w.])Event\(")
+    by_hand = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in ROOT.rglob("*.py")
+        if path.relative_to(ROOT) != Path("events.py") and "migrations" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if built.search(line) and not line.lstrip().startswith(("class ", "#"))
+    ]
+    assert not by_hand, by_hand
+    assert built.search("    row = Event(**fields)") and not built.search("asyncio.Event()")

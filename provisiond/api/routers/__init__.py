@@ -1,6 +1,7 @@
-"""The router list: one line per router."""
+"""The router list: one line per router; and what a boot listener serves."""
 
 from fastapi import APIRouter
+from starlette.routing import BaseRoute
 
 from provisiond.api.routers import (
     agent,
@@ -38,4 +39,12 @@ ROUTERS: list[APIRouter] = [
     deployments.router,
     allocations.router,
     agent.router,
+]
+
+#: What a provisioning network's boot listener serves (provisiond.api.app.BootOnly):
+#: the routes machines call while they boot, their agent's, and /healthz.
+BOOT_ROUTES: list[BaseRoute] = [
+    *boot.router.routes,
+    *agent.router.routes,
+    *(r for r in health.router.routes if getattr(r, "path", "") == "/healthz"),
 ]

@@ -14,7 +14,7 @@ from provisiond.api.admission import client_gone
 from provisiond.api.deps import CI, ReadSession, ServicesDep, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.schemas.allocations import AllocationIn, AllocationOut, RenewIn
-from provisiond.schemas.resources import Key
+from provisiond.schemas.base import Key
 
 router = APIRouter(prefix="/api/v1/allocations", tags=["allocations"])
 

@@ -1,7 +1,9 @@
 """Routes machines call while they network-boot: no token (see provisiond.deploy.boot_scripts).
 
 - ``GET /boot/ipxe``: the entry script, chaining to ``/boot/${net0/mac}.ipxe``;
-- ``GET /boot/{mac}.ipxe``: the per-machine script from its lifecycle state;
+- ``GET /boot/{mac}.ipxe``: the per-machine script from its lifecycle state (an
+  unknown MAC is enrolled within its network's limits, see
+  :mod:`provisiond.deploy.enrollment`);
 - ``GET /meta/{uuid}/{file}``: cloud-init NoCloud seed, kickstart or preseed;
 - ``GET|HEAD /images/{name}/{file}``: stored image files, with one HTTP Range;
 - ``POST /boot/callback/{uuid}?token=``: the booted OS phones home with its host key.
@@ -20,9 +22,10 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from provisiond.api.deps import ServicesDep, WriteSession
+from provisiond.api.deps import ServicesDep, WriteSession, still_wanted
+from provisiond.config import Settings
 from provisiond.deploy import boot_scripts as boot
-from provisiond.deploy import seeds
+from provisiond.deploy import enrollment, image_fetch, seeds
 from provisiond.errors import BadRequest
 from provisiond.netboot.images import ImageStore
 from provisiond.netboot.sendfile import FileRangeResponse, Unsatisfiable, parse_range
@@ -38,31 +41,32 @@ def _templates(root: Path) -> Templates:
     return Templates(root)
 
 
-def _base(request: Request, config: boot.BootConfig) -> str:
-    return config.base_url(str(request.base_url))
+def _base(request: Request, settings: Settings) -> str:
+    return settings.boot_base_url(str(request.base_url))
 
 
 @router.get("/boot/ipxe", response_class=PlainTextResponse)
 def entry(request: Request, services: ServicesDep) -> PlainTextResponse:
-    config = boot.BootConfig.from_settings(services.settings)
-    script = boot.entry_script(_templates(services.settings.templates_dir), _base(request, config))
+    script = boot.entry_script(
+        _templates(services.settings.templates_dir), _base(request, services.settings)
+    )
     return PlainTextResponse(script, media_type=IPXE)
 
 
 @router.get("/boot/{mac}.ipxe", response_class=PlainTextResponse)
-def machine_script(
-    mac: str, request: Request, services: ServicesDep, session: WriteSession
-) -> PlainTextResponse:
-    config = boot.BootConfig.from_settings(services.settings)
-    script = boot.machine_script(
-        session,
-        _templates(services.settings.templates_dir),
-        config,
+def machine_script(mac: str, request: Request, services: ServicesDep) -> PlainTextResponse:
+    """Read first; a write transaction only when serving the script writes."""
+    still_wanted(request)
+    settings, client = services.settings, request.client.host if request.client else ""
+    script = boot.boot_script(
+        services.db,
+        _templates(settings.templates_dir),
         mac,
-        _base(request, config),
-        services.settings,
-        services.secrets,
-        services.metrics,
+        _base(request, settings),
+        network=enrollment.network_for(settings.networks, request.scope.get("server"), client),
+        settings=settings,
+        secrets=services.secrets,
+        metrics=services.metrics,
     )
     return PlainTextResponse(script, media_type=IPXE)
 
@@ -71,17 +75,16 @@ def machine_script(
 def seed(
     machine: str, file: str, request: Request, services: ServicesDep, session: WriteSession
 ) -> PlainTextResponse:
-    config = boot.BootConfig.from_settings(services.settings)
     text = seeds.seed_file(
         session,
         _templates(services.settings.templates_dir),
-        config,
+        services.settings,
         machine,
         file,
         request.client.host if request.client else "",
-        _base(request, config),
-        services.secrets,
-        services.metrics,
+        _base(request, services.settings),
+        secrets=services.secrets,
+        metrics=services.metrics,
     )
     return PlainTextResponse(text, media_type=IPXE)
 
@@ -141,7 +144,7 @@ def _callback_fields(raw: bytes, content_type: str) -> dict[str, str]:
 @router.head("/images/{name}/{file}", operation_id="image_file_head")
 @router.get("/images/{name}/{file}", operation_id="image_file_get")
 async def image_file(name: str, file: str, request: Request, services: ServicesDep) -> Response:
-    store = ImageStore(boot.BootConfig.from_settings(services.settings).images_dir)
+    store = ImageStore(services.settings.images_path)
     opened = store.open_file(name, file)
     head = request.method == "HEAD"
     header = request.headers.get("range")
@@ -158,7 +161,7 @@ async def image_file(name: str, file: str, request: Request, services: ServicesD
         )
     if not head and (wanted is None or wanted.start == 0) and request.client:
         await asyncio.to_thread(
-            boot.record_image_fetch,
+            image_fetch.record_image_fetch,
             services.db,
             services.metrics,
             request.client.host,

@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from provisiond.api.deps import Operator, ReadSession, ServicesDep, WriteSession, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.machines import credentials
-from provisiond.schemas.resources import CredentialIn, CredentialOut, CredentialPatch, Key
+from provisiond.schemas.base import Key
+from provisiond.schemas.catalog import CredentialIn, CredentialOut, CredentialPatch
 
 router = APIRouter(prefix="/api/v1/credentials", tags=["credentials"])
 

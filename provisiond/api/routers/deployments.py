@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from provisiond.api.deps import CI, ReadSession
 from provisiond.deploy import deployments
-from provisiond.schemas.resources import Key
+from provisiond.schemas.base import Key
 
 router = APIRouter(prefix="/api/v1/machines/{ident}", tags=["deployments"])
 

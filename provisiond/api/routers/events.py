@@ -4,7 +4,8 @@ from fastapi import APIRouter
 
 import provisiond.events as events
 from provisiond.api.deps import CI, ReadSession
-from provisiond.schemas.resources import EventOut, Key
+from provisiond.schemas.base import Key
+from provisiond.schemas.catalog import EventOut
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 

@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.inventory import images
-from provisiond.schemas.resources import ImageIn, ImageOut, ImagePatch, Key
+from provisiond.schemas.base import Key
+from provisiond.schemas.catalog import ImageIn, ImageOut, ImagePatch
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 

@@ -57,16 +57,14 @@ def apply_inventory(
     services: ServicesDep,
     prune: bool = False,
 ) -> Plan:
-    plan = inventory.apply(
-        session, source, secrets=services.secrets, actor=actor(request), prune=prune
+    return inventory.apply(
+        session,
+        source,
+        secrets=services.secrets,
+        actor=actor(request),
+        hosts_changed=services.hosts_changed,
+        prune=prune,
     )
-    session.commit()
-    touched = [c for c in plan.changes if c.kind == "machine" and c.action != "unchanged"]
-    services.hosts_changed(
-        [c.name for c in touched if c.action != "delete"],
-        removed=[c.name for c in touched if c.action == "delete"],
-    )
-    return plan
 
 
 @router.get(

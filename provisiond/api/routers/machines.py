@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from provisiond.api.deps import CI, Operator, ReadSession, ServicesDep, WriteSession, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.machines import service as machines
-from provisiond.schemas.resources import Key, MachineEventIn, MachineIn, MachineOut, MachinePatch
+from provisiond.schemas.base import Key
+from provisiond.schemas.resources import MachineEventIn, MachineIn, MachineOut, MachinePatch
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
@@ -26,12 +27,14 @@ def list_machines(
 def create_machine(
     spec: MachineIn, request: Request, _: Operator, session: WriteSession, services: ServicesDep
 ) -> MachineOut:
-    out = machines.create_machine(
-        session, services.secrets, spec, actor=actor(request), request_id=rid(request)
+    return machines.create_machine(
+        session,
+        services.secrets,
+        spec,
+        actor=actor(request),
+        hosts_changed=services.hosts_changed,
+        request_id=rid(request),
     )
-    session.commit()
-    services.hosts_changed([out.name])
-    return out
 
 
 @router.get("/{ident}", response_model=MachineOut)
@@ -48,23 +51,28 @@ def update_machine(
     session: WriteSession,
     services: ServicesDep,
 ) -> MachineOut:
-    before = machines.get_machine(session, ident).name
-    out = machines.update_machine(
-        session, services.secrets, ident, patch, actor=actor(request), request_id=rid(request)
+    return machines.update_machine(
+        session,
+        services.secrets,
+        ident,
+        patch,
+        actor=actor(request),
+        hosts_changed=services.hosts_changed,
+        request_id=rid(request),
     )
-    session.commit()
-    services.hosts_changed([out.name], removed=[before] if before != out.name else [])
-    return out
 
 
 @router.delete("/{ident}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_machine(
     ident: Key, request: Request, _: Operator, session: WriteSession, services: ServicesDep
 ) -> None:
-    name = machines.get_machine(session, ident).name
-    machines.delete_machine(session, ident, actor=actor(request), request_id=rid(request))
-    session.commit()
-    services.hosts_changed([], removed=[name])
+    machines.delete_machine(
+        session,
+        ident,
+        actor=actor(request),
+        hosts_changed=services.hosts_changed,
+        request_id=rid(request),
+    )
 
 
 @router.post("/{ident}/events", response_model=MachineOut)
@@ -76,17 +84,13 @@ def fire_event(
     session: WriteSession,
     services: ServicesDep,
 ) -> MachineOut:
-    timeouts = services.settings.timeouts
-    result = machines.fire_event(
+    return machines.fire_event(
         session,
         ident,
         spec,
         actor=actor(request),
-        timeouts=timeouts,
-        request_id=rid(request),
         settings=services.settings,
         secrets=services.secrets,
+        wake_deployer=services.wake_deployer,
+        request_id=rid(request),
     )
-    session.commit()
-    services.wake_deployer()
-    return result

@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.inventory import pdus
-from provisiond.schemas.resources import Key, PduIn, PduOut, PduPatch
+from provisiond.schemas.base import Key
+from provisiond.schemas.resources import PduIn, PduOut, PduPatch
 
 router = APIRouter(prefix="/api/v1/pdus", tags=["pdus"])
 

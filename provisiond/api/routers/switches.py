@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from provisiond.api.deps import CI, Operator, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
 from provisiond.inventory import switches
-from provisiond.schemas.resources import Key, SwitchIn, SwitchOut, SwitchPatch
+from provisiond.schemas.base import Key
+from provisiond.schemas.resources import SwitchIn, SwitchOut, SwitchPatch
 
 router = APIRouter(prefix="/api/v1/switches", tags=["switches"])
 

@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 import provisiond.tokens as tokens
 from provisiond.api.deps import Admin, ReadSession, WriteSession, actor
 from provisiond.api.deps import request_id as rid
-from provisiond.schemas.resources import Key, TokenCreated, TokenIn, TokenOut
+from provisiond.schemas.base import Key
+from provisiond.schemas.catalog import TokenCreated, TokenIn, TokenOut
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 

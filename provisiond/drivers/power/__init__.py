@@ -1,14 +1,18 @@
-"""Power drivers: ipmi, redfish, manual. See base.py for the interface and error classes."""
+"""Power drivers: ipmi, redfish, manual. See base.py for the interface; the error classes
+are part of the tree in :mod:`provisiond.errors`, re-exported here."""
 
 from provisiond.drivers.power.base import (
     BmcAuthError,
     BmcBusy,
+    BmcCertificateMismatch,
     BmcError,
     BmcFatalError,
     BmcManualAction,
+    BmcPrivilegeError,
     BmcRetryableError,
     BmcSessionError,
     BmcTarget,
+    BmcTlsError,
     BmcUnreachable,
     BmcUnsupported,
     BootDevice,
@@ -22,12 +26,15 @@ from provisiond.drivers.power.base import (
 __all__ = [
     "BmcAuthError",
     "BmcBusy",
+    "BmcCertificateMismatch",
     "BmcError",
     "BmcFatalError",
     "BmcManualAction",
+    "BmcPrivilegeError",
     "BmcRetryableError",
     "BmcSessionError",
     "BmcTarget",
+    "BmcTlsError",
     "BmcUnreachable",
     "BmcUnsupported",
     "BootDevice",

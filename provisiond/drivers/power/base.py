@@ -1,28 +1,63 @@
-"""The power interface every BMC driver implements, and its error classes.
+"""The power interface every BMC driver implements; the BMC errors, re-exported.
 
 A driver is blocking and talks to one BMC; callers run it through
-:class:`provisiond.executor.BlockingExecutor` with a timeout. Errors are split the
-way an operator acts on them:
+:class:`provisiond.executor.BlockingExecutor` with a timeout. One driver object is
+shared by every thread that talks to its BMC (see :mod:`.pool`), so a driver that
+holds a session wraps each conversation in :meth:`PowerDriver.in_call`: then
+:meth:`PowerDriver.close` from another thread, when the BMC's settings change,
+waits for the calls in flight instead of pulling their session from under them.
 
-    BmcError                 (502) carries a hint
-    ├── BmcFatalError        retrying cannot help
-    │   ├── BmcAuthError     credentials rejected
-    │   ├── BmcUnsupported   the BMC cannot do this
-    │   └── BmcManualAction  a person must act (the ``manual`` driver)
-    └── BmcRetryableError    back off and try again
-        ├── BmcUnreachable   no answer (timeout, reset in progress)
-        ├── BmcBusy          "insufficient resources", node busy
-        └── BmcSessionError  the client library's session broke; log in afresh
+The error classes (``BmcError`` and its family: fatal ones such as ``BmcAuthError``,
+retryable ones such as ``BmcUnreachable``) are part of the one tree drawn in
+:mod:`provisiond.errors`; they are imported from here by the drivers and their callers.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from provisiond.errors import ProvisiondError
+from provisiond.errors import (
+    BmcAuthError,
+    BmcBusy,
+    BmcCertificateMismatch,
+    BmcError,
+    BmcFatalError,
+    BmcManualAction,
+    BmcPrivilegeError,
+    BmcRetryableError,
+    BmcSessionError,
+    BmcTlsError,
+    BmcUnreachable,
+    BmcUnsupported,
+)
+
+__all__ = [
+    "BmcAuthError",
+    "BmcBusy",
+    "BmcCertificateMismatch",
+    "BmcError",
+    "BmcFatalError",
+    "BmcManualAction",
+    "BmcPrivilegeError",
+    "BmcRetryableError",
+    "BmcSessionError",
+    "BmcTarget",
+    "BmcTlsError",
+    "BmcUnreachable",
+    "BmcUnsupported",
+    "BootDevice",
+    "Identity",
+    "PowerAction",
+    "PowerDriver",
+    "PowerState",
+    "Setting",
+]
 
 
 class PowerState(StrEnum):
@@ -92,44 +127,6 @@ class Identity:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class BmcError(ProvisiondError):
-    status_code = 502
-    code = "bmc_error"
-    retryable = False
-
-
-class BmcFatalError(BmcError):
-    pass
-
-
-class BmcAuthError(BmcFatalError):
-    code = "bmc_auth_failed"
-
-
-class BmcUnsupported(BmcFatalError):
-    code = "bmc_unsupported"
-
-
-class BmcManualAction(BmcFatalError):
-    code = "manual_action_required"
-
-
-class BmcRetryableError(BmcError):
-    retryable = True
-
-
-class BmcUnreachable(BmcRetryableError):
-    code = "bmc_unreachable"
-
-
-class BmcBusy(BmcRetryableError):
-    code = "bmc_busy"
-
-
-class BmcSessionError(BmcRetryableError):
-    code = "bmc_session_error"
-
-
 class PowerDriver(ABC):
     """Three calls drive a machine's power; identity is optional."""
 
@@ -138,6 +135,10 @@ class PowerDriver(ABC):
 
     def __init__(self, target: BmcTarget) -> None:
         self.target = target
+        self._calls = 0
+        self._retired = False
+        # Also held while the session is dropped: no call starts on a half-dropped one.
+        self._calls_lock = threading.Lock()
 
     @abstractmethod
     def get_power(self) -> PowerState: ...
@@ -157,5 +158,29 @@ class PowerDriver(ABC):
             hint="enter serial, vendor and model in the inventory instead",
         )
 
-    def close(self) -> None:  # noqa: B027  (an optional hook with a do-nothing default)
-        """Drop any session; the default driver holds none."""
+    @contextmanager
+    def in_call(self) -> Iterator[None]:
+        """Hold while talking to the BMC: :meth:`close` then waits for this call to end."""
+        with self._calls_lock:
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._calls -= 1
+                if self._retired and self._calls == 0:
+                    self._drop_session()
+
+    def close(self) -> None:
+        """Retire the driver: drop its session now, or when the last call in flight ends.
+
+        A call made on a retired driver still works; it drops the session it opened
+        when it returns, so a thread holding an old driver leaks nothing.
+        """
+        with self._calls_lock:
+            self._retired = True
+            if self._calls == 0:
+                self._drop_session()
+
+    def _drop_session(self) -> None:  # noqa: B027  (an optional hook with a do-nothing default)
+        """Drop any session, with no call in flight; the default driver holds none."""

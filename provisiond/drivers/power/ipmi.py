@@ -2,7 +2,11 @@
 
 One long-lived pyghmi ``Command`` per BMC: pyghmi 1.6.19 raises TypeError when a
 new Command follows ``logout()`` to the same BMC in one process, so the driver
-never logs out; it only drops a session that broke and logs in afresh.
+never logs out; it only drops a session that broke and logs in afresh. Many threads
+share one driver (see :mod:`.pool`): a lock per driver lets only one of them log in
+(concurrent Commands to one BMC race inside pyghmi's session table), and every call
+runs inside :meth:`PowerDriver.in_call`, so a settings change that closes the driver
+retires its session only after the calls in flight have their answers.
 
 Credentials go to pyghmi as bytes. With str, pyghmi 1.6.19 files a logging-in
 session under a str key but deletes it under a bytes key when the login fails, so
@@ -15,13 +19,23 @@ packet another waits for, and the owner sleeps until its next deadline, so login
 stall for 25-30 s or hang. Measured on 1,000 simulated BMCs, 64 threads: without
 the nudger the run hung; with it, login + get_power took 1.29-1.36 s (5 runs), the
 slowest single one 0.26 s.
+
+These workarounds touch pyghmi's private names, so pyproject pins pyghmi to
+exactly :data:`PYGHMI_VERSION` and the daemon calls :func:`check_pyghmi` at
+start-up. Only pyghmi's own failures (``IpmiException``, ``UnsupportedFunctionality``
+and the socket errors and timeouts of its transport) become BMC errors. Anything
+else is a bug and propagates with its traceback, never retried, except the session
+defects pyghmi raises from inside its session module (:func:`pyghmi_session_defect`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pyghmi import exceptions as pyghmi_exc
@@ -32,7 +46,7 @@ from provisiond.drivers.power.base import (
     BmcAuthError,
     BmcBusy,
     BmcError,
-    BmcRetryableError,
+    BmcPrivilegeError,
     BmcSessionError,
     BmcTarget,
     BmcUnreachable,
@@ -44,7 +58,33 @@ from provisiond.drivers.power.base import (
     PowerState,
     Setting,
 )
+from provisiond.errors import ConfigError
+from provisiond.logging import get_logger
 from provisiond.validators import normalize_mac
+
+log = get_logger(__name__)
+
+#: The pyghmi release whose private names the workarounds below use (pinned in pyproject).
+PYGHMI_VERSION = "1.6.19"
+_PYGHMI_PRIVATE_NAMES = ("iosockets", "myself", "KEEPALIVE_SESSIONS", "WAITING_SESSIONS")
+
+
+def check_pyghmi() -> None:
+    """Refuse to start with a pyghmi other than the one the workarounds were written for."""
+    installed = importlib.metadata.version("pyghmi")
+    missing = [name for name in _PYGHMI_PRIVATE_NAMES if not hasattr(pyghmi_session, name)]
+    if not hasattr(pyghmi_session.Session, "_mark_broken"):
+        missing.append("Session._mark_broken")
+    if installed == PYGHMI_VERSION and not missing:
+        return
+    lacks = f" (it lacks {', '.join(missing)})" if missing else ""
+    raise ConfigError(
+        f"pyghmi {installed} is installed{lacks}, but the IPMI driver works around "
+        f"defects of pyghmi {PYGHMI_VERSION} through its private names",
+        hint=f"install pyghmi=={PYGHMI_VERSION} (pip install 'pyghmi=={PYGHMI_VERSION}'), "
+        "or re-check each workaround in provisiond/drivers/power/ipmi.py against the new "
+        "release before changing the pin",
+    )
 
 
 class _Nudger:
@@ -127,19 +167,34 @@ _UNSUPPORTED_CODES = {0xC1, 0xC9}
 #: Level 0x80/0x81 ("... while requesting privelege level 3", its spelling), or 0xD4.
 _PRIVILEGE_WORDS = ("unauthorized role", "invalid role", "privilege level", "privelege level")
 #: The code of a refusal for lack of privilege, as opposed to a wrong password.
-PRIVILEGE_CODE = "bmc_privilege_insufficient"
+PRIVILEGE_CODE = BmcPrivilegeError.code
+#: What pyghmi raises when a BMC fails, refuses or does not answer. InvalidParameterValue
+#: is missing on purpose: pyghmi raises it for arguments we got wrong, a bug of ours.
+PYGHMI_FAILURES = (pyghmi_exc.IpmiException, pyghmi_exc.UnsupportedFunctionality, OSError)
+_SESSION_MODULE: str = os.path.realpath(str(pyghmi_session.__file__))
+
+
+def pyghmi_session_defect(exc: BaseException) -> bool:
+    """Whether ``exc`` is pyghmi's session state gone wrong, which a fresh login clears.
+
+    Seen in pyghmi 1.6.19: a failed login beside a live session leaves a Session
+    without ``errormsg``, so pyghmi's own ``raise IpmiException(self.errormsg)``
+    raises AttributeError. Only an AttributeError, TypeError or KeyError raised
+    *inside pyghmi's session module* counts: the same error raised by our code, or
+    elsewhere in pyghmi, is a bug to fix, not a session to renew.
+    """
+    if not isinstance(exc, AttributeError | TypeError | KeyError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.realpath(tb.tb_frame.f_code.co_filename) == _SESSION_MODULE
 
 
 def classify(exc: BaseException, target: BmcTarget, doing: str) -> BmcError:
-    """Map a pyghmi failure to a fatal or retryable error an operator can act on."""
-    if isinstance(exc, (AttributeError, TypeError, KeyError, IndexError, AssertionError)):
-        # pyghmi's own session state went wrong (seen: "'Session' object has no attribute
-        # 'errormsg'" after a failed login beside a live session); a fresh login clears it.
-        return BmcSessionError(
-            f"the IPMI session to {target.endpoint} broke while trying to {doing} "
-            f"({type(exc).__name__}: {exc})",
-            hint="provisiond logs in again on the next attempt",
-        )
+    """Map one of :data:`PYGHMI_FAILURES` to a fatal or retryable error an operator can act on."""
     text = str(exc) if str(exc) not in ("", "None") else "timeout"
     code = getattr(exc, "ipmicode", 0) or 0
     low = text.lower()
@@ -151,11 +206,10 @@ def classify(exc: BaseException, target: BmcTarget, doing: str) -> BmcError:
         )
     if code == 0xD4 or any(words in low for words in _PRIVILEGE_WORDS):
         # The password was right (or not yet checked): a new password will not help.
-        return BmcAuthError(
+        return BmcPrivilegeError(
             f"IPMI user {target.username!r} lacks the privilege to {doing} on {where}: {text}",
             hint=f"give the BMC user of {target.credential_source} the administrator "
             "privilege level on the BMC (operator is the least that can change power)",
-            code=PRIVILEGE_CODE,
         )
     if "insufficient resources" in low or code in _BUSY_CODES:
         return BmcBusy(
@@ -188,11 +242,39 @@ class IpmiPower(PowerDriver):
     def __init__(self, target: BmcTarget) -> None:
         super().__init__(target)
         self._command: Any = None
+        # One login however many threads ask at once: concurrent Commands to one BMC
+        # race inside pyghmi's session table. Per driver, so other BMCs never wait.
+        self._login = threading.RLock()
+
+    @contextlib.contextmanager
+    def _bmc_errors(self, doing: str, session: Any = None) -> Iterator[None]:
+        """pyghmi's failures become BMC errors; anything else is a bug and propagates.
+
+        A retryable failure retires ``session``: the next call logs in afresh.
+        """
+        try:
+            yield
+        except PYGHMI_FAILURES as exc:
+            error = classify(exc, self.target, doing)
+        except (AttributeError, TypeError, KeyError) as exc:
+            if not pyghmi_session_defect(exc):
+                raise
+            log.warning("pyghmi_session_defect", bmc=self.target.endpoint, exc_info=exc)
+            error = BmcSessionError(
+                f"the IPMI session to {self.target.endpoint} broke while trying to {doing} "
+                f"({type(exc).__name__} inside pyghmi: {exc})",
+                hint="provisiond logs in again on the next attempt",
+            )
+        else:
+            return
+        if error.retryable and session is not None:
+            self._forget(session)
+        raise error from None
 
     def _session(self, doing: str) -> Any:
-        if self._command is None:
-            try:
-                with _NUDGER:
+        with self._login:
+            if self._command is None:
+                with self._bmc_errors(doing), _NUDGER:
                     self._command = ipmi_command.Command(
                         bmc=self.target.address,
                         userid=self.target.username.encode(),
@@ -200,20 +282,13 @@ class IpmiPower(PowerDriver):
                         port=self.target.port,
                         keepalive=True,
                     )
-            except Exception as exc:  # pyghmi raises bare IpmiException, OSError, ...
-                raise classify(exc, self.target, doing) from None
-        return self._command
+            return self._command
 
     def _call(self, doing: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        session = self._session(doing)
-        try:
-            with _NUDGER:
+        with self.in_call():
+            session = self._session(doing)
+            with self._bmc_errors(doing, session), _NUDGER:
                 result = getattr(session, method)(*args, **kwargs)
-        except Exception as exc:
-            error = classify(exc, self.target, doing)
-            if isinstance(error, BmcRetryableError):
-                self._forget()  # possibly broken: the next call logs in afresh
-            raise error from None
         if isinstance(result, dict) and "error" in result:
             raise classify(
                 pyghmi_exc.IpmiException(result["error"], result.get("code", 0)),
@@ -271,18 +346,22 @@ class IpmiPower(PowerDriver):
             identity.bmc_mac = ""
         return identity
 
-    def _forget(self) -> None:
-        """Drop our session from pyghmi's process-wide cache.
+    def _forget(self, failed: Any = None) -> None:
+        """Drop our session (or only ``failed``, if it still is ours) from pyghmi's cache.
 
         A new Command to the same BMC would otherwise get the cached session back,
         still marked logged in, even after the BMC rebooted and forgot it. pyghmi's
         own _mark_broken is the one call that retires a session without the
         logout() defect (see the module docstring); measured to take < 1 ms.
         """
-        if self._command is not None:
+        with self._login:
+            command = self._command
+            if failed is not None and command is not failed:
+                return  # another thread already replaced the session that failed
+            self._command = None
+        if command is not None:
             with contextlib.suppress(Exception):
-                self._command.ipmi_session._mark_broken("retired by provisiond")
-        self._command = None
+                command.ipmi_session._mark_broken("retired by provisiond")
 
-    def close(self) -> None:
+    def _drop_session(self) -> None:
         self._forget()

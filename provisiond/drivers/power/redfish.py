@@ -42,8 +42,10 @@ from pyghmi.redfish import command as redfish_command
 from pyghmi.util import webclient
 
 from provisiond.drivers.power.base import (
+    BmcCertificateMismatch,
     BmcError,
     BmcTarget,
+    BmcTlsError,
     BmcUnreachable,
     BmcUnsupported,
     BootDevice,
@@ -55,8 +57,6 @@ from provisiond.drivers.power.base import (
 )
 from provisiond.drivers.power.redfish_errors import classify, http_error
 from provisiond.drivers.power.redfish_tls import (
-    BmcCertificateMismatch,
-    BmcTlsError,
     format_fingerprint,
     make_verifier,
     normalize_fingerprint,
@@ -351,7 +351,7 @@ class RedfishPower(PowerDriver):
                 return normalize_mac(str(mac))
         return ""
 
-    def close(self) -> None:
+    def _drop_session(self) -> None:
         # pyghmi 1.6.19 keeps no session URI, so a session token cannot be deleted;
         # it expires on the BMC. Keeping one Command per driver keeps that to one.
         self._command = None

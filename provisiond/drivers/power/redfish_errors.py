@@ -2,7 +2,7 @@
 
 pyghmi 1.6.19 reports every non-2xx as ``RedfishError`` with the MessageIds only,
 so the driver keeps the HTTP status and maps it here: 401 is a bad password, 403 a
-user without the role (``bmc_privilege_insufficient``), 404/405/501 unsupported,
+user without the role (``BmcPrivilegeError``), 404/405/501 unsupported,
 409/429/5xx busy (retryable). Text from the BMC or the library is scrubbed of the
 password before it reaches a message.
 """
@@ -20,23 +20,21 @@ from pyghmi import exceptions as pyghmi_exc
 from provisiond.drivers.power.base import (
     BmcAuthError,
     BmcBusy,
+    BmcCertificateMismatch,
     BmcError,
+    BmcPrivilegeError,
     BmcTarget,
+    BmcTlsError,
     BmcUnreachable,
     BmcUnsupported,
 )
 from provisiond.drivers.power.redfish_tls import (
     PIN_HINT,
-    BmcCertificateMismatch,
-    BmcTlsError,
     fingerprint_hint,
     format_fingerprint,
     normalize_fingerprint,
     openssl_command,
 )
-
-#: The code of a refusal for lack of privilege (the login itself worked).
-PRIVILEGE_CODE = "bmc_privilege_insufficient"
 
 
 def scrub(target: BmcTarget, text: str) -> str:
@@ -85,11 +83,10 @@ def classify(target: BmcTarget, exc: BaseException, doing: str) -> BmcError:
 def auth_error(target: BmcTarget, status: int, doing: str) -> BmcAuthError:
     where = target.endpoint
     if status == 403:
-        return BmcAuthError(
+        return BmcPrivilegeError(
             f"Redfish user {target.username!r} may not {doing} on {where} (HTTP 403)",
             hint=f"give the user in {target.credential_source} the Operator or "
             "Administrator role on the BMC",
-            code=PRIVILEGE_CODE,
         )
     return BmcAuthError(
         f"Redfish login rejected by {where} (HTTP {status}) while trying to {doing}",

@@ -24,19 +24,9 @@ from typing import Any
 
 from cryptography import x509
 
-from provisiond.drivers.power.base import BmcFatalError, BmcTarget, BmcUnreachable
+from provisiond.drivers.power.base import BmcTarget, BmcTlsError, BmcUnreachable
 
 TLS_VERIFY_CHOICES = ("fingerprint", "system")
-
-
-class BmcTlsError(BmcFatalError):
-    """The BMC's TLS identity cannot be trusted as configured; retrying cannot help."""
-
-    code = "bmc_tls_error"
-
-
-class BmcCertificateMismatch(BmcTlsError):
-    code = "bmc_certificate_mismatch"
 
 
 def normalize_fingerprint(value: str) -> str:

@@ -21,16 +21,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("allocation_id", sa.Integer(), nullable=True))
         batch_op.create_index(batch_op.f("ix_event_allocation_id"), ["allocation_id"], unique=False)
     # Existing allocation events name their allocation by uuid in details.
-    op.execute(
-        "UPDATE event SET allocation_id = (SELECT allocation.id FROM allocation "
-        "WHERE allocation.uuid = " + _details_allocation() + ") WHERE kind = 'allocation'"
-    )
-
-
-def _details_allocation() -> str:
     if op.get_bind().dialect.name == "postgresql":
-        return "(event.details::json ->> 'allocation')"
-    return "json_extract(event.details, '$.allocation')"
+        uuid = "(event.details::json ->> 'allocation')"
+    else:
+        uuid = "json_extract(event.details, '$.allocation')"
+    op.execute(
+        "UPDATE event SET allocation_id = (SELECT allocation.id FROM allocation "  # noqa: S608
+        f"WHERE allocation.uuid = {uuid}) WHERE kind = 'allocation'"
+    )
 
 
 def downgrade() -> None:
