@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from provisiond.allocations.queue import AllocationQueue
 from provisiond.api import create_app
+from provisiond.api.admission import Limits
 from provisiond.api.app import BootOnly
 from provisiond.config import Settings
 from provisiond.container import Services, daemon_id
@@ -37,9 +38,6 @@ log = get_logger(__name__)
 #: Threads per lane behind the loop's default executor (asyncio.to_thread: database
 #: work of async routes, the deploy engine and the scheduler), see provisiond.lanes.
 LANE_THREADS = {Lane.API: 32, Lane.BOOT: 32, Lane.SYSTEM: 32}
-#: anyio's worker threads (sync routes and dependencies) beyond the API's admission
-#: bound: the boot lane's share, so a full API lane never takes the agent's threads.
-BOOT_SYNC_THREADS = 64
 
 
 def build_services(settings: Settings, *, check_schema: bool = True) -> Services:
@@ -129,11 +127,18 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     # SQLite's write slot fill.
     executor = LaneExecutor(LANE_THREADS)
     loop.set_default_executor(executor)
-    # Sync routes run on anyio's threads; at most api_max_in_flight API requests are
-    # admitted, so an admitted request never waits for a thread while it holds a
-    # database connection.
+    # Sync routes and dependencies run on anyio's threads, one limiter for every lane:
+    # it is the sum of the bounds of every class that runs sync code, so no class can
+    # take another's threads, and an admitted request never waits for a thread while
+    # it holds a database connection. Threads are made only when needed. (Image file
+    # reads have their own limiter: provisiond.netboot.sendfile.)
     limiter = anyio.to_thread.current_default_thread_limiter()
-    limiter.total_tokens = settings.api_max_in_flight + BOOT_SYNC_THREADS
+    limiter.total_tokens = (
+        settings.api_max_in_flight
+        + settings.watch_max_in_flight
+        + settings.boot_max_in_flight
+        + Limits().health
+    )
     watchdog = LoopWatchdog(loop, pool=executor.pool(Lane.SYSTEM), metrics=services.metrics)
     watchdog.start()
     try:

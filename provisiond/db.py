@@ -165,7 +165,10 @@ class _WriteGate:
 #: flood in one lane cannot take another's connections. SQLite connections are cheap;
 #: PostgreSQL's are not (its default max_connections is 100, for every daemon).
 SQLITE_POOLS = {Lane.API: (16, 112), Lane.BOOT: (8, 56), Lane.SYSTEM: (8, 40)}
-POSTGRES_POOLS = {Lane.API: (10, 20), Lane.BOOT: (4, 8), Lane.SYSTEM: (4, 8)}
+#: PostgreSQL: at most 40 + 16 + 24 = 80 connections per daemon, under the server's
+#: default max_connections of 100; the system lane has room for the deploy engine's
+#: concurrent steps and the scheduler.
+POSTGRES_POOLS = {Lane.API: (10, 30), Lane.BOOT: (4, 12), Lane.SYSTEM: (8, 16)}
 #: How long a session waits for a pooled connection before the request gets a 503.
 POOL_TIMEOUT_S = 10.0
 
@@ -191,9 +194,12 @@ def _run_after_commit(session: Session) -> None:
             log.exception("after-commit hook %r failed", fn)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
-    session.info.pop(_AFTER_COMMIT, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
+    # Only when the whole transaction rolls back: a rolled-back savepoint
+    # (begin_nested) keeps what the outer transaction registered.
+    if previous_transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
 
 
 class Database:

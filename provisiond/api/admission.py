@@ -11,10 +11,11 @@ Every HTTP request is put in a class, and each class has its own bound:
 class     requests                                                   lane
 ========  =========================================================  ===============
 api       ``/api/v1/...`` and anything else not listed below          api
-watch     long-polls (``?wait=`` > 0) and streams (an allocation's     api
-          ``/events``, ``Accept: text/event-stream``, ``?stream=true``):
-          they hold a slot for minutes, so they are counted apart
-          and cannot starve ordinary calls
+watch     an allocation's long-poll (``GET /api/v1/allocations/{id}``   api
+          with ``wait`` > 0), its event stream (``.../events``) and a
+          streamed discovery (``?stream=true``): they hold a slot for
+          minutes, so they are counted apart and cannot starve
+          ordinary calls
 boot      iPXE scripts, seeds, the OS callback, the agent's reports   boot
 files     image downloads (kernels, initrds, disk images)             boot
 health    ``/healthz`` and ``/metrics``                               system
@@ -42,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -131,19 +134,37 @@ def classify(scope: Scope) -> tuple[str, Lane]:
         return "files", Lane.BOOT
     if path.startswith(_BOOT_PREFIXES):
         return "boot", Lane.BOOT
-    if path.startswith("/api/v1/allocations/") and path.endswith("/events"):
-        return "watch", Lane.API  # an allocation's event stream (SSE)
-    for name, value in scope.get("headers") or ():
-        if name == b"accept" and b"text/event-stream" in value:
-            return "watch", Lane.API
-    query = scope.get("query_string", b"")
-    if query and (b"wait=" in query or b"stream=" in query):
-        for key, value in parse_qsl(query.decode("latin-1")):
-            if key == "wait" and value not in ("", "0", "0.0"):
-                return "watch", Lane.API
-            if key == "stream" and value.lower() in ("1", "true", "yes", "on"):
-                return "watch", Lane.API
+    # Only the routes that really hold a request open are watches: a client must not
+    # get a watch slot for an ordinary call by adding a header or a query parameter.
+    if _ALLOCATION.fullmatch(path):
+        return ("watch" if _query_says(scope, "wait", _nonzero) else "api"), Lane.API
+    if _ALLOCATION_EVENTS.fullmatch(path) or (
+        path == "/api/v1/discovery" and _query_says(scope, "stream", _true)
+    ):
+        return "watch", Lane.API
     return "api", Lane.API
+
+
+_ALLOCATION = re.compile(r"/api/v1/allocations/[^/]+")
+_ALLOCATION_EVENTS = re.compile(r"/api/v1/allocations/[^/]+/events")
+
+
+def _nonzero(value: str) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False  # FastAPI answers 422 for it
+
+
+def _true(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _query_says(scope: Scope, key: str, test: Callable[[str], bool]) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    if key.encode() + b"=" not in query:
+        return False
+    return any(k == key and test(v) for k, v in parse_qsl(query.decode("latin-1")))
 
 
 def body_limit(path: str) -> int:

@@ -23,12 +23,9 @@ process), renews it while it runs and writes its result only while the lock is s
 its own (:mod:`provisiond.deploy.lock_guard`). A dead daemon's locks expire, or its
 successor on the same data dir takes them over at start
 (:mod:`provisiond.deploy.succession`). Blocking calls run in the executor with
-timeouts. Nothing lives only in memory: after a crash in the middle of an agent
-install, the step runs again (it is idempotent: files are replaced, the service
-restarted). A step that fails closes the deployment with a reason, e.g.
-``SSH host key mismatch ...`` or ``BMC power-cycle failed: ...``. A boot power-cycled
-before a restart that is never heard from again is retried
-(:mod:`provisiond.deploy.lost_boot`).
+timeouts. Nothing lives only in memory: a step interrupted by a crash runs again (it
+is idempotent). A failed step closes the deployment with a reason, e.g. ``SSH host
+key mismatch ...``; a lost boot is retried (:mod:`provisiond.deploy.lost_boot`).
 """
 
 from __future__ import annotations
@@ -286,6 +283,8 @@ class DeployEngine:
             record = deploy.running_deployment(session, machine_id)
             if record is None or not record.host_key or not record.address:
                 return None
+            if not self.guard.hold(session, machine_id, "agent install"):
+                return None
             boot_telemetry.record_phase(
                 session, machine, "agent_install", metrics=self.services.metrics, actor=ACTOR
             )
@@ -306,6 +305,8 @@ class DeployEngine:
             return
         address, host_key, private, agent_url, machine_uuid, record_uuid = plan
         token = await asyncio.to_thread(self._issue_token, item.machine_id)
+        if token is None:  # the lock passed to another daemon: its step, not ours
+            return
         env = (
             f"PROVISIOND_URL={agent_url}\nPROVISIOND_MACHINE={machine_uuid}\n"
             f"PROVISIOND_AGENT_TOKEN={token}\n"
@@ -338,10 +339,13 @@ class DeployEngine:
             self._phase, item.machine_id, "agent_installed", deployment=record_uuid
         )
 
-    def _issue_token(self, machine_id: int) -> str:
+    def _issue_token(self, machine_id: int) -> str | None:
+        """A new agent token, or None when the machine's lock is no longer ours."""
         with self.services.db.transaction() as session:
             machine = session.get(Machine, machine_id)
             assert machine is not None
+            if not self.guard.hold(session, machine_id, "agent token"):
+                return None
             return issue_agent_token(session, machine)
 
     async def _heartbeat_timeout(self, item: Work) -> None:

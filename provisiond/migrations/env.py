@@ -48,6 +48,10 @@ with engine.connect() as connection:
             target_metadata=SQLModel.metadata,
             render_as_batch=True,
             compare_type=True,
+            # SQLite's DDL is transactional; told so, Alembic runs every revision in
+            # the one transaction, so the foreign-key check below comes before the
+            # commit (otherwise each revision commits as it goes).
+            transactional_ddl=True if sqlite else None,
         )
         with context.begin_transaction():
             context.run_migrations()

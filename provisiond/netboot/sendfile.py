@@ -18,12 +18,29 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 import anyio.to_thread
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from provisiond.netboot.images import OpenFile
 
 CHUNK = 1 << 20
+#: Threads reading image chunks when the zero-copy path cannot be used: their own
+#: limiter, so downloads never take the threads the API and boot routes run on.
+FILE_READ_THREADS = 16
+_FILE_READS: RunVar[CapacityLimiter] = RunVar("provisiond_file_reads")
+
+
+def _file_reads() -> CapacityLimiter:
+    try:
+        return _FILE_READS.get()
+    except LookupError:
+        limiter = CapacityLimiter(FILE_READ_THREADS)
+        _FILE_READS.set(limiter)
+        return limiter
+
+
 ZEROCOPY = "http.response.zerocopysend"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -127,7 +144,7 @@ class FileRangeResponse(Response):
         position, remaining = self.start, self.length
         while remaining > 0:
             data = await anyio.to_thread.run_sync(
-                os.pread, self.file.fd, min(CHUNK, remaining), position
+                os.pread, self.file.fd, min(CHUNK, remaining), position, limiter=_file_reads()
             )
             if not data:  # the file shrank under us: stop short, the client sees a short body
                 raise OSError(f"image file ended {remaining} bytes early")

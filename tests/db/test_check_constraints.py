@@ -199,7 +199,10 @@ def test_a_failed_foreign_key_check_leaves_sqlite_at_the_old_revision(sqlite_db:
     try:
         cur = raw.cursor()
         cur.execute("PRAGMA foreign_keys = OFF")
-        cur.execute("INSERT INTO nic (machine_id, mac, pxe, name, ip_address) VALUES (424242, 'm', 0, 'x', '')")
+        cur.execute(
+            "INSERT INTO nic (machine_id, mac, pxe, name, ip_address) "
+            "VALUES (424242, 'm', 0, 'x', '')"
+        )
         raw.commit()
         cur.execute("PRAGMA foreign_keys = ON")
     finally:

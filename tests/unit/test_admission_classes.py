@@ -16,7 +16,12 @@ from provisiond.lanes import Lane
         ("/api/v1/allocations/a1", b"wait=30&since_state=pending", [], ("watch", Lane.API)),
         ("/api/v1/allocations/a1/events", b"", [], ("watch", Lane.API)),
         ("/api/v1/events", b"limit=5", [], ("api", Lane.API)),
-        ("/api/v1/events", b"", [(b"accept", b"text/event-stream")], ("watch", Lane.API)),
+        # a header or a query parameter does not buy an ordinary call a watch slot
+        ("/api/v1/events", b"", [(b"accept", b"text/event-stream")], ("api", Lane.API)),
+        ("/api/v1/machines", b"wait=30", [], ("api", Lane.API)),
+        ("/api/v1/machines", b"stream=true", [], ("api", Lane.API)),
+        ("/api/v1/allocations/a1", b"wait=abc", [], ("api", Lane.API)),
+        ("/api/v1/allocations/a1/renew", b"wait=30", [], ("api", Lane.API)),
         ("/api/v1/discovery", b"stream=true", [], ("watch", Lane.API)),
         ("/api/v1/discovery", b"stream=false", [], ("api", Lane.API)),
         ("/api/v1/agent/u1/heartbeat", b"", [], ("boot", Lane.BOOT)),
