@@ -28,6 +28,7 @@ from provisiond.deploy.engine import DeployEngine, Work
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Deployment, Event, Machine, utcnow
 from provisiond.secrets import SecretBox
+from tests.db.test_deploy_engine import _deploying
 
 HOST_A = "rack-a:4242:20250101T101500.000000Z"
 HOST_A_OTHER = "rack-a:4343:20250101T101502.000000Z"  # a second daemon on the same host
@@ -47,25 +48,6 @@ def daemons(settings: Settings, db: Database) -> Iterator[tuple[Services, Servic
     yield a, b
     a.close()
     b.close()
-
-
-def _deploying(services: Services, name: str = "m1") -> int:
-    with services.db.transaction() as s:
-        m = Machine(name=name)
-        advance(s, m, Ev.ENROLL, actor="test")
-        for ev in (Ev.INSPECT, Ev.DONE, Ev.ALLOCATE):
-            advance(s, m, ev, actor="test")
-        deploy.start_deploy(
-            s,
-            m,
-            allocation=None,
-            image_id=None,
-            actor="test",
-            settings=services.settings,
-            secrets=services.secrets,
-        )
-        assert m.id is not None
-        return m.id
 
 
 def _blocking(engine: DeployEngine, entered: threading.Event, leave: threading.Event) -> list[str]:
