@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     lock_ttl_s: float = Field(default=5 * MINUTES, gt=0)
     reaper_interval_s: float = Field(default=10 * SECONDS, gt=0)
     power_sync_interval_s: float = Field(default=60 * SECONDS, gt=0)
+    #: How often dnsmasq's host files are re-rendered from the DB (repairs a file a
+    #: failed write or another daemon's change left stale).
+    hosts_resync_interval_s: float = Field(default=5 * MINUTES, gt=0)
     power_sync_concurrency: int = Field(default=64, ge=1, le=1024)
     power_call_timeout_s: float = Field(default=10 * SECONDS, gt=0)
     #: Consecutive failed power reads before a BMC is marked unreachable.

@@ -29,6 +29,8 @@ class NetbootHooks(Protocol):
 
     def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> int: ...
 
+    def resync(self) -> dict[str, dict[str, int]]: ...
+
 
 def daemon_id(
     host: str | None = None, pid: int | None = None, start: datetime | None = None

@@ -49,8 +49,18 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
         except Exception:  # logged; the uses stay noted for the next run
             log.exception("token_use_flush_failed")
 
+    async def hosts_job() -> None:
+        netboot = services.netboot
+        if netboot is None:
+            return
+        try:
+            await asyncio.to_thread(netboot.resync)
+        except Exception:  # logged; the next run tries again
+            log.exception("dnsmasq_hosts_resync_failed")
+
     for job, interval, name in (
         (reap_job, settings.reaper_interval_s, "reaper"),
+        (hosts_job, settings.hosts_resync_interval_s, "dnsmasq_hosts"),
         (token_use_job, TOKEN_USE_FLUSH_S, "token_use"),
         (power_sync_job, settings.power_sync_interval_s, "power_sync"),
     ):

@@ -79,6 +79,19 @@ class Netboot:
         with self.services.db.read_session() as session:
             return {k.value: v for k, v in service.sync(session).items()}
 
+    def resync(self) -> dict[str, dict[str, int]]:
+        """Re-render every network's host files from the DB (blocking: run it in a
+        thread). The scheduler calls it periodically, so a host file that a failed
+        after-commit hook (or a change made by another daemon) left stale is put right;
+        a resync that changes anything says so in the log."""
+        out: dict[str, dict[str, int]] = {}
+        for name, service in self.dnsmasq.items():
+            changes = self._sync(service)
+            out[name] = changes
+            if any(n for kind, n in changes.items() if kind != HostChange.UNCHANGED.value):
+                log.warning("dnsmasq_hosts_resynced", network=name, changes=changes)
+        return out
+
     async def stop(self) -> None:
         for service in self.dnsmasq.values():
             await service.stop()
