@@ -158,12 +158,13 @@ def test_a_50_mb_inventory_is_refused_before_it_is_read(tmp_path: Path) -> None:
                 "Content-Type: application/yaml\r\nContent-Length: 100000\r\n\r\nracks:\n"
             ).encode()
         )
-        time.sleep(0.3)
         s.close()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # waits on the log line, not a fixed sleep
+        while "client_disconnected" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         log = d.log_text()
-        assert "unhandled_error" not in log and "Traceback" not in log, log[-2000:]
         assert "client_disconnected" in log
+        assert "unhandled_error" not in log and "Traceback" not in log, log[-2000:]
     finally:
         d.stop()
 
