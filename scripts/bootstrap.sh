@@ -16,9 +16,20 @@ APT_PACKAGES=(
   nginx-light        # the boot-file benchmark's baseline (never started as a service)
   qemu-system-x86    # the virtual rack's guests (TCG; KVM is used only where it works)
   ipxe-qemu          # the guests' NIC boot ROMs: a real iPXE
-  qemu-utils         # qemu-img for the guests' virtual disks
+  qemu-utils         # qemu-img for the guests' virtual disks and qcow2 disk-image registration
+  xz-utils           # xz -dc: registering .xz disk images (images add --disk)
+  zstd               # zstd -dc: registering .zst disk images (images add --disk)
   ovmf               # UEFI firmware for the virtual rack's UEFI guests (rack up --uefi)
   systemd            # systemd-analyze: the shipped provisiond.service is verified
+  # The Debian 12 disk image (provisiond/rack/disk_image.py), laid out without mounts:
+  mmdebstrap         # the root tree, from the host's apt archive (no mirror argument)
+  gdisk              # sgdisk: the GPT (BIOS boot partition, ESP, root) on the image file
+  dosfstools         # mkfs.vfat -C: the ESP as a file (the host kernel has no vfat)
+  mtools             # mmd/mcopy into that ESP file; mdir/mtype in the tests
+  e2fsprogs          # mkfs.ext4 -d: the root filesystem filled from the tree; debugfs
+  grub-pc-bin        # grub-mkimage i386-pc modules and grub-bios-setup
+  grub-efi-amd64-bin # grub-mkimage x86_64-efi modules (BOOTX64.EFI)
+  pigz               # the served .gz, on every CPU
 )
 
 missing=()

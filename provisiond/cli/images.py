@@ -30,11 +30,20 @@ from provisiond.cli.common import settings as load
 from provisiond.config import Settings
 from provisiond.db import Database
 from provisiond.inventory import images as service
+from provisiond.inventory.disk_images import add_disk_image
 from provisiond.netboot.images import ImageStore
+from provisiond.schemas.catalog import ImageOut
 
 app = typer.Typer(
-    help="Boot images: kernel, initrd, rootfs (run on the daemon's host).", no_args_is_help=True
+    help="Boot images: kernel, initrd, rootfs, or a whole disk (run on the daemon's host).",
+    no_args_is_help=True,
 )
+
+
+LIST_COLUMNS = (
+    "name", "arch", "kind", "kernel", "initrd", "rootfs", "os_template",
+    "disk", "virtual_size", "firmware",
+)  # fmt: skip
 
 
 def _open(cfg: Settings) -> tuple[Database, ImageStore]:
@@ -47,24 +56,62 @@ def _open(cfg: Settings) -> tuple[Database, ImageStore]:
 def add(
     name: Annotated[str, typer.Argument(help="Image name, e.g. debian12")],
     kernel: Annotated[
-        Path, typer.Option("--kernel", help="Kernel file", exists=True, dir_okay=False)
-    ],
+        Path | None, typer.Option("--kernel", help="Kernel file", exists=True, dir_okay=False)
+    ] = None,
     initrd: Annotated[
-        Path, typer.Option("--initrd", help="Initrd file", exists=True, dir_okay=False)
-    ],
+        Path | None, typer.Option("--initrd", help="Initrd file", exists=True, dir_okay=False)
+    ] = None,
     rootfs: Annotated[
         Path | None,
         typer.Option("--rootfs", help="Optional root file system", exists=True, dir_okay=False),
     ] = None,
     arch: Annotated[str, typer.Option("--arch")] = "x86_64",
+    disk: Annotated[
+        Path | None,
+        typer.Option(
+            "--disk",
+            help="Whole-disk image (raw, .gz, .xz, .zst or qcow2), served as disk.raw.gz",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    firmware: Annotated[
+        str, typer.Option("--firmware", help="With --disk: bios, uefi or both")
+    ] = "both",
     kind: Annotated[str, typer.Option("--kind", help="live or disk")] = "live",
     os_template: Annotated[str, typer.Option("--os-template", help="pxe/os/<family> to use")] = "",
     kernel_args: Annotated[str, typer.Option("--kernel-args")] = "",
     config: ConfigOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Copy the files into the store with their sha256 and add the image to the catalog."""
+    """Copy the files into the store with their sha256 and add the image to the catalog.
+
+    With --disk, the whole-disk image is converted once into gzip-compressed raw and
+    recorded with its source format, size, both checksums and firmware.
+    """
     cfg = load(config)
+    if disk is not None:
+        if kernel or initrd or rootfs or kernel_args:
+            fail("--disk takes no --kernel, --initrd, --rootfs or --kernel-args", "drop them")
+        with handled():
+            db, store = _open(cfg)
+            try:
+                out = add_disk_image(
+                    db,
+                    store,
+                    name=name,
+                    source=disk,
+                    arch=arch,
+                    os_template=os_template,
+                    firmware=firmware,
+                    actor="cli:images",
+                )
+            finally:
+                db.dispose()
+        _print_added(out, store, as_json)
+        return
+    if kernel is None or initrd is None:
+        fail("give --kernel and --initrd, or --disk", "images add NAME --disk FILE for a disk")
     files = {"kernel": kernel, "initrd": initrd}
     if rootfs is not None:
         files["rootfs"] = rootfs
@@ -83,12 +130,22 @@ def add(
                 actor="cli:images",
             )
         db.dispose()
+    _print_added(out, store, as_json)
+
+
+def _print_added(out: ImageOut, store: ImageStore, as_json: bool) -> None:
     if as_json:
         emit(out.model_dump(mode="json"), True)
-    else:
-        console.print(f"image {out.name} stored in {store.folder(out.name)}")
-        for role, digest in sorted(out.sha256.items()):
-            console.print(f"  {role}: sha256 {digest}")
+        return
+    console.print(f"image {out.name} stored in {store.folder(out.name)}")
+    if out.disk:
+        console.print(
+            f"  disk: {out.disk} from {out.source_format}, {out.virtual_size} bytes raw, "
+            f"firmware {out.firmware}"
+        )
+        console.print(f"  raw: sha256 {out.raw_sha256}")
+    for role, digest in sorted(out.sha256.items()):
+        console.print(f"  {role}: sha256 {digest}")
 
 
 @app.command("list")
@@ -100,9 +157,24 @@ def list_(config: ConfigOpt = None, as_json: JsonFlag = False) -> None:
         with db.read_session() as session:
             rows = [i.model_dump(mode="json") for i in service.list_images(session)]
         db.dispose()
-    emit(
-        rows, as_json, columns=["name", "arch", "kind", "kernel", "initrd", "rootfs", "os_template"]
-    )
+    emit(rows, as_json, columns=LIST_COLUMNS)
+
+
+@app.command("show")
+def show(name: str, config: ConfigOpt = None, as_json: JsonFlag = False) -> None:
+    """One image with every catalog field (checksums, disk format, sizes, firmware)."""
+    cfg = load(config)
+    with handled():
+        db, _ = _open(cfg)
+        with db.read_session() as session:
+            out = service.get_image(session, name).model_dump(mode="json")
+        db.dispose()
+    if as_json:
+        emit(out, True)
+        return
+    sums = out.pop("sha256")
+    out.update({f"sha256 {role}": digest for role, digest in sorted(sums.items())})
+    emit([{"field": k, "value": v} for k, v in out.items()], False, columns=["field", "value"])
 
 
 @app.command("verify")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from provisiond.cli.common import JsonFlag, console, emit, handled
+from provisiond.cli.common import JsonFlag, console, emit, err_console, handled
 from provisiond.rack import vrack
 
 app = typer.Typer(help="The virtual rack: QEMU guests behind simulated IPMI BMCs.")
@@ -116,3 +116,29 @@ def rack_status(
         columns=("machine", "power", "BMC port", "serial"),
         title=f"rack {name}: BMC farm {farm}",
     )  # fmt: skip
+
+
+disk_image_app = typer.Typer(help="The Debian 12 disk image for real instances.")
+app.add_typer(disk_image_app, name="disk-image")
+
+
+@disk_image_app.command("build")
+def disk_image_build(
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Cache folder (default: the guest image's).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build (or reuse from the cache) debian-12.raw, its .gz and manifest.json; needs root."""
+    from provisiond.rack.disk_image import build_disk_image
+
+    with handled():
+        image = build_disk_image(cache, force=force, log=lambda m: err_console.print(m))
+    info = image.info()
+    summary = {
+        "raw": str(image.raw), "gz": str(image.gz), "manifest": str(image.manifest),
+        "recipe_hash": image.recipe_hash, "built": image.built,
+        "raw_allocated": info["raw_allocated"], "gz_size": info["gz_size"],
+    }  # fmt: skip
+    emit(summary if as_json else [summary], as_json, columns=("raw", "gz", "recipe_hash", "built"))

@@ -1,4 +1,4 @@
-"""Image catalog: metadata rows (kernel, initrd, rootfs, checksums) and their stored files.
+"""Image catalog: metadata rows (kernel, initrd, rootfs or disk, checksums) and stored files.
 
 The files live in :class:`provisiond.netboot.images.ImageStore`; :func:`add_image`
 stores them first and then records the row with their sha256, so a catalog row
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
@@ -19,7 +19,9 @@ from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.events import audit
 from provisiond.models import Allocation, Deployment, Image
 from provisiond.netboot.images import ImageStore
-from provisiond.schemas.catalog import ImageIn, ImageOut, ImagePatch
+from provisiond.schemas.catalog import DiskImageIn, ImageIn, ImageOut, ImagePatch
+
+SpecT = TypeVar("SpecT", ImageIn, DiskImageIn)
 
 
 def _find(session: Session, name: str) -> Image:
@@ -35,7 +37,9 @@ def get_image(session: Session, name: str) -> ImageOut:
     return ImageOut.model_validate(_find(session, name))
 
 
-def create_image(session: Session, spec: ImageIn, *, actor: str, request_id: str = "") -> ImageOut:
+def create_image(
+    session: Session, spec: ImageIn | DiskImageIn, *, actor: str, request_id: str = ""
+) -> ImageOut:
     ensure_name_free(session, Image, spec.name, kind="image")
     image = Image(**spec.model_dump())
     session.add(image)
@@ -142,8 +146,12 @@ def add_image(
 
 
 def _validated(data: dict[str, Any]) -> ImageIn:
+    return validated_as(ImageIn, data)
+
+
+def validated_as(model: type[SpecT], data: dict[str, Any]) -> SpecT:
     try:
-        return ImageIn.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(
             [Problem(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()],
@@ -169,6 +177,6 @@ def verify_images(
     )
     results = []
     for row in rows:
-        paths = {"kernel": row.kernel, "initrd": row.initrd, "rootfs": row.rootfs}
+        paths = {"kernel": row.kernel, "initrd": row.initrd, "rootfs": row.rootfs, "disk": row.disk}
         results.append(VerifyResult(row.name, store.verify(paths, dict(row.sha256))))
     return results

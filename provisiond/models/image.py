@@ -1,10 +1,16 @@
-"""Boot images: kernel, initrd and optional rootfs, with their checksums."""
+"""Boot images: kernel, initrd and optional rootfs, or one whole-disk image, with checksums.
+
+A ``disk`` image has ``disk`` (the served ``disk.raw.gz``; its sha256 is
+``sha256["disk"]``), the format it was registered from, its raw size and the sha256
+of the raw bytes (what the agent checks after decompressing), and the firmware it
+boots. Live images leave those empty.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON
+from sqlalchemy import JSON, BigInteger
 from sqlmodel import Field, SQLModel
 
 from provisiond.models.base import UTCDateTime, utcnow
@@ -21,4 +27,10 @@ class Image(SQLModel, table=True):
     kernel_args: str = Field(default="", max_length=1024)
     os_template: str = Field(default="", max_length=64)
     sha256: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    disk: str = Field(default="", max_length=255)
+    source_format: str = Field(default="", max_length=8)  # raw | gzip | xz | zstd | qcow2
+    virtual_size: int = Field(default=0, sa_type=BigInteger)  # bytes of raw disk
+    min_disk_size: int = Field(default=0, sa_type=BigInteger)  # bytes the target needs
+    raw_sha256: str = Field(default="", max_length=64)
+    firmware: str = Field(default="both", max_length=8)  # bios | uefi | both
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

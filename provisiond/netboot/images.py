@@ -22,14 +22,17 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound
 
 ROLES = ("kernel", "initrd", "rootfs")
 MANIFEST = ".sha256.json"
 CHUNK = 1 << 20
+T = TypeVar("T")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -122,6 +125,30 @@ class ImageStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return stored
+
+    def add_built(self, name: str, build: Callable[[Path], tuple[dict[str, str], T]]) -> T:
+        """Let ``build`` write files into a temporary folder, then rename it to ``<name>/``.
+
+        ``build(folder)`` returns ``({file name: sha256}, result)``; the sums become
+        the manifest. If it raises, the temporary folder is removed and nothing appears.
+        """
+        target = self.folder(name)
+        if target.exists():
+            raise Conflict(
+                f"image folder {target} exists",
+                hint="delete the image first, or add it under another name",
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            sums, result = build(tmp)
+            (tmp / MANIFEST).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return result
 
     def remove(self, name: str) -> None:
         target = self.folder(name)

@@ -32,6 +32,10 @@ Sums = dict[Literal["kernel", "initrd", "rootfs"], Sha256]
 OsTemplate = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._/-]*$")]
 
 
+Firmware = Literal["bios", "uefi", "both"]
+SourceFormat = Literal["raw", "gzip", "xz", "zstd", "qcow2"]
+
+
 class ImageIn(Strict):
     name: Name
     arch: Arch = "x86_64"
@@ -42,6 +46,24 @@ class ImageIn(Strict):
     kernel_args: str = Field(default="", max_length=1024)
     os_template: OsTemplate = ""
     sha256: Sums = Field(default_factory=dict)
+
+
+class DiskImageIn(Strict):
+    """A whole-disk image as ``images add --disk`` records it (no kernel or initrd)."""
+
+    name: Name
+    arch: Arch = "x86_64"
+    kind: Literal["disk"] = "disk"
+    disk: ImagePath = Field(min_length=1)
+    source_format: SourceFormat
+    virtual_size: int = Field(gt=0)
+    min_disk_size: int = Field(gt=0)
+    raw_sha256: Sha256
+    sha256: dict[Literal["disk"], Sha256]
+    os_template: OsTemplate = ""
+    firmware: Firmware = "both"
+    kernel: Literal[""] = ""
+    initrd: Literal[""] = ""
 
 
 class ImagePatch(Patch):
@@ -66,6 +88,12 @@ class ImageOut(Out):
     kernel_args: str
     os_template: str
     sha256: dict[str, str]
+    disk: str
+    source_format: str
+    virtual_size: int
+    min_disk_size: int
+    raw_sha256: str
+    firmware: str
     created_at: datetime
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from provisiond.cli import app as main_app
+from tests.integration.test_disk_images import corrupt_gzip, make_source
 from tests.support.daemon import Daemon, cli
 
 _REGISTERED = any(g.name == "images" for g in main_app.registered_groups)
@@ -125,3 +127,50 @@ def test_bad_input_is_reported_without_a_traceback(
         assert r.returncode != 0, args
         assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (daemon.data_dir / "images" / "x").exists()
+
+
+def test_add_disk_image_end_to_end(daemon: Daemon, tmp_path: Path) -> None:
+    source, raw = make_source(tmp_path, "qcow2")
+    r = images(
+        daemon, "add", "deb12", "--disk", str(source), "--firmware", "bios",
+        "--os-template", "debian", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    served = daemon.data_dir / "images" / "deb12" / "disk.raw.gz"
+    assert gzip.decompress(served.read_bytes()) == raw
+    assert (out["kind"], out["source_format"], out["firmware"]) == ("disk", "qcow2", "bios")
+    assert out["virtual_size"] == out["min_disk_size"] == len(raw)
+    assert out["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert out["sha256"] == {"disk": hashlib.sha256(served.read_bytes()).hexdigest()}
+
+    shown = images(daemon, "show", "deb12")
+    assert shown.returncode == 0, shown.stderr
+    for needle in ("qcow2", out["raw_sha256"][:16], "bios", "deb12/disk.raw.gz"):
+        assert needle in shown.stdout, (needle, shown.stdout)
+    listed = json.loads(images(daemon, "list", "--json").stdout)
+    assert [(i["disk"], i["virtual_size"]) for i in listed] == [("deb12/disk.raw.gz", len(raw))]
+    assert "deb12" in images(daemon, "list").stdout
+    assert images(daemon, "verify", "deb12").returncode == 0
+
+    data = bytearray(served.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    served.write_bytes(bytes(data))
+    bad = images(daemon, "verify", "deb12")
+    assert bad.returncode == 1 and "disk deb12/disk.raw.gz: sha256" in bad.stderr
+
+
+def test_add_disk_image_refusals(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    bad = corrupt_gzip(tmp_path / "bad")
+    r = images(daemon, "add", "deb12", "--disk", str(bad))
+    assert r.returncode == 1 and "does not decompress" in r.stderr and "hint" in r.stderr
+    assert "Traceback" not in r.stderr
+    good, _ = make_source(tmp_path, "raw")
+    r = images(daemon, "add", "deb12", "--disk", str(good), "--firmware", "arm")
+    assert r.returncode == 1 and "firmware" in r.stderr, r.stderr
+    r = images(daemon, "add", "deb12", "--disk", str(good), "--kernel", str(good))
+    assert r.returncode == 1 and "--disk takes no" in r.stderr
+    store = daemon.data_dir / "images"
+    assert not store.exists() or list(store.iterdir()) == []  # not even a .tmp- folder
+    assert json.loads(images(daemon, "list", "--json").stdout) == []
