@@ -11,6 +11,7 @@ ProvisiondError            500 unless a subclass says; code, message, hint
 │                          (kept in machines.bmc_access; not a BMC's own failure)
 ├── ValidationFailed       422, with a list of problems (path, line, message)
 ├── BadRequest             400, a body that cannot be parsed
+│   └── DiskImageRefused   not a usable whole-disk image (netboot.disk_convert)
 ├── Unauthorized           401
 ├── Forbidden              403
 ├── BodyTooLarge           413, a body over its route's limit
@@ -24,6 +25,8 @@ ProvisiondError            500 unless a subclass says; code, message, hint
 ├── TemplateError          500, a template is missing, misspelt or left the sandbox
 ├── GuestImageError        500, the virtual rack's guest image cannot be built
 │                          (kept in rack.guest_files, the rack's own tooling)
+├── DiskImageError         500, the virtual rack's Debian disk image cannot be built
+│                          (kept in rack.disk_layout, the rack's own tooling)
 └── BmcError                           502, a BMC failed or refused (drivers/power)
     ├── BmcFatalError                  retrying cannot help
     │   ├── BmcAuthError               credentials rejected
