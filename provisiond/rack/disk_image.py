@@ -37,7 +37,6 @@ that changes without any included package changing does not trigger a rebuild.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +44,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from provisiond.rack import disk_layout as dl
+from provisiond.rack.build_cache import cached_build, ensure_cache
 from provisiond.rack.disk_layout import DiskImageError as DiskImageError  # re-exported
 from provisiond.rack.guest_image import default_cache_dir
 
@@ -245,23 +244,6 @@ def _configure(tree: Path, root_uuid: str, esp_uuid: str) -> str:
     return release
 
 
-def _lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise DiskImageError(
-                    f"{path} stayed locked for {LOCK_WAIT:.0f} s",
-                    hint="another build of this recipe is stuck; stop it",
-                ) from None
-            time.sleep(1)
-
-
 def _image(out: Path, key: str, built: bool) -> DiskImage:
     return DiskImage(out / f"{NAME}.raw", out / f"{NAME}.raw.gz", out / "manifest.json", key, built)
 
@@ -334,34 +316,21 @@ def build_disk_image(
         raise DiskImageError(
             "building the disk image needs root", hint="mmdebstrap runs in root mode"
         )
-    cache = cache_dir or default_cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiskImageError(
-            f"cannot create the image cache {cache}: {exc.strerror}",
-            hint="set PROVISIOND_IMAGE_CACHE to a writable directory",
-        ) from exc
+    cache = ensure_cache(cache_dir or default_cache_dir(), DiskImageError)
     versions = resolve_versions()
     key = recipe_hash(versions)
-    out = cache / f"disk-{key}"
-    if (out / "manifest.json").is_file() and not force:
-        return _image(out, key, built=False)
-    fd = _lock(cache / f"disk-{key}.lock")
-    try:
-        if (out / "manifest.json").is_file() and not force:  # built while we waited
-            return _image(out, key, built=False)
-        for stale in cache.glob(f".build-disk-{key}-*"):  # left by a builder that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        with tempfile.TemporaryDirectory(dir=cache, prefix=f".build-disk-{key}-") as tmp:
-            result = _build(Path(tmp), versions, key, say)
-            if out.is_dir():  # --force: replace the old build
-                shutil.rmtree(out)
-            result.rename(out)
+    out, built = cached_build(
+        cache,
+        f"disk-{key}",
+        done=lambda out: (out / "manifest.json").is_file(),
+        build=lambda work: _build(work, versions, key, say),
+        force=force,
+        lock_wait_s=LOCK_WAIT,
+        error=DiskImageError,
+    )
+    if built:
         say(f"built {out}")
-        return _image(out, key, built=True)
-    finally:
-        os.close(fd)
+    return _image(out, key, built=built)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,6 @@ reading, kernel module closure, pruning, the library check, the cpio writer) liv
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import importlib.resources
 import json
@@ -47,6 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisiond.rack.build_cache import cached_build, ensure_cache
 from provisiond.rack.guest_files import GuestImageError as GuestImageError  # re-exported
 from provisiond.rack.guest_files import (
     check_libraries,
@@ -317,69 +317,38 @@ def _image(out: Path, key: str, recipe: Recipe, built: bool) -> GuestImage:
     return GuestImage(kernel, initrd, key, built, recipe.kernel_args, size)
 
 
-def _lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise GuestImageError(
-                    f"{path} stayed locked for {LOCK_WAIT:.0f} s",
-                    hint="another build of this recipe is stuck; stop it",
-                ) from None
-            time.sleep(1)
-
-
 def build_guest_image(
     cache_dir: Path | None = None, *, force: bool = False, log: Callable[[str], None] | None = None
 ) -> GuestImage:
     """Build the guest image, or return the cached one for the same recipe and versions."""
     say = log or (lambda _msg: None)
-    cache = cache_dir or default_cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GuestImageError(
-            f"cannot create the image cache {cache}: {exc.strerror}",
-            hint="set PROVISIOND_IMAGE_CACHE to a writable directory",
-        ) from exc
+    cache = ensure_cache(cache_dir or default_cache_dir(), GuestImageError)
     recipe = default_recipe()
     versions = resolve_versions(recipe)
     key = recipe_hash(recipe, versions)
-    out = cache / key
-    if out.is_dir() and not force:
-        return _image(out, key, recipe, built=False)
-    fd = _lock(cache / f"{key}.lock")
-    try:
-        if out.is_dir() and not force:  # another process built it while we waited
-            return _image(out, key, recipe, built=False)
-        for stale in cache.glob(f".build-{key}-*"):  # left by a builder that was killed
-            shutil.rmtree(stale, ignore_errors=True)
+
+    def build(work: Path) -> Path:
         debs = _download(versions, cache / "debs", say)
         kernel_pkg = next(p for p in versions if p.startswith("linux-image-"))
         release = kernel_pkg.removeprefix("linux-image-")
-        with tempfile.TemporaryDirectory(dir=cache, prefix=f".build-{key}-") as tmp:
-            work = Path(tmp)
-            root, kernel_tree, result = work / "root", work / "kernel", work / "out"
-            for pkg, deb in sorted(debs.items()):
-                _run(["dpkg-deb", "-x", str(deb), str(kernel_tree if pkg == kernel_pkg else root)])
-            say(f"assembling the ramdisk (kernel {release})")
-            _assemble(root, kernel_tree, release, recipe)
-            result.mkdir()
-            shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", result / "vmlinuz")
-            write_cpio_gz(root, result / "initrd.img", DEVICES)
-            (result / "recipe.json").write_text(json.dumps({"versions": versions}, indent=2) + "\n")
-            if out.is_dir():  # --force: replace the old build
-                shutil.rmtree(out)
-            result.rename(out)
+        root, kernel_tree, result = work / "root", work / "kernel", work / "out"
+        for pkg, deb in sorted(debs.items()):
+            _run(["dpkg-deb", "-x", str(deb), str(kernel_tree if pkg == kernel_pkg else root)])
+        say(f"assembling the ramdisk (kernel {release})")
+        _assemble(root, kernel_tree, release, recipe)
+        result.mkdir()
+        shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", result / "vmlinuz")
+        write_cpio_gz(root, result / "initrd.img", DEVICES)
+        (result / "recipe.json").write_text(json.dumps({"versions": versions}, indent=2) + "\n")
+        return result
+
+    out, built = cached_build(
+        cache, key, done=Path.is_dir, build=build, force=force, lock_wait_s=LOCK_WAIT,
+        error=GuestImageError,
+    )  # fmt: skip
+    if built:
         say(f"built {out}")
-        return _image(out, key, recipe, built=True)
-    finally:
-        os.close(fd)
+    return _image(out, key, recipe, built=built)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provisiond.rack import guest_image
+from provisiond.rack.build_cache import take_lock
 from provisiond.rack.guest_image import GuestImage, build_guest_image
 from tests.support.procs import stop
 
@@ -311,20 +312,17 @@ def test_phone_home_reads_the_seed_and_cloud_config() -> None:
     assert ph.redact("http://h/boot/callback/u1?token=secret") == "http://h/boot/callback/u1?…"
 
 
-def test_a_second_builder_of_a_recipe_waits_for_the_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    lock = tmp_path / "recipe.lock"
-    held = guest_image._lock(lock)
-    monkeypatch.setattr(guest_image, "LOCK_WAIT", 1.5)
+def test_a_second_builder_of_a_recipe_waits_for_the_lock(tmp_path: Path) -> None:
+    lock, error = tmp_path / "recipe.lock", guest_image.GuestImageError
+    held = take_lock(lock, guest_image.LOCK_WAIT, error)
     try:
         started = time.monotonic()
         with pytest.raises(guest_image.GuestImageError, match="stayed locked"):
-            guest_image._lock(lock)
+            take_lock(lock, 1.5, error)
         assert time.monotonic() - started >= 1.5
     finally:
         os.close(held)
-    os.close(guest_image._lock(lock))  # free again once the holder lets go
+    os.close(take_lock(lock, 1.5, error))  # free again once the holder lets go
 
 
 class Flaky(BaseHTTPRequestHandler):

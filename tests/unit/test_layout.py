@@ -34,7 +34,6 @@ SIZE_LIMIT = 400
 OVER_TODAY = {
     "agent/agent.py": 520,  # one file on purpose: it is copied to the machines as is
     "rack/vrack.py": 460,
-    "rack/guest_image.py": 415,
     "deploy/engine.py": 415,
 }
 
