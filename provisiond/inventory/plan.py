@@ -60,7 +60,6 @@ from sqlmodel import Session
 from provisiond.db import after_commit
 from provisiond.errors import (
     BadRequest,
-    BodyTooLarge,
     Problem,
     ProvisiondError,
     ValidationFailed,
@@ -82,6 +81,7 @@ from provisiond.inventory.yamlfile import Flow, FlowList, dump
 from provisiond.models import utcnow
 from provisiond.secrets import SecretBox
 
+#: The largest inventory: admission's body limit for /api/v1/inventory/, and the CLI's.
 MAX_BYTES = 8 * 1024 * 1024
 _APPLY_LOCK = 0x70766E76  # any constant; shared by every daemon on the database
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
@@ -114,12 +114,8 @@ class Plan(BaseModel):
 
 
 def read_source(body: bytes, content_type: str) -> Source:
-    """The request body as a :class:`Source`: raw YAML, or JSON ``{"yaml": ..., "env": {...}}``."""
-    if len(body) > MAX_BYTES:
-        raise BodyTooLarge(
-            f"the inventory is {len(body)} bytes; the limit is {MAX_BYTES}",
-            hint="split it into several files",
-        )
+    """The request body as a :class:`Source`: raw YAML, or JSON ``{"yaml": ..., "env": {...}}``.
+    Its size is already bounded by :data:`MAX_BYTES` (admission answers 413 first)."""
     media = content_type.split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")

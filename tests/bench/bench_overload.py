@@ -55,15 +55,6 @@ def machines() -> list:
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None,
             access_log=False, lifespan="off", backlog=2048)
 """
-FAILURES = (
-    "reaper_failed",
-    "allocation_queue_failed",
-    "deploy_engine_pass_failed",
-    "power_sync_failed",
-    "database_pool_exhausted",
-    "unhandled_error",
-    "event_loop_stalled",
-)
 
 
 def line(label: str, b: Burst, recover: float | None) -> dict[str, float]:
@@ -78,21 +69,6 @@ def line(label: str, b: Burst, recover: float | None) -> dict[str, float]:
         f"unanswered {none:3d}  other {other:3d}  slowest {b.slowest():5.2f} s  recover {rec}"
     )
     return {"served_per_s": ok / b.wall_s, "refused": refused / n, "unanswered": none}
-
-
-def recover_s(url: str, token: str, cap: float = 60.0) -> float:
-    t0 = time.monotonic()
-    headers = {"Authorization": f"Bearer {token}"}
-    while time.monotonic() - t0 < cap:
-        try:
-            h = httpx.get(url + "/healthz", timeout=5)
-            m = httpx.get(url + "/api/v1/machines", headers=headers, timeout=5)
-            if h.status_code == 200 and m.status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    return float("inf")
 
 
 def run_daemon(label: str, db_url: str, count: int) -> None:
@@ -119,18 +95,10 @@ def run_daemon(label: str, db_url: str, count: int) -> None:
                     d.port, path, count=count, token=d.admin_token, method=method, body=body,
                     deadline_s=30,
                 )  # fmt: skip
-                line(name, b, recover_s(d.url, d.admin_token))
+                line(name, b, d.time_to_recover(60.0))
         finally:
             d.stop()
-        failures = [
-            ev
-            for ev in (
-                json.loads(x).get("event", "")
-                for x in d.log_text().splitlines()
-                if x.startswith("{")
-            )
-            if ev in FAILURES
-        ]
+        failures = d.failures()
         print(f"  background job failures / stalls in the daemon's log: {len(failures)}"
               f"{' ' + str(failures[:5]) if failures else ''}")  # fmt: skip
 

@@ -29,30 +29,7 @@ from tests.support.flood import Burst, burst, burst_async
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-#: Log events that mean a background job or a request failed under the flood.
-FAILURES = (
-    "reaper_failed",
-    "allocation_queue_failed",
-    "deploy_engine_pass_failed",
-    "power_sync_failed",
-    "token_use_flush_failed",
-    "database_pool_exhausted",
-    "database_error",
-    "unhandled_error",
-    "Exception in ASGI application\n",
-    "event_loop_stalled",
-)
 BURST = 1000
-
-
-def _log_events(daemon: Daemon) -> list[str]:
-    events = []
-    for line in daemon.log_text().splitlines():
-        try:
-            events.append(str(json.loads(line).get("event", "")))
-        except ValueError:
-            events.append(line)
-    return events
 
 
 @pytest.fixture
@@ -91,21 +68,6 @@ def _assert_honest(result: Burst, ok: set[int]) -> None:
     assert result.slowest(503) < 5, result.summary()
 
 
-def _recovered_within(daemon: Daemon, seconds: float) -> float:
-    t0 = time.monotonic()
-    headers = {"Authorization": f"Bearer {daemon.admin_token}"}
-    while True:
-        try:
-            health = httpx.get(daemon.url + "/healthz", timeout=seconds)
-            machines = httpx.get(daemon.url + "/api/v1/machines", headers=headers, timeout=seconds)
-            if health.status_code == 200 and machines.status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() - t0 < seconds, "the daemon did not recover"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     "path", ["/api/v1/machines", "/api/v1/events?limit=500", "/api/v1/allocations?limit=500"]
 )
@@ -114,8 +76,8 @@ def test_a_read_flood_is_answered_and_the_daemon_recovers_at_once(
 ) -> None:
     result = burst(daemon.port, path, count=BURST, token=daemon.admin_token, deadline_s=30)
     _assert_honest(result, {200})
-    assert _recovered_within(daemon, 2.0) < 2.0
-    failures = [e for e in _log_events(daemon) if e in FAILURES]
+    assert daemon.time_to_recover(2.0) < 2.0, "the daemon did not recover within 2 s"
+    failures = daemon.failures()
     assert not failures, failures[:5]
 
 
@@ -148,8 +110,8 @@ def test_an_allocate_flood_is_answered_and_background_jobs_keep_running(daemon: 
     # 201 allocated or queued, 409/429 a quota; never a 500 or a silent drop
     _assert_honest(result, {201, 202, 409, 429})
     assert health and max(health) < 2.0, f"/healthz during the flood: {health}"
-    assert _recovered_within(daemon, 2.0) < 2.0
-    failures = [e for e in _log_events(daemon) if e in FAILURES]
+    assert daemon.time_to_recover(2.0) < 2.0, "the daemon did not recover within 2 s"
+    failures = daemon.failures()
     assert not failures, failures[:5]
     # the scheduler kept running: the allocation queue matched what it could
     r = httpx.get(

@@ -5,6 +5,7 @@ Everything started here is stopped by its PID, even when the test fails.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,19 @@ from provisiond.rack.scenario import free_port
 from tests.support import procs
 
 PROVISIOND = [sys.executable, "-m", "provisiond"]
+#: Log events that mean a background job or a request failed under the flood.
+FAILURE_EVENTS = (
+    "reaper_failed",
+    "allocation_queue_failed",
+    "deploy_engine_pass_failed",
+    "power_sync_failed",
+    "token_use_flush_failed",
+    "database_pool_exhausted",
+    "database_error",
+    "unhandled_error",
+    "Exception in ASGI application\n",
+    "event_loop_stalled",
+)
 
 
 def cli(
@@ -88,6 +102,38 @@ class Daemon:
     def log_text(self) -> str:
         path = self.data_dir / "serve.log"
         return path.read_text() if path.exists() else ""
+
+    def log_events(self) -> list[str]:
+        """The ``event`` of each JSON log line (a non-JSON line as it stands)."""
+        events = []
+        for line in self.log_text().splitlines():
+            try:
+                events.append(str(json.loads(line).get("event", "")))
+            except ValueError:
+                events.append(line)
+        return events
+
+    def failures(self) -> list[str]:
+        """The daemon's log events that mean a job or a request failed or stalled."""
+        return [e for e in self.log_events() if e in FAILURE_EVENTS]
+
+    def time_to_recover(self, cap_s: float) -> float:
+        """Seconds until ``/healthz`` and a normal ``GET /api/v1/machines`` both answer
+        200; ``inf`` when they do not within ``cap_s``."""
+        t0 = time.monotonic()
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        while time.monotonic() - t0 < cap_s:
+            try:
+                health = httpx.get(self.url + "/healthz", timeout=min(cap_s, 5))
+                machines = httpx.get(
+                    self.url + "/api/v1/machines", headers=headers, timeout=min(cap_s, 5)
+                )
+                if health.status_code == 200 and machines.status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        return float("inf")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         code = procs.stop(self.proc, sig, timeout)
