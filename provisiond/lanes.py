@@ -34,7 +34,7 @@ import enum
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -92,6 +92,3 @@ class LaneExecutor(ThreadPoolExecutor):
         for p in self.pools.values():
             p.shutdown(wait=wait, cancel_futures=cancel_futures)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-
-    def threads(self) -> dict[str, Any]:
-        return {name.value: p._max_workers for name, p in self.pools.items()}

@@ -223,9 +223,6 @@ class Admission:
             "health": _Gate(limits.health, 0, 0),
         }
 
-    def in_flight(self, kind: str) -> int:
-        return self.gates[kind].active
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
