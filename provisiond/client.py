@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -174,6 +174,7 @@ class Client:
         user_data: str = "",
         lease: int | str = "1h",
         ssh_user: str = "root",
+        root_device: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         wait: bool = True,
         timeout: float = 1800.0,
@@ -182,7 +183,9 @@ class Client:
         """Ask for a machine; with ``wait`` (the default) return once it is ready.
 
         ``ssh_keys`` are public key lines or paths to ``.pub`` files. ``lease`` is
-        seconds or a duration (``"2h"``). Waiting raises :class:`AllocationFailed`
+        seconds or a duration (``"2h"``). ``root_device``: root-device hints for a
+        disk image (``{"size": ">= 100", "rotational": False}``).
+        Waiting raises :class:`AllocationFailed`
         if the deploy failed on every machine tried, and :class:`AllocationTimeout`
         after ``timeout`` seconds; on a timeout or an interrupt the request is
         released first, so a dying CI job does not keep a machine.
@@ -204,6 +207,7 @@ class Client:
             "lease": lease,
             "ssh_user": ssh_user,
             "constraints": {k: v for k, v in constraints.items() if v not in (None, [])},
+            **({"root_device": dict(root_device)} if root_device else {}),
         }
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         allocation = Allocation(

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   ipmitool           # the reference IPMI client the tests and benchmarks compare with
   openipmi           # ipmi_sim: an outside IPMI peer for the ipmi driver tests
   dnsmasq-base       # DHCP/TFTP engine (binary only: no system service on host interfaces)
-  busybox-static     # udhcpc, the tests' PXE client
+  busybox-static     # udhcpc, the tests' PXE client; busybox sh for the wipe script's test
   ipxe               # undionly.kpxe, ipxe.efi, snponly.efi served over TFTP
   iproute2           # ip netns: every DHCP test runs inside its own namespaces
   curl               # the boot-file benchmark's clients
@@ -26,7 +26,8 @@ APT_PACKAGES=(
   gdisk              # sgdisk: the GPT (BIOS boot partition, ESP, root) on the image file
   dosfstools         # mkfs.vfat -C: the ESP as a file (the host kernel has no vfat)
   mtools             # mmd/mcopy into that ESP file; mdir/mtype in the tests
-  e2fsprogs          # mkfs.ext4 -d: the root filesystem filled from the tree; debugfs
+  e2fsprogs          # mkfs.ext4 -d: the root filesystem filled from the tree; debugfs,
+                     # which images add --disk uses to check the root for cloud-init
   grub-pc-bin        # grub-mkimage i386-pc modules and grub-bios-setup
   grub-efi-amd64-bin # grub-mkimage x86_64-efi modules (BOOTX64.EFI)
   pigz               # the served .gz, on every CPU

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""`make demo`: three bare-metal machines to instance-ready, on a QEMU virtual rack.
+"""`make demo`: three bare-metal machines to real Debian 12 instances, on a QEMU virtual rack.
 
-It builds (or reuses) the guest image from Debian packages, brings up a 3-machine rack
-(QEMU on TCG, each behind a simulated IPMI BMC on 127.0.0.1) in its own network
-namespace, starts `provisiond serve` on SQLite with the rack's provisioning network
-(dnsmasq runs inside the namespace), then does the main job as an operator would:
-discover the BMCs, inspect every machine, deploy all three at once through the
-allocation API, and print a table with each machine's address and per-phase times.
+It builds (or reuses) the deploy ramdisk and the Debian 12 disk image from Debian
+packages, brings up a 3-machine rack (QEMU on TCG, each behind a simulated IPMI BMC on
+127.0.0.1, 1 GiB RAM and a 3 GiB disk each) in its own network namespace, starts
+`provisiond serve` on SQLite with the rack's provisioning network (dnsmasq runs inside
+the namespace), then does the main job as an operator would: discover the BMCs,
+inspect every machine, deploy the Debian image to all three disks at once through the
+allocation API (ramdisk, image written and verified, boot from disk, cloud-init phones
+home, agent installed), and print a table with each machine's address, per-phase
+times and image write rate.
 It keeps serving on 127.0.0.1:8080 until Ctrl-C; DEMO_ONESHOT=1 exits after the
 table (0 when every machine is instance-ready). Everything is torn down on exit.
 
@@ -40,11 +43,13 @@ COUNT = int(os.environ.get("DEMO_MACHINES", "3"))
 #: The columns of the summary: (title, phase the time is read at).
 COLUMNS = (
     ("DHCP", "ipxe_dhcp"),
-    ("iPXE script", "ipxe_script"),
-    ("kernel+initrd", "initrd"),
+    ("ramdisk up", "ramdisk_callback"),
+    ("image written", "image_written"),
+    ("disk boot", "disk_boot"),
     ("OS callback", "os_callback"),
     ("ready", "agent_heartbeat"),
 )
+IMAGE = "debian-12"
 console = Console(width=None if sys.stdout.isatty() else 150)
 started = time.monotonic()
 
@@ -72,7 +77,7 @@ def ssh_key(path: Path) -> str:
 
 def summary(sc: Scenario, allocations: list[dict[str, Any]]) -> tuple[Table, bool]:
     table = Table(title="provisiond demo: instance ready", title_justify="left")
-    for title in ("machine", "state", "address", *[c[0] for c in COLUMNS], "host key"):
+    for title in ("machine", "state", "address", *[c[0] for c in COLUMNS], "write", "host key"):
         table.add_column(title)
     ok = True
     for alloc in allocations:
@@ -80,12 +85,17 @@ def summary(sc: Scenario, allocations: list[dict[str, Any]]) -> tuple[Table, boo
         machine = sc.machine(name) if alloc["machine"] else {"state": "-"}
         record = sc.deployments(name)[0] if alloc["machine"] else {"phases": []}
         phases = {p["phase"]: p["seconds"] for p in record["phases"]}
+        written = record.get("image_write") or {}
+        rate = (
+            f"{written['mb_s']:.0f} MB/s" if isinstance(written.get("mb_s"), int | float) else "-"
+        )
         ok = ok and machine["state"] == "active" and alloc["state"] == "ready"
         table.add_row(
             name,
             machine["state"],
             alloc.get("address") or "-",
             *[f"{phases[p]:.1f}s" if phases.get(p) is not None else "-" for _, p in COLUMNS],
+            rate,
             (alloc.get("host_key_fingerprint") or "-")[:19],
         )
     table.caption = "times are seconds after the BMC power-cycle; TCG (no KVM) on this machine"
@@ -105,9 +115,14 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    sc = Scenario(RACK, COUNT, DATA, api_port=PORT, log=step)
+    sc = Scenario(
+        RACK, COUNT, DATA, api_port=PORT, log=step, ram_mib=1024, disk_mib=3072, disk_image=IMAGE
+    )
     try:
-        step(f"building (or reusing) the guest image, then a {COUNT}-machine rack")
+        step(
+            f"building (or reusing) the ramdisk and the {IMAGE} disk image, "
+            f"then a {COUNT}-machine rack"
+        )
         sc.up()
         step(f"provisiond serve on {sc.url} (SQLite in {sc.data_dir}); images and inventory in")
         found = sc.discover()
@@ -126,9 +141,9 @@ def main() -> int:
         )
         key_file = DATA / "demo_ed25519"
         names = sorted(inspected)
-        ids = sc.allocate(names, [ssh_key(key_file)])
-        step(f"allocated {len(ids)} machines; deploying all at once")
-        allocations = sc.wait_allocations(ids, timeout=420)
+        ids = sc.allocate(names, [ssh_key(key_file)], image=IMAGE)
+        step(f"allocated {len(ids)} machines; writing {IMAGE} to all three disks at once")
+        allocations = sc.wait_allocations(ids, timeout=900)
         table, ok = summary(sc, allocations)
         console.print(table)
         for alloc in allocations:

@@ -200,14 +200,6 @@ def _image(session: Session, name: str) -> Image:
             if known
             else "register an image first ('provisiond images add'); GET /api/v1/images lists them",
         )
-    if image.kind == "disk":
-        # Writing a disk image to the machine's disk is not built yet (the deploy would
-        # network-boot an empty kernel): refused here rather than failing on the machine.
-        raise ValidationFailed(
-            [Problem("image", f"{name!r} is a disk image; deploying disk images is not "
-                              "supported yet")],
-            hint="allocate with a live image (GET /api/v1/images shows each image's kind)",
-        )  # fmt: skip
     return image
 
 
@@ -289,6 +281,7 @@ def create(
             image_id=image.id,
             ssh_keys=list(spec.ssh_keys),
             user_data=spec.user_data,
+            root_device=spec.root_device,
             idempotency_key=idempotency_key,
             request_hash=digest,
             created_at=now,

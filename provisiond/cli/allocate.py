@@ -63,6 +63,25 @@ def _show_ready(a: Allocation) -> None:
     console.print(f"  release with provisiond release {a.id}")
 
 
+def _hints(pairs: list[str]) -> dict[str, object]:
+    """``--root-device size=>=100 --root-device rotational=false`` as the API takes it."""
+    hints: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--root-device {pair!r} is not KEY=VALUE", hint="e.g. --root-device size=>=100")
+        key, value = key.strip(), value.strip()
+        if key == "rotational":
+            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                fail(f"--root-device rotational={value!r}", hint="rotational=true or false")
+            hints[key] = value.lower() in ("true", "yes", "1")
+        elif key == "size" and value.isdigit():
+            hints[key] = int(value)
+        else:
+            hints[key] = value
+    return hints
+
+
 def allocate(
     image: Annotated[str, typer.Option("--image", help="Image name (provisiond images list)")],
     ssh_key: Annotated[
@@ -86,6 +105,14 @@ def allocate(
     ] = None,
     lease: Annotated[str, typer.Option("--lease", help="e.g. 30m, 2h, 1d")] = "1h",
     ssh_user: Annotated[str, typer.Option("--ssh-user")] = "root",
+    root_device: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--root-device",
+            help="Root-device hint for a disk image, KEY=VALUE (name, size, serial, wwn, "
+            "model, vendor, rotational); repeat",
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Retry-safe key, e.g. the CI job id")
     ] = None,
@@ -124,6 +151,7 @@ def allocate(
                 user_data=data,
                 lease=lease,
                 ssh_user=ssh_user,
+                root_device=_hints(root_device or []),
                 idempotency_key=idempotency_key,
                 wait=wait,
                 timeout=timeout,

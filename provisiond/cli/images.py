@@ -42,7 +42,7 @@ app = typer.Typer(
 
 LIST_COLUMNS = (
     "name", "arch", "kind", "kernel", "initrd", "rootfs", "os_template",
-    "disk", "virtual_size", "firmware",
+    "disk", "virtual_size", "firmware", "os_family", "configured_by",
 )  # fmt: skip
 
 
@@ -78,6 +78,14 @@ def add(
     firmware: Annotated[
         str, typer.Option("--firmware", help="With --disk: bios, uefi or both")
     ] = "both",
+    no_cloud_init: Annotated[
+        bool,
+        typer.Option(
+            "--no-cloud-init",
+            help="With --disk: the image phones home by itself (configured by the agent "
+            "alone); it is not checked for cloud-init and no seed config is written into it",
+        ),
+    ] = False,
     kind: Annotated[str, typer.Option("--kind", help="live or disk")] = "live",
     os_template: Annotated[str, typer.Option("--os-template", help="pxe/os/<family> to use")] = "",
     kernel_args: Annotated[str, typer.Option("--kernel-args")] = "",
@@ -87,9 +95,12 @@ def add(
     """Copy the files into the store with their sha256 and add the image to the catalog.
 
     With --disk, the whole-disk image is converted once into gzip-compressed raw and
-    recorded with its source format, size, both checksums and firmware.
+    recorded with its source format, size, both checksums and firmware. It must have
+    cloud-init in an ext2/3/4 root (checked read-only), unless --no-cloud-init.
     """
     cfg = load(config)
+    if no_cloud_init and disk is None:
+        fail("--no-cloud-init applies to --disk images only", "drop it, or give --disk FILE")
     if disk is not None:
         if kernel or initrd or rootfs or kernel_args:
             fail("--disk takes no --kernel, --initrd, --rootfs or --kernel-args", "drop them")
@@ -104,6 +115,7 @@ def add(
                     arch=arch,
                     os_template=os_template,
                     firmware=firmware,
+                    configured_by="agent" if no_cloud_init else "cloud-init",
                     actor="cli:images",
                 )
             finally:
@@ -144,6 +156,9 @@ def _print_added(out: ImageOut, store: ImageStore, as_json: bool) -> None:
             f"firmware {out.firmware}"
         )
         console.print(f"  raw: sha256 {out.raw_sha256}")
+        os_name = f"{out.os_family} {out.os_version}".strip() or "unknown"
+        found = f", {out.cloud_init}" if out.cloud_init else ""
+        console.print(f"  os: {os_name}; configured by {out.configured_by}{found}")
     for role, digest in sorted(out.sha256.items()):
         console.print(f"  {role}: sha256 {digest}")
 

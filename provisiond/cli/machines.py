@@ -114,6 +114,13 @@ def show(
             columns=("phase", "seconds"),
             title=title,
         )
+        disk, write = record.get("root_disk") or {}, record.get("image_write") or {}
+        if disk or write:
+            console.print(
+                f"image written to {disk.get('disk', '?')} ({disk.get('why', '')}): "
+                f"{write.get('bytes', '?')} bytes in {write.get('seconds', '?')} s, "
+                f"{write.get('mb_s', '?')} MB/s, {write.get('resumed', 0)} resumed downloads"
+            )
 
 
 def _event(name: str, event: str, reason: str) -> dict[str, Any]:

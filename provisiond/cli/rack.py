@@ -42,6 +42,15 @@ def rack_up(
     uefi: Annotated[
         int, typer.Option("--uefi", min=0, help="How many guests (the last ones) boot UEFI.")
     ] = 0,
+    two_nics: Annotated[
+        int,
+        typer.Option(
+            "--two-nics",
+            min=0,
+            help="How many guests (the first ones) have an uncabled first NIC and boot from "
+            "their second.",
+        ),
+    ] = 0,
 ) -> None:
     """Create the namespace, bridge, taps, disks and BMCs; the guests stay off.
 
@@ -56,6 +65,7 @@ def rack_up(
             disk_mib=disk,
             http_port=http_port,
             uefi=uefi,
+            two_nics=two_nics,
         )
     emit(
         [
@@ -65,11 +75,13 @@ def rack_up(
                 "IP": g.ip,
                 "BMC": f"{g.bmc_address}:{g.bmc_port}",
                 "firmware": g.firmware,
+                "uncabled NIC": g.unwired_mac or "-",
             }
             for g in rack.guests
         ],
         False,
-        columns=("machine", "MAC", "IP", "BMC", "firmware"),
+        columns=("machine", "MAC", "IP", "BMC", "firmware")
+        + (("uncabled NIC",) if two_nics else ()),
         title=f"rack {rack.name}: namespace {rack.netns}, {rack.bridge} {rack.boot_address}",
     )
     console.print(f"inventory: {rack.inventory_file}", highlight=False)

@@ -19,10 +19,13 @@ What a report does depends on the lifecycle state, always through
   ``maintenance`` (an operator may be working on it), ``deploy_failed`` (kept up for
   debugging until released) or ``releasing`` (the deploy engine drives it).
 
-Hardware facts (CPUs, RAM, disks, DMI) are updated from every inventory. NIC rows
-are updated only when the reported MACs agree with the stored ones: a reported
-physical MAC the machine does not have, or a stored PXE MAC missing from the
-report, becomes a ``mac_mismatch`` event for an operator and changes nothing.
+Hardware facts (CPUs, RAM, disks, DMI) are updated from every inventory. NICs follow
+:mod:`provisiond.deploy.nic_reports`: planned NICs (inventory, API) are updated only
+when the report agrees with them (a reported physical MAC the machine does not have,
+or a stored PXE MAC missing from the report, becomes a ``mac_mismatch`` event for an
+operator and changes nothing); on a machine whose NICs nobody planned (enrolled by
+its PXE boot) every reported physical NIC is recorded (a ``nics_recorded`` event),
+except MACs other machines hold, which are a ``mac_mismatch``.
 """
 
 from __future__ import annotations
@@ -32,22 +35,22 @@ import hmac
 import secrets
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from provisiond import events
 from provisiond.config import Settings
+from provisiond.deploy import nic_reports
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.deploy.records import finish, running_deployment
 from provisiond.errors import Unauthorized
 from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
-from provisiond.models import Machine, Nic, utcnow
+from provisiond.models import Machine, utcnow
 from provisiond.schemas.agent import (
     AgentReply,
     Heartbeat,
     InventoryReport,
-    NicReport,
 )
 
 #: The actor recorded on events the agent causes.
@@ -118,44 +121,6 @@ def _dmi(value: str) -> str:
     return "" if value.lower() in DMI_PLACEHOLDERS else value
 
 
-def _mac_check(session: Session, machine: Machine, nics: list[NicReport]) -> dict[str, Any]:
-    """The disagreement between reported and stored MACs; empty when they agree."""
-    known = {n.mac for n in machine.nics}
-    pxe = {n.mac for n in machine.nics if n.pxe}
-    reported = {n.mac for n in nics}
-    # Virtual NICs (bridges, veths) get made-up MACs; only hardware must be known.
-    unknown = sorted({n.mac for n in nics if not n.virtual} - known)
-    missing = sorted(pxe - reported)
-    if not unknown and not missing:
-        return {}
-    owners = dict(
-        session.exec(
-            select(Nic.mac, Machine.name)
-            .join(Machine, col(Machine.id) == Nic.machine_id)
-            .where(col(Nic.mac).in_(unknown))
-        ).all()
-    )
-    return {
-        "reported": sorted(reported),
-        "known": sorted(known),
-        "unknown": unknown,
-        "missing_pxe": missing,
-        # A MAC stored on another machine usually means swapped cables or inventory.
-        "owned_by_other_machines": owners,
-    }
-
-
-def _update_nics(machine: Machine, nics: list[NicReport]) -> None:
-    by_mac = {n.mac: n for n in nics}
-    for row in machine.nics:
-        seen = by_mac.get(row.mac)
-        if seen is None:
-            continue
-        if seen.name:
-            row.name = seen.name
-        row.ip_address = seen.ipv4[0].split("/")[0] if seen.ipv4 else ""
-
-
 def _record(
     session: Session, machine: Machine, event: str, message: str, details: dict[str, Any]
 ) -> None:
@@ -169,6 +134,38 @@ def _record(
         message=message,
         details=details,
     )
+
+
+def _nics(session: Session, machine: Machine, report: InventoryReport) -> dict[str, Any]:
+    """Check and take the reported NICs (see :mod:`~provisiond.deploy.nic_reports`);
+    returns the mismatch, empty when there is none."""
+    planned = nic_reports.planned(session, machine)
+    mismatch = nic_reports.mismatch(session, machine, report.nics, is_planned=planned)
+    if mismatch:
+        outcome = "NICs left unchanged" if planned else "those MACs not recorded on this machine"
+        _record(
+            session,
+            machine,
+            "mac_mismatch",
+            f"unknown MACs {mismatch['unknown']}, missing PXE MACs {mismatch['missing_pxe']}; "
+            + outcome,
+            {**mismatch, "lldp": report.lldp},
+        )
+    if planned:
+        if not mismatch:
+            nic_reports.update(machine, report.nics)
+        return mismatch
+    added = nic_reports.learn(machine, report.nics, skip=set(mismatch.get("unknown", ())))
+    if added:
+        _record(
+            session,
+            machine,
+            nic_reports.LEARNT,
+            f"recorded {len(added)} reported NICs (none were planned): "
+            + ", ".join(f"{n['name'] or '?'} {n['mac']}" for n in added),
+            {"added": added, "planned": False},
+        )
+    return mismatch
 
 
 def record_inventory(
@@ -194,18 +191,8 @@ def record_inventory(
     if report.agent_version:
         machine.agent_version = report.agent_version
     machine.updated_at = now
-    mismatch = _mac_check(session, machine, report.nics)
-    if mismatch:
-        _record(
-            session,
-            machine,
-            "mac_mismatch",
-            f"unknown MACs {mismatch['unknown']}, missing PXE MACs {mismatch['missing_pxe']}; "
-            "NICs left unchanged",
-            {**mismatch, "lldp": report.lldp},
-        )
-    else:
-        _update_nics(machine, report.nics)
+    mismatch = _nics(session, machine, report)
+    machine.firmware = report.firmware if report.firmware in ("bios", "uefi") else ""
     session.add(machine)
     total = sum(d.size_bytes for d in report.disks)
     _record(

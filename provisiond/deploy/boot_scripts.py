@@ -17,6 +17,10 @@ inspecting                    ``inspect``
 deploying                     ``deploy``: the deploy image's kernel and
                               initrd, its kernel_args, ``initrd=<name>``
                               (needed under UEFI) and the NoCloud seed URL
+deploying, disk image         ``deploy`` with the deploy ramdisk (the
+                              inspection image) until the image is written
+                              and the machine sent to its disk, then
+                              ``local`` (:mod:`provisiond.deploy.disk_deploy`)
 active, installing_agent      ``local``: boot the local disk
 anything else                 ``poweroff``
 ============================  ===========================================
@@ -58,7 +62,7 @@ from provisiond.secrets import SecretBox
 from provisiond.templates import Templates, candidates
 from provisiond.validators import normalize_mac
 
-#: What iPXE (``${net0/mac}``, ``${net0/mac:hexhyp}``) and people write: six octets
+#: What iPXE (``${netX/mac}``, ``${netX/mac:hexhyp}``) and people write: six octets
 #: joined by one of ``:`` or ``-`` throughout, twelve bare hex digits, or Cisco's
 #: ``aabb.ccdd.eeff``. Stricter than :func:`normalize_mac`, which drops separators
 #: and whitespace anywhere: ``/boot/..52:54:00:12:34:56%0a.ipxe`` is no boot request.
@@ -69,7 +73,7 @@ _BOOT_MAC = re.compile(
 
 
 def parse_mac(value: str) -> str:
-    hint = "iPXE sends ${net0/mac}, e.g. 52:54:00:12:34:56"
+    hint = "iPXE sends ${netX/mac}, e.g. 52:54:00:12:34:56"
     if len(value) > 64:
         raise BadRequest("MAC address too long", hint=hint)
     if not _BOOT_MAC.fullmatch(value):
@@ -127,6 +131,23 @@ def deploy_image(session: Session, machine: Machine, inspect_image: str) -> Imag
         .where(Image.arch == machine.arch, Image.name != inspect_image)
         .order_by(col(Image.created_at).desc(), col(Image.id).desc())
     ).first()
+
+
+#: :func:`boot_image`'s answer for a disk deploy past its ramdisk stage: boot the disk.
+DISK = Image(name="(local disk)", kernel="", initrd="")
+
+
+def boot_image(session: Session, machine: Machine, settings: Settings) -> Image | None:
+    """What a ``deploying`` machine network-boots: the deploy image's kernel, or for a
+    whole-disk image the deploy ramdisk (the inspection image) until the engine sent
+    it to its disk (:data:`DISK` after that); None when the catalog lacks it."""
+    image = deploy_image(session, machine, settings.inspect_image)
+    if image is None or image.kind != "disk":
+        return image
+    record = deploy.running_deployment(session, machine.id) if machine.id is not None else None
+    if record is not None and "disk_boot" in record.phases:
+        return DISK
+    return _inspect_image(session, settings)
 
 
 def _boot_event(
@@ -227,9 +248,11 @@ def _script_without_writes(
             return None
         return _booting(templates, "inspect", inspect, base_url, ctx)
     if machine.state == State.DEPLOYING:
-        image = deploy_image(session, machine, settings.inspect_image)
+        image = boot_image(session, machine, settings)
         if image is None or _phase_due(session, machine, None):
             return None  # the missing image is recorded as an event
+        if image is DISK:
+            return render_script(templates, "local", machine.arch, **ctx)
         return _booting(templates, "deploy", image, base_url, ctx)
     return _resting(templates, machine, ctx)
 
@@ -341,12 +364,20 @@ def machine_script(
         boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
         return _booting(templates, "inspect", inspect, base_url, ctx)
     if state == State.DEPLOYING:
-        image = deploy_image(session, machine, settings.inspect_image)
+        image = boot_image(session, machine, settings)
         if image is None:
-            reason = f"no image for {arch} in the catalog"
+            wanted = deploy_image(session, machine, settings.inspect_image)
+            reason = (
+                f"no image for {arch} in the catalog"
+                if wanted is None
+                else f"{wanted.name} is a disk image, written by the deploy ramdisk, but there "
+                f"is no inspection image named {settings.inspect_image!r} to boot it"
+            )
             _boot_event(session, machine, "boot_refused", reason, mac=mac)
             return render_script(templates, "exit", arch, reason=reason, **ctx)
         boot_telemetry.record_phase(session, machine, "ipxe_script", metrics=metrics, mac=mac)
+        if image is DISK:
+            return render_script(templates, "local", arch, **ctx)
         return _booting(templates, "deploy", image, base_url, ctx)
     return _resting(templates, machine, ctx)
 

@@ -27,6 +27,9 @@ def to_view(session: Session, record: Deployment) -> dict[str, Any]:
         "started_at": record.started_at.isoformat(),
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "phases": [{"phase": p, "seconds": s} for p, s in phase_table(record)],
+        # A disk-image deploy's chosen disk and write figures (provisiond.deploy.disk_deploy).
+        "root_disk": record.phases.get("root_disk"),
+        "image_write": record.phases.get("image_write"),
     }
 
 

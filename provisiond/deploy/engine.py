@@ -14,8 +14,11 @@ host key, no ``agent_installed``             OS reported), upload the agent and 
                                              token, install and start it as a service
 installing_agent, ``agent_installed`` older  fail: "no agent heartbeat N s after
 than ``agent_heartbeat_timeout_s``           install"
-releasing                                    wipe the disks' first and last MiB over
-                                             SSH and verify, power off, available
+deploying a disk image, the ramdisk called   SSH in, write the image (``write_image``),
+back; then ``disk_configured``               then persistent disk boot and power-cycle
+                                             (``disk_boot``): :mod:`.disk_deploy`
+releasing                                    wipe both ends of every disk and partition
+                                             over SSH and verify, power off, available
 ===========================================  =======================================
 
 Every step takes the machine's DB lock first (owner ``<daemon id>:engine``, one per
@@ -32,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import time
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_
@@ -43,11 +46,13 @@ from provisiond.container import Services
 from provisiond.deploy import records as deploy
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.deploy.agent_reports import issue_agent_token
+from provisiond.deploy.disk_deploy import DiskSteps
 from provisiond.deploy.lock_guard import LockGuard
 from provisiond.deploy.lost_boot import is_lost
 from provisiond.deploy.release import ACTOR, Releaser, add_event
 from provisiond.deploy.remote_ops import install_agent
 from provisiond.deploy.ssh import HostKeyMismatch, SshError
+from provisiond.deploy.steps import Work, step_for
 from provisiond.deploy.succession import Succession
 from provisiond.drivers.power.base import BmcError, BmcManualAction, BootDevice, PowerAction
 from provisiond.drivers.power.base import PowerState as PS
@@ -61,13 +66,7 @@ from provisiond.models import Deployment, Machine, utcnow
 from provisiond.reconciler import run_loop
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Work:
-    machine_id: int
-    name: str
-    step: str  # power | install | heartbeat_timeout | release
+STEP_BACKOFF_MAX_S = 60.0
 
 
 class DeployEngine:
@@ -75,8 +74,11 @@ class DeployEngine:
         self.services = services
         self.settings = services.settings
         self._inflight: set[int] = set()
+        #: machine id -> (failed steps in a row, monotonic time before which it waits).
+        self._backoff: dict[int, tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.releaser = Releaser(self)
+        self.disk = DiskSteps(self)
         self.guard = LockGuard(services.db, f"{services.instance}:engine", self.settings.lock_ttl_s)
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
@@ -107,7 +109,8 @@ class DeployEngine:
         work = await asyncio.to_thread(self.scan)
         started = []
         for item in work:
-            if item.machine_id in self._inflight:
+            waits = self._backoff.get(item.machine_id, (0, 0.0))[1] > time.monotonic()
+            if item.machine_id in self._inflight or waits:
                 continue
             self._inflight.add(item.machine_id)
             task = asyncio.create_task(self._drive(item))
@@ -134,6 +137,7 @@ class DeployEngine:
             running = deploy.running_deployments(
                 session, [m.id for m in rows if m.id is not None and m.state != State.RELEASING]
             )
+            disk = deploy.disk_image_ids(session, [r.image_id for r in running.values()])
             for machine in rows:
                 assert machine.id is not None
                 if machine.state == State.RELEASING:
@@ -142,7 +146,8 @@ class DeployEngine:
                 record = running.get(machine.id)
                 if record is None:
                     continue
-                step = _step_for(machine, record, now, self.settings.agent_heartbeat_timeout_s)
+                limit = self.settings.agent_heartbeat_timeout_s
+                step = step_for(machine, record, now, limit, disk=record.image_id in disk)
                 if step is None and self._lost(machine, record, now):
                     step = "repower"
                 if step:
@@ -161,13 +166,21 @@ class DeployEngine:
                     "heartbeat_timeout": self._heartbeat_timeout,
                     "release": self.releaser.step,
                     "repower": self._repower_step,
+                    "write_image": self.disk.write,
+                    "disk_boot": self.disk.boot_disk,
                 }[item.step]
                 async with guard.heartbeat(item.machine_id, item.name):
                     await step(item)
             finally:
                 await asyncio.to_thread(guard.release, item.machine_id)
+            self._backoff.pop(item.machine_id, None)
         except Exception:
-            log.exception("deploy_step_failed", machine=item.name, step=item.step)
+            # A step that raises (a bug, not a failed deploy) waits 2, 4 ... 60 s before it
+            # is tried again, instead of spinning; the machine's deadline still applies.
+            failed = self._backoff.get(item.machine_id, (0, 0.0))[0] + 1
+            wait = min(STEP_BACKOFF_MAX_S, 2.0**failed)
+            self._backoff[item.machine_id] = (failed, time.monotonic() + wait)
+            log.exception("deploy_step_failed", machine=item.name, step=item.step, retry_s=wait)
         finally:
             self._inflight.discard(item.machine_id)
             self.services.wake_deployer()
@@ -391,24 +404,3 @@ class DeployEngine:
             deploy.retry_from_power_cycle(
                 session, machine, record, secrets=self.services.secrets, reason=reason
             )
-
-
-def _step_for(
-    machine: Machine, record: Deployment, now: datetime, heartbeat_timeout: float
-) -> str | None:
-    phases = record.phases
-    if machine.state in (State.DEPLOYING, State.INSPECTING) and "power_cycle" not in phases:
-        return "power"
-    needs_agent = machine.state == State.INSTALLING_AGENT or (
-        machine.state == State.INSPECTING and record.host_key
-    )
-    if not needs_agent:
-        return None
-    installed = phases.get("agent_installed")
-    if not isinstance(installed, str):
-        return "install"
-    if machine.state == State.INSTALLING_AGENT and "agent_heartbeat" not in phases:
-        since = datetime.fromisoformat(installed)
-        if now - since > timedelta(seconds=heartbeat_timeout):
-            return "heartbeat_timeout"
-    return None

@@ -41,7 +41,7 @@ from provisiond.config import Settings
 from provisiond.errors import Conflict
 from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
-from provisiond.models import Allocation, Deployment, Machine, utcnow
+from provisiond.models import Allocation, Deployment, Image, Machine, utcnow
 from provisiond.secrets import SecretBox
 
 #: Deployment.kind values.
@@ -80,6 +80,17 @@ def running_deployments(session: Session, machine_ids: list[int]) -> dict[int, D
         .order_by(col(Deployment.id))
     ).all()
     return {row.machine_id: row for row in rows}  # ascending ids: the newest one wins
+
+
+def disk_image_ids(session: Session, image_ids: list[int | None]) -> set[int]:
+    """Which of ``image_ids`` are whole-disk images (written to the disk by a deploy)."""
+    wanted = {i for i in image_ids if i is not None}
+    if not wanted:
+        return set()
+    rows = session.exec(
+        select(Image.id).where(col(Image.id).in_(wanted), Image.kind == "disk")
+    ).all()
+    return {i for i in rows if i is not None}
 
 
 def latest_deployment(session: Session, machine_id: int) -> Deployment | None:
@@ -318,6 +329,19 @@ WAITING_FOR = {
 }
 
 
+#: What a disk-image deploy was doing after a phase, for deadline reasons
+#: (:mod:`provisiond.deploy.disk_deploy`).
+AFTER_PHASE = {
+    "ramdisk_callback": "writing the image",
+    "disk_selected": "writing the image",
+    "image_download": "writing the image",
+    "image_written": "configuring the disk",
+    "disk_configured": "booting from disk",
+    "disk_boot": "booting from disk",
+    "os_seed": "booting from disk",
+}
+
+
 def deadline_reason(
     session: Session, machine: Machine, limit_s: float
 ) -> tuple[str, dict[str, Any]]:
@@ -332,8 +356,9 @@ def deadline_reason(
         )
         last = reached[-1][1] if reached else ""
         details = {"deployment": record.uuid, "last_phase": last}
+    doing = f", {AFTER_PHASE[last]}" if last in AFTER_PHASE else ""
     reason = f"{machine.state}: {waiting} within {limit_s:.0f}s" + (
-        f" (last phase: {last})" if last else ""
+        f" (last phase: {last}{doing})" if last else ""
     )
     return reason, details
 

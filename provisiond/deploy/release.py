@@ -30,7 +30,8 @@ from provisiond.machines import power_calls as power
 from provisiond.models import Deployment, Machine
 
 if TYPE_CHECKING:
-    from provisiond.deploy.engine import DeployEngine, Work
+    from provisiond.deploy.engine import DeployEngine
+    from provisiond.deploy.steps import Work
 
 ACTOR = "engine"
 

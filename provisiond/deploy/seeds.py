@@ -28,12 +28,13 @@ from provisiond.deploy.boot_scripts import (
     image_context,
     machine_context,
 )
+from provisiond.deploy.disk_deploy import RAMDISK_CALLBACK, on_disk
 from provisiond.deploy.enrollment import ACTOR
 from provisiond.deploy.image_fetch import canonical_address
 from provisiond.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.metrics import Metrics
-from provisiond.models import Allocation, Image, Machine
+from provisiond.models import Allocation, Deployment, Image, Machine
 from provisiond.secrets import SecretBox
 from provisiond.templates import Templates
 
@@ -100,7 +101,8 @@ def seed_file(
     if file == "user-data":
         record.phases = {**record.phases, "agent_url": base_url}
         session.add(record)
-        boot_telemetry.record_phase(session, machine, "seed", metrics=metrics, client=client)
+        phase = "os_seed" if on_disk(record) else "seed"
+        boot_telemetry.record_phase(session, machine, phase, metrics=metrics, client=client)
     token = deploy.callback_token(secrets, record.uuid)
     family = _os_family(image)
     names = [f"os/{family}/{file}.j2", f"os/default/{file}.j2"]
@@ -117,6 +119,14 @@ def seed_file(
         phone_home_url=f"{base_url}/boot/callback/{machine.uuid}?token={token}",
         seed_url=f"{base_url}/meta/{machine.uuid}/",
     )
+
+
+def ramdisk_stage(session: Session, record: Deployment) -> bool:
+    """A disk-image deploy that has not yet sent the machine to its disk."""
+    if record.kind != deploy.DEPLOY or on_disk(record) or record.image_id is None:
+        return False
+    image = session.get(Image, record.image_id)
+    return image is not None and image.kind == "disk"
 
 
 #: Host-key fields a phone-home may carry (cloud-init's phone_home names).
@@ -168,6 +178,12 @@ def callback(
     record.host_key = " ".join(host_key.split()[:2])
     record.address = canonical_address(client)
     session.add(record)
+    if ramdisk_stage(session, record):  # the deploy ramdisk: the engine writes the image
+        session.flush()
+        boot_telemetry.record_phase(
+            session, machine, RAMDISK_CALLBACK, metrics=metrics, actor=ACTOR, address=record.address
+        )
+        return {"machine": machine.name, "state": machine.state, "address": record.address}
     machine.ssh_host_key = record.host_key
     session.add(machine)
     session.flush()

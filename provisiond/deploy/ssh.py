@@ -121,7 +121,15 @@ class Remote:
             hint="the OS may not run sshd, or does not accept the per-deploy key",
         )
 
-    def run(self, command: str, *, timeout: float = 60.0, stdin: bytes = b"") -> Result:
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = 60.0,
+        stdin: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
+    ) -> Result:
+        """Run ``command``; ``on_line`` sees each complete stdout line as it arrives."""
         chan = self._client.get_transport()
         if chan is None or not chan.is_active():
             raise SshError(f"SSH session to {self.address} is closed", hint="reconnect")
@@ -146,7 +154,14 @@ class Remote:
                         hint="the machine rebooted or powered off",
                     )
                 if session.recv_ready():
-                    out += session.recv(65536)
+                    chunk = session.recv(65536)
+                    if on_line is not None:
+                        start = out.rfind(b"\n") + 1
+                        out += chunk
+                        for line in out[start:].split(b"\n")[:-1]:
+                            on_line(line.decode(errors="replace"))
+                    else:
+                        out += chunk
                 elif session.recv_stderr_ready():
                     err += session.recv_stderr(65536)
                 else:

@@ -37,7 +37,7 @@ from provisiond.inventory.yamlfile import (
     plain,
 )
 from provisiond.schemas.base import Name
-from provisiond.schemas.disks import Disk
+from provisiond.schemas.disks import Disk, Hints
 from provisiond.validators import normalize_mac
 
 Loc = tuple[str | int, ...]
@@ -174,6 +174,7 @@ class MachineSpec(Spec):
     power_watts: Count | None = None
     tags: list[Word64] = []
     disks: list[Disk] = []
+    root_device: Hints = {}
     nics: list[NicSpec] = []
     bmc: BmcSpec | None = None
     outlets: list[OutletRef] = []

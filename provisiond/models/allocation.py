@@ -24,6 +24,8 @@ class Allocation(SQLModel, table=True):
     constraints: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     image_id: int | None = Field(default=None, foreign_key="image.id", ondelete="RESTRICT")
     ssh_keys: list[str] = Field(default_factory=list, sa_type=JSON)
+    #: Root-device hints; each key overrides the machine's own.
+    root_device: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     user_data: str = Field(default="")
     state: str = Field(default="pending", index=True, max_length=16)
     machine_id: int | None = Field(

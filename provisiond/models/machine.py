@@ -35,6 +35,11 @@ class Machine(SQLModel, table=True):
     cpus: int | None = Field(default=None, ge=0)
     ram_mib: int | None = Field(default=None, ge=0)
     disks: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    #: Root-device hints for a disk-image deploy (name, size, serial, wwn, model,
+    #: vendor, rotational; see provisiond.schemas.disks.RootDeviceHints).
+    root_device: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    #: bios | uefi as the agent last reported it; "" until inspected.
+    firmware: str = Field(default="", max_length=8)
     tags: list[str] = Field(default_factory=list, sa_type=JSON)
     power_watts: int | None = Field(default=None, ge=0)
     # Lifecycle: only provisiond.lifecycle.advance() writes state, deadline and last_error.

@@ -19,6 +19,10 @@ the allocated 609 MB, three times the gzip file, over the same link.
 child process, so decoding runs beside the compression here) or, for qcow2, a sparse
 raw copy from ``qemu-img convert`` after ``qemu-img check`` accepted it; the raw
 bytes are hashed and counted on the way into ``zlib`` at level 6, 1 MiB at a time.
+Decoded bytes are also written to a sparse raw copy beside the output (zero MiBs
+become holes), so that the caller's ``on_raw`` can look inside the whole image (its
+partitions and root file system, :mod:`provisiond.netboot.disk_inspect`) before
+the copy is removed; a raw source is looked at in place.
 Anything wrong (a tool's non-zero exit: bad CRC, truncation; an empty file; no
 MBR/GPT boot signature; a size that is not whole sectors) raises
 :class:`DiskImageRefused` with the tool's own words and a hint. The caller owns the
@@ -34,10 +38,11 @@ import shutil
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from provisiond.errors import BadRequest
 
@@ -94,8 +99,14 @@ def detect_format(path: Path) -> str:
     return found
 
 
-def convert(source: Path, out_dir: Path) -> ConvertedDisk:
-    """Write ``out_dir/disk.raw.gz`` from ``source``; blocking, run it off the event loop."""
+def convert(
+    source: Path, out_dir: Path, on_raw: Callable[[Path], None] = lambda raw: None
+) -> ConvertedDisk:
+    """Write ``out_dir/disk.raw.gz`` from ``source``; blocking, run it off the event loop.
+
+    ``on_raw(path)`` is then called with the whole raw image as a file (the source
+    itself, or a sparse copy in ``out_dir`` removed afterwards), to look inside it.
+    """
     source = source.resolve()  # absolute, so never read as a tool's option
     fmt = detect_format(source)
     expected_size = _qcow2_checked(source) if fmt == "qcow2" else None
@@ -104,7 +115,7 @@ def convert(source: Path, out_dir: Path) -> ConvertedDisk:
     head = bytearray()
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip wrapper
     out_path = out_dir / SERVED_NAME
-    with _raw_stream(source, fmt, out_dir) as chunks, out_path.open("xb") as out:
+    with _raw_stream(source, fmt, out_dir) as (chunks, raw_file), out_path.open("xb") as out:
 
         def emit(data: bytes) -> None:
             nonlocal served_size
@@ -124,20 +135,21 @@ def convert(source: Path, out_dir: Path) -> ConvertedDisk:
         emit(packer.flush())
         out.flush()
         os.fsync(out.fileno())
-    if raw_size == 0:
-        raise DiskImageRefused(
-            f"{source} holds no data once decompressed", hint="give a whole-disk image"
-        )
-    if raw_size % SECTOR or len(head) < SECTOR:
-        raise DiskImageRefused(
-            f"{source} holds {raw_size} bytes, not a whole number of 512-byte sectors",
-            hint="the file is truncated or is not a disk image",
-        )
-    if expected_size is not None and raw_size != expected_size:
-        raise DiskImageRefused(
-            f"{source}: qemu-img produced {raw_size} bytes, its header says {expected_size}",
-            hint="the qcow2 file is damaged; recreate it",
-        )
+        if raw_size == 0:
+            raise DiskImageRefused(
+                f"{source} holds no data once decompressed", hint="give a whole-disk image"
+            )
+        if raw_size % SECTOR or len(head) < SECTOR:
+            raise DiskImageRefused(
+                f"{source} holds {raw_size} bytes, not a whole number of 512-byte sectors",
+                hint="the file is truncated or is not a disk image",
+            )
+        if expected_size is not None and raw_size != expected_size:
+            raise DiskImageRefused(
+                f"{source}: qemu-img produced {raw_size} bytes, its header says {expected_size}",
+                hint="the qcow2 file is damaged; recreate it",
+            )
+        on_raw(raw_file)
     return ConvertedDisk(
         SERVED_NAME, fmt, raw_size, served_hash.hexdigest(), raw_hash.hexdigest(), served_size
     )
@@ -153,21 +165,41 @@ def _check_boot_sector(source: Path, sector: bytes) -> None:
 
 
 @contextmanager
-def _raw_stream(source: Path, fmt: str, work: Path) -> Iterator[Iterator[bytes]]:
+def _raw_stream(source: Path, fmt: str, work: Path) -> Iterator[tuple[Iterator[bytes], Path]]:
+    """The raw bytes in chunks, and a file that holds them all once they are consumed."""
     if fmt == "raw":
         with source.open("rb") as handle:
-            yield iter(lambda: handle.read(CHUNK), b"")
-    elif fmt == "qcow2":
-        tmp = work / ".raw.tmp"
-        _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(tmp)], source)
-        try:
+            yield iter(lambda: handle.read(CHUNK), b""), source
+        return
+    tmp = work / ".raw.tmp"
+    try:
+        if fmt == "qcow2":
+            _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(source), str(tmp)],
+                 source)  # fmt: skip
             with tmp.open("rb") as handle:
-                yield iter(lambda: handle.read(CHUNK), b"")
-        finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        with _decoded(source, DECODERS[fmt]) as chunks:
-            yield chunks
+                yield iter(lambda: handle.read(CHUNK), b""), tmp
+        else:
+            with _decoded(source, DECODERS[fmt]) as chunks, tmp.open("xb") as copy:
+                yield _sparse_copy(chunks, copy), tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sparse_copy(chunks: Iterator[bytes], copy: BinaryIO) -> Iterator[bytes]:
+    """Pass ``chunks`` through, writing them to ``copy`` with holes for zero chunks.
+
+    Only the allocated part of the image takes disk space (609 MB of the 2 GiB
+    Debian image, DESIGN.md), and only until the conversion ends.
+    """
+    zeros = bytes(CHUNK)
+    for chunk in chunks:
+        if chunk == zeros[: len(chunk)]:
+            copy.seek(len(chunk), os.SEEK_CUR)
+        else:
+            copy.write(chunk)
+        yield chunk
+    copy.truncate()
+    copy.flush()
 
 
 @contextmanager

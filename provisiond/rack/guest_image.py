@@ -76,7 +76,10 @@ PACKAGES = (
     "liblzma5",
     "libuuid1",
 )
-MODULES = ("virtio_net", "virtio_pci", "virtio_blk", "e1000")  # plus their depends=
+# Plus their depends=. ext4 (and crc32c_generic, which its metadata checksums need
+# but names only as the softdep "crypto-crc32c") lets the image writer mount the root
+# file system it wrote, to seed cloud-init there.
+MODULES = ("virtio_net", "virtio_pci", "virtio_blk", "e1000", "crc32c_generic", "ext4")
 KERNEL_ARGS = "console=ttyS0 quiet"
 PYTHON = "python3.11"
 SMOKE_IMPORTS = "json, socket, ssl, subprocess, urllib.request, platform, os, hashlib, argparse"

@@ -4,7 +4,7 @@ Power on starts ``ip netns exec <ns> qemu-system-x86_64 ... -boot n|c``; ``ip ne
 exec`` execs QEMU, so the child's PID is QEMU's. The PID also goes to a pidfile, so
 another process (``provisiond rack down`` after a crash) can find and kill it.
 
-The guest is a ``pc`` with one virtio-net NIC on a tap device that already exists
+The guest is a ``pc`` with a virtio-net NIC on a tap device that already exists
 in the namespace (the rack made it), whose option ROM is the iPXE from Debian's
 ipxe-qemu. Its firmware is SeaBIOS (``bios``) or OVMF (``uefi``, Debian's ``ovmf``,
 with a per-guest copy of the variable store); under OVMF the NIC's ROM is iPXE's
@@ -13,6 +13,14 @@ EFI build. The boot device the BMC hands over picks ``-boot n`` (PXE) or ``-boot
 orders boot options by ``bootindex``). Every boot starts a new QEMU, so the BMC's one-time boot
 flags apply to exactly one boot. There is no ``-no-reboot``: a reboot from inside
 the guest stays inside QEMU, as it would on hardware, and keeps the boot order.
+
+A guest with an ``unwired_mac`` has a second virtio-net NIC *before* the tap's (a lower
+PCI slot: ``net0`` to iPXE, ``eth0`` to Linux) on a hub port of an otherwise empty hub,
+so nothing ever answers it: a server whose first port is not cabled. SeaBIOS runs the
+NICs' iPXE ROMs in PCI order, so a PXE boot first waits out that NIC's DHCP (~18 s
+measured) and then boots from the tap's NIC; under OVMF only the tap's NIC has a
+``bootindex`` (as an operator would order the boot entries; trying the uncabled NIC
+first costs OVMF ~145 s: iPXE, then its own PXEv4/v6 and HTTPv4/v6 attempts).
 
 Serial output (SeaBIOS, iPXE, the kernel console) is appended to a log file; it
 reaches the serial port only with ``-nographic`` (DESIGN.md). The accelerator is
@@ -82,6 +90,8 @@ class QemuGuest:
     ram_mib: int = 384
     cpus: int = 1
     firmware: str = "bios"
+    #: The MAC of an uncabled first NIC ("": the guest has only the tap's NIC).
+    unwired_mac: str = ""
 
     @property
     def vars_file(self) -> Path:
@@ -171,6 +181,11 @@ class QemuBackend:
             "-monitor", "none",
             "-netdev", f"tap,id=n0,ifname={g.tap},script=no,downscript=no",
         ]  # fmt: skip
+        if g.unwired_mac:  # first on the PCI bus; its hub has no other port
+            cmd += [
+                "-netdev", "hubport,id=n1,hubid=1",
+                "-device", f"virtio-net-pci,netdev=n1,mac={g.unwired_mac}",
+            ]  # fmt: skip
         if g.firmware != "uefi":
             return [
                 *cmd,

@@ -33,6 +33,7 @@ import httpx
 from provisiond.netboot.dnsmasq import die_with_parent
 from provisiond.netboot.netns_socket import connect_in_netns
 from provisiond.rack import vrack
+from provisiond.rack.disk_image import build_disk_image
 from provisiond.rack.guest_image import GuestImage, build_guest_image
 
 INSPECT_IMAGE = "inspect"
@@ -60,8 +61,13 @@ class Scenario:
     api_port: int = field(default_factory=free_port)
     log: Callable[[str], None] = print
     ram_mib: int = 384
-    #: How many guests (the last ones) boot UEFI (OVMF) instead of BIOS.
+    disk_mib: int = 64
+    #: Also build (or reuse) the Debian 12 disk image and register it as this name.
+    disk_image: str = ""
+    #: How many guests boot UEFI (OVMF, the last ones) / have an uncabled first NIC and
+    #: boot from their second (the first ones).
     uefi: int = 0
+    two_nics: int = 0
     #: Extra provisiond.toml lines (e.g. shorter timeouts in tests).
     extra_config: str = ""
     image: GuestImage | None = None
@@ -128,15 +134,10 @@ class Scenario:
             f"({time.monotonic() - started:.1f}s)"
         )
         self.rack = vrack.up(
-            self.count,
-            name=self.name,
-            state_dir=self.workdir / "rack",
-            subnet=self.subnet,
-            ipv6_prefix=self.ipv6_prefix,
-            ram_mib=self.ram_mib,
-            password=self.bmc_password,
-            uefi=self.uefi,
-        )
+            self.count, name=self.name, state_dir=self.workdir / "rack", subnet=self.subnet,
+            ipv6_prefix=self.ipv6_prefix, ram_mib=self.ram_mib, disk_mib=self.disk_mib,
+            password=self.bmc_password, uefi=self.uefi, two_nics=self.two_nics,
+        )  # fmt: skip
         uefi = f" ({self.uefi} UEFI)" if self.uefi else ""
         self.log(f"rack {self.name}: {self.count} guests{uefi} in netns {self.rack.netns}")
         network = vrack.network_toml(self.rack) + 'dnsmasq_user = "root"\n'
@@ -164,6 +165,14 @@ class Scenario:
                 self.image.kernel_args,
             )
             self.log(f"image {name} registered ({kind})")
+        if self.disk_image:
+            started = time.monotonic()
+            disk = build_disk_image(log=self.log)
+            self.cli("images", "add", self.disk_image, "--disk", str(disk.gz), timeout=600)
+            self.log(
+                f"disk image {self.disk_image} registered ({'built' if disk.built else 'cached'}"
+                f", {time.monotonic() - started:.1f}s)"
+            )
         inventory = (self.workdir / "rack" / vrack.INVENTORY_FILE).read_text()
         with self.api() as api:
             r = api.post(
@@ -306,7 +315,9 @@ class Scenario:
             names, {"available"}, timeout=timeout, fail={"inspect_failed", "maintenance"}
         )
 
-    def allocate(self, names: list[str], ssh_keys: list[str], lease: str = "2h") -> list[str]:
+    def allocate(
+        self, names: list[str], ssh_keys: list[str], lease: str = "2h", image: str = DEPLOY_IMAGE
+    ) -> list[str]:
         ids = []
         with self.api() as api:
             for name in names:
@@ -314,7 +325,7 @@ class Scenario:
                     "/allocations",
                     json={
                         "constraints": {"names": [name]},
-                        "image": DEPLOY_IMAGE,
+                        "image": image,
                         "ssh_keys": ssh_keys,
                         "lease": lease,
                     },

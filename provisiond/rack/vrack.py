@@ -10,7 +10,8 @@
 - per guest K: ``vmK``, MAC ``52:54:00:HH:HH:KK`` (HH:HH from the rack name, so two
   racks in one database do not collide), fixed address ``.(10+K)``, a raw disk
   ``vmK.disk`` whose first and last MiB are 0xA5 (a wipe is visible), serial log
-  ``vmK.serial.log`` and pidfile ``vmK.pid``;
+  ``vmK.serial.log`` and pidfile ``vmK.pid``; a two-NIC guest (``two_nics``) also has an
+  uncabled first NIC, MAC ``..:HH:HH:(80+K)``, and boots from its second (the bridge's);
 - one detached BMC farm process (``python -m provisiond.rack.vrack serve-bmcs``):
   an IPMI BMC per guest on 127.0.0.1, whose power commands start and kill the
   guest's QEMU (:mod:`provisiond.rack.qemu`). Guests are off after ``up``; power
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -71,6 +71,7 @@ from provisiond.rack.vrack_files import (
     STATE_FILE,
     GuestState,
     RackState,
+    guest_mac,
     inventory_yaml,
     make_disk,
     network_toml,
@@ -137,11 +138,6 @@ def _args(name: str, state_dir: Path) -> str:
     return f"--name {name}" + (f" --state-dir {state_dir}" if custom else "")
 
 
-def guest_mac(rack: str, index: int) -> str:
-    h = hashlib.sha256(rack.encode()).digest()
-    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{index:02x}"
-
-
 # -- helpers -------------------------------------------------------------------------
 
 
@@ -181,12 +177,13 @@ def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
 # -- up ------------------------------------------------------------------------------
 
 
-def _check_uefi(count: int, uefi: int) -> None:
-    if not 0 <= uefi <= count:
-        raise BadRequest(
-            f"--uefi {uefi} with {count} guest(s)",
-            hint=f"give 0 to {count}: that many of the guests (the last ones) boot UEFI",
-        )
+def _check_firmware_and_nics(count: int, uefi: int, two_nics: int) -> None:
+    for option, value, which in (("uefi", uefi, "last"), ("two-nics", two_nics, "first")):
+        if not 0 <= value <= count:
+            raise BadRequest(
+                f"--{option} {value} with {count} guest(s)",
+                hint=f"give 0 to {count}: that many of the guests (the {which} ones)",
+            )
     if uefi and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
         raise ConfigError(
             f"UEFI guests need OVMF ({OVMF_CODE}, {OVMF_VARS}), which is missing",
@@ -209,14 +206,16 @@ def up(
     username: str = DEFAULT_USERNAME,
     password: str | None = None,
     uefi: int = 0,
+    two_nics: int = 0,
 ) -> RackState:
     """Build the rack and start its BMC farm; the guests stay off. See the module doc.
 
     ``password`` defaults to ``$PROVISIOND_RACK_BMC_PASSWORD``, else ``password``.
-    The last ``uefi`` guests boot OVMF (UEFI) instead of SeaBIOS.
+    The last ``uefi`` guests boot OVMF (UEFI) instead of SeaBIOS; the first
+    ``two_nics`` guests have an uncabled first NIC and boot from their second.
     """
     _check_args(name, count, ram_mib, cpus, disk_mib)
-    _check_uefi(count, uefi)
+    _check_firmware_and_nics(count, uefi, two_nics)
     net = ipaddress.IPv4Network(subnet)
     v6 = ipaddress.IPv6Network(ipv6_prefix)
     if net.prefixlen > 24 or v6.prefixlen != 64:
@@ -272,6 +271,7 @@ def up(
                 cpus=cpus,
                 disk_mib=disk_mib,
                 firmware="uefi" if k > count - uefi else "bios",
+                unwired_mac=guest_mac(name, 0x80 + k) if k <= two_nics else "",
             )
         )
     password = password or os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD

@@ -5,7 +5,8 @@
   partial file, which is what a crash leaves); ``bmc.ready`` and ``bmc.log`` are the
   farm's;
 - ``inventory.yaml`` (:func:`inventory_yaml`) for ``provisiond inventory apply``: one
-  machine per guest with its IPMI BMC, the password read from ``$PASSWORD_ENV``;
+  machine per guest with its IPMI BMC, the password read from ``$PASSWORD_ENV``, and
+  its NICs (a two-NIC guest's uncabled ``eth0`` too, its cabled ``eth1`` the PXE one);
 - ``network.toml`` (:func:`network_toml`): a ``[[networks]]`` entry of the daemon's
   config (:class:`ProvisioningNetwork`) for the rack's bridge and namespace;
 - ``vmK.disk`` (:func:`make_disk`): sparse, first and last MiB :data:`FILL`, so a
@@ -17,6 +18,7 @@ with :func:`write_atomic` once the BMC ports are known.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -50,13 +52,24 @@ class GuestState:
     cpus: int
     disk_mib: int
     firmware: str = "bios"
+    #: An uncabled first NIC's MAC; ``mac`` is then the second NIC's, the one on the bridge.
+    unwired_mac: str = ""
 
     def qemu_guest(self) -> QemuGuest:
         g = self
         paths = Path(g.disk), Path(g.serial_log), Path(g.pidfile)
         return QemuGuest(
-            g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus, firmware=g.firmware
-        )
+            g.name, g.mac, g.tap, *paths, ram_mib=g.ram_mib, cpus=g.cpus, firmware=g.firmware,
+            unwired_mac=g.unwired_mac,
+        )  # fmt: skip
+
+    def nics(self) -> list[dict[str, Any]]:
+        """The guest's NICs as ops would plan them: the cabled one is the PXE NIC."""
+        name = "eth1" if self.unwired_mac else "eth0"
+        cabled = {"mac": self.mac, "name": name, "ip_address": self.ip, "pxe": True}
+        if not self.unwired_mac:
+            return [cabled]
+        return [{"mac": self.unwired_mac, "name": "eth0", "pxe": False}, cabled]
 
 
 @dataclass
@@ -95,6 +108,13 @@ class RackState:
         return cls(**{k: v for k, v in data.items() if k in names and k != "guests"}, guests=guests)
 
 
+def guest_mac(rack: str, index: int) -> str:
+    """``52:54:00:HH:HH:KK``: HH:HH from the rack's name, KK the guest's index (plus 0x80
+    for a two-NIC guest's uncabled first NIC)."""
+    h = hashlib.sha256(rack.encode()).digest()
+    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{index:02x}"
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -129,7 +149,7 @@ def inventory_yaml(rack: RackState) -> str:
             "cpus": g.cpus,
             "ram_mib": g.ram_mib,
             "tags": ["virtual"],
-            "nics": [{"mac": g.mac, "name": "eth0", "ip_address": g.ip, "pxe": True}],
+            "nics": g.nics(),
             "bmc": {
                 "driver": "ipmi",
                 "address": g.bmc_address,

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from provisiond.schemas.base import INT_MAX, Arch, Name, Strict, Tag
+from provisiond.schemas.disks import Hints
 
 SSH_KEY_TYPES = frozenset(
     {
@@ -139,6 +140,8 @@ class AllocationIn(Strict):
     #: Seconds or a duration (``"2h"``); the default is one hour, the maximum depends on role.
     lease: Lease = 3600
     ssh_user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    #: Root-device hints for a disk image; each overrides the machine's own hint.
+    root_device: Hints = Field(default_factory=dict)
 
 
 class RenewIn(Strict):

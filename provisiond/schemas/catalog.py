@@ -33,6 +33,9 @@ OsTemplate = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0
 
 
 Firmware = Literal["bios", "uefi", "both"]
+#: How a deployed disk image gets its SSH keys and phones home (README, "Disk images").
+ConfiguredBy = Literal["cloud-init", "agent"]
+OsToken = Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z0-9._-]*$")]
 SourceFormat = Literal["raw", "gzip", "xz", "zstd", "qcow2"]
 
 
@@ -62,6 +65,10 @@ class DiskImageIn(Strict):
     sha256: dict[Literal["disk"], Sha256]
     os_template: OsTemplate = ""
     firmware: Firmware = "both"
+    configured_by: ConfiguredBy = "cloud-init"
+    cloud_init: str = Field(default="", max_length=255)
+    os_family: OsToken = ""
+    os_version: OsToken = ""
     kernel: Literal[""] = ""
     initrd: Literal[""] = ""
 
@@ -94,6 +101,10 @@ class ImageOut(Out):
     min_disk_size: int
     raw_sha256: str
     firmware: str
+    configured_by: str
+    cloud_init: str
+    os_family: str
+    os_version: str
     created_at: datetime
 
 

@@ -34,7 +34,7 @@ from provisiond.schemas.base import (
     Text,
     _unique,
 )
-from provisiond.schemas.disks import check_disk
+from provisiond.schemas.disks import Hints, check_disk
 
 # --- racks -------------------------------------------------------------------
 
@@ -165,6 +165,8 @@ class MachineIn(_MachineFields):
     tags: list[Tag] = Field(default_factory=list, max_length=64)
     nics: list[NicIn] = Field(default_factory=list, max_length=64)
     bmc: BmcIn | None = None
+    #: Root-device hints for disk-image deploys (name, size, serial, wwn, model, ...).
+    root_device: Hints = Field(default_factory=dict)
 
 
 class MachinePatch(_MachineFields, Patch):
@@ -178,6 +180,8 @@ class MachinePatch(_MachineFields, Patch):
     tags: list[Tag] | None = Field(default=None, max_length=64)
     nics: list[NicIn] | None = Field(default=None, max_length=64)
     bmc: BmcPatch | None = None
+    #: ``{}`` clears them.
+    root_device: Hints | None = None
 
 
 class MachineOut(Out):
@@ -193,6 +197,9 @@ class MachineOut(Out):
     cpus: int | None
     ram_mib: int | None
     disks: list[dict[str, Any]]
+    root_device: dict[str, Any] = {}
+    #: bios | uefi as last inspected ("" before).
+    firmware: str = ""
     tags: list[str]
     power_watts: int | None
     state: str

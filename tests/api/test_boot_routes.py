@@ -74,7 +74,7 @@ def store(services: Services, tmp_path: Path) -> ImageStore:
 def test_entry_chains_to_the_mac_script(client: TestClient) -> None:
     r = client.get("/boot/ipxe")
     assert r.status_code == 200 and r.text.startswith("#!ipxe\n")
-    assert "chain http://testserver/boot/${net0/mac}.ipxe" in r.text
+    assert "chain http://testserver/boot/${netX/mac}.ipxe" in r.text
 
 
 def test_unknown_mac_enrolls_exactly_once(

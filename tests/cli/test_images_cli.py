@@ -14,6 +14,7 @@ import pytest
 from provisiond.cli import app as main_app
 from tests.integration.test_disk_images import corrupt_gzip, make_source
 from tests.support.daemon import Daemon, cli
+from tests.support.disk_images import debian_like
 
 _REGISTERED = any(g.name == "images" for g in main_app.registered_groups)
 _STANDALONE = [sys.executable, "-c", "from provisiond.cli.images import app; app()"]
@@ -174,3 +175,31 @@ def test_add_disk_image_refusals(daemon: Daemon, tmp_path: Path) -> None:
     store = daemon.data_dir / "images"
     assert not store.exists() or list(store.iterdir()) == []  # not even a .tmp- folder
     assert json.loads(images(daemon, "list", "--json").stdout) == []
+
+
+def test_add_disk_image_without_cloud_init(daemon: Daemon, tmp_path: Path) -> None:
+    """Refused with the reason and the way out; accepted with --no-cloud-init."""
+    source = debian_like(tmp_path / "build", cloud_init="none")
+    r = images(daemon, "add", "plain", "--disk", str(source))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "has no cloud-init" in r.stderr and "never calls back" in r.stderr
+    assert "hint:" in r.stderr and "--no-cloud-init" in r.stderr
+    store = daemon.data_dir / "images"
+    assert not store.exists() or list(store.iterdir()) == []
+    assert json.loads(images(daemon, "list", "--json").stdout) == []
+
+    r = images(daemon, "add", "plain", "--disk", str(source), "--no-cloud-init", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["configured_by"], out["cloud_init"], out["os_family"]) == ("agent", "", "debian")
+    shown = images(daemon, "show", "plain")
+    assert "configured_by" in shown.stdout and "agent" in shown.stdout
+
+    with_ci = debian_like(tmp_path / "ci")
+    r = images(daemon, "add", "withci", "--disk", str(with_ci))
+    assert r.returncode == 0, r.stderr
+    assert "os: debian 12; configured by cloud-init, /usr/bin/cloud-init" in r.stdout
+
+    k = str(source)
+    r = images(daemon, "add", "x", "--kernel", k, "--initrd", k, "--no-cloud-init")
+    assert r.returncode == 1 and "--no-cloud-init applies to --disk images only" in r.stderr

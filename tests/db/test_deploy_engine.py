@@ -155,3 +155,34 @@ def test_releasing_machines_are_released(services: Services) -> None:
         assert m is not None and m.state == State.AVAILABLE
         skipped = s.exec(select(Event).where(Event.event == "wipe_skipped")).all()
         assert len(skipped) == 1
+
+
+def test_a_step_that_raises_backs_off_instead_of_spinning(services: Services) -> None:
+    """A bug in a step (here a power step whose BMC lookup raises) must not be retried
+    in a tight loop: the engine waits 2, 4 ... 60 s before trying that machine again."""
+    _deploying(services)
+    engine = DeployEngine(services)
+    calls = 0
+
+    async def broken(item: object) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug in the step")
+
+    engine._power_step = broken  # type: ignore[method-assign]
+
+    async def run() -> None:
+        for _ in range(20):
+            await engine.tick()
+            await engine.drain(timeout=5)
+
+    asyncio.run(run())
+    assert calls == 1
+    machine_id = next(iter(engine._backoff))
+    failed, until = engine._backoff[machine_id]
+    assert failed == 1 and until > 0
+    engine._backoff[machine_id] = (failed, 0.0)  # the wait is over
+    asyncio.run(run())
+    assert calls == 2 and engine._backoff[machine_id][0] == 2
+    with services.db.read_session() as s:  # the lock went back each time
+        assert s.get(Machine, machine_id).lock_owner is None  # type: ignore[union-attr]

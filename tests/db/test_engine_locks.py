@@ -24,7 +24,8 @@ from provisiond.config import Settings
 from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.deploy import records as deploy
-from provisiond.deploy.engine import DeployEngine, Work
+from provisiond.deploy.engine import DeployEngine
+from provisiond.deploy.steps import Work
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Deployment, Event, Machine, utcnow
 from provisiond.secrets import SecretBox

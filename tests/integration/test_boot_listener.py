@@ -94,7 +94,7 @@ def test_the_boot_routes_are_on_the_boot_listener(listeners: Listeners) -> None:
     assert httpx.get(boot + "/healthz", timeout=10).json()["status"] == "ok"
     entry = httpx.get(boot + "/boot/ipxe", timeout=10)
     assert entry.status_code == 200
-    assert f"chain {boot}/boot/${{net0/mac}}.ipxe" in entry.text
+    assert f"chain {boot}/boot/${{netX/mac}}.ipxe" in entry.text
     script = httpx.get(f"{boot}/boot/{MAC}.ipxe", timeout=10)  # enrolls: no inspect image
     assert script.status_code == 200 and script.text.startswith("#!ipxe\n"), script.text
     assert "no inspection image" in script.text

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import random
 import subprocess
 from pathlib import Path
 
@@ -24,24 +23,20 @@ from provisiond.models import Image
 from provisiond.netboot.disk_convert import DiskImageRefused
 from provisiond.netboot.images import ImageStore
 from tests.api.test_boot_routes import boot_app
-from tests.conftest import Api
-from tests.support.allocations import KEY
+from tests.support.disk_images import MARKER, ext4, mbr_disk, root_tree
 
-SIZE = 4 << 20
-MARKER = random.Random(12).randbytes(64 << 10)
+SIZE = 5 << 20
 
 
 def make_raw(path: Path) -> bytes:
-    """A 4 MiB sparse disk: an MBR with one partition, a marker at 1 MiB and at the end."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), str(SIZE)], check=True)
+    """A 5 MiB sparse disk: an MBR with one partition (an ext4 Debian-like root with
+    cloud-init and a random marker file) from 1 MiB to 4 MiB, a marker at the end."""
+    build = path.parent / f"{path.name}.build"
+    build.mkdir()
+    root = ext4(build / "root.ext4", 3 << 20, root_tree(build))
+    mbr_disk(path, SIZE, root)
     with path.open("r+b") as disk:
-        disk.seek(446)  # partition 1: type 0x83, LBA 2048, 6144 sectors
-        disk.write(bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little"))
-        disk.write((6144).to_bytes(4, "little"))
-        disk.seek(510)
-        disk.write(b"\x55\xaa")
-        disk.seek(1 << 20)
-        disk.write(MARKER)
+        disk.truncate(SIZE)
         disk.seek(SIZE - len(MARKER))
         disk.write(MARKER[::-1])
     return path.read_bytes()
@@ -83,6 +78,8 @@ def test_each_format_registers_and_serves_the_raw_bytes(
     assert out.virtual_size == out.min_disk_size == SIZE and out.firmware == "uefi"
     assert out.raw_sha256 == hashlib.sha256(raw).hexdigest()
     assert out.sha256 == {"disk": hashlib.sha256(served).hexdigest()}
+    assert (out.configured_by, out.cloud_init) == ("cloud-init", "/usr/bin/cloud-init")
+    assert (out.os_family, out.os_version) == ("debian", "12")
     manifest = json.loads((store.root / "deb" / ".sha256.json").read_text())
     assert manifest == {"disk.raw.gz": out.sha256["disk"]}
     assert stored_names(store) == ["deb"]  # no temporary folder or raw copy left
@@ -173,17 +170,3 @@ def test_served_file_answers_range_requests(services: Services, tmp_path: Path) 
         part = client.get("/images/deb/disk.raw.gz", headers={"Range": f"bytes={half}-"})
         assert part.status_code == 206 and part.content == served[half:]
         assert part.headers["content-range"] == f"bytes {half}-{len(served) - 1}/{len(served)}"
-
-
-def test_a_disk_image_cannot_be_allocated_until_disk_deploys_exist(
-    api: Api, services: Services, tmp_path: Path
-) -> None:
-    """The deploy still network-boots a live image; an allocation naming a disk image is
-    refused up front instead of booting an empty kernel on the machine."""
-    source, _raw = make_source(tmp_path, "gzip")
-    store = ImageStore(services.settings.images_path)
-    add_disk_image(services.db, store, name="deb", source=source, actor="test")
-    r = api.ci.post("/api/v1/allocations", json={"image": "deb", "ssh_keys": [KEY]})
-    assert r.status_code == 422, r.text
-    assert "disk image" in r.json()["error"]["message"]
-    assert "live image" in r.json()["error"]["hint"]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlmodel import select
 from typer.testing import CliRunner
 
@@ -246,3 +247,78 @@ def test_crashed_rack_is_cleaned_by_up_and_down(tmp_path: Path) -> None:
         assert vrack.down(name, state_dir) == []  # idempotent
     finally:
         vrack.down(name, state_dir)
+
+
+def test_two_nic_guests_boot_from_their_cabled_second_nic(tmp_path: Path) -> None:
+    """vm1 (SeaBIOS) and vm2 (OVMF) have an uncabled first NIC: iPXE must get to the
+    second. There is no DHCP server here, so each stops after DHCP on the cabled NIC;
+    what counts is which NICs iPXE opened, in which order."""
+    require("ip", "qemu-system-x86_64", "ipmitool")
+    name = f"t{secrets.token_hex(3)}"
+    state_dir = tmp_path / name
+    try:
+        rack = vrack.up(2, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=4,
+                        uefi=1, two_nics=2)  # fmt: skip
+        bios, uefi = rack.guests
+        assert bios.unwired_mac and uefi.unwired_mac and bios.unwired_mac != bios.mac
+        assert len({bios.mac, bios.unwired_mac, uefi.mac, uefi.unwired_mac}) == 4
+        # Planned as ops would: both NICs, the cabled one (eth1) is the PXE NIC.
+        assert bios.nics() == [
+            {"mac": bios.unwired_mac, "name": "eth0", "pxe": False},
+            {"mac": bios.mac, "name": "eth1", "ip_address": bios.ip, "pxe": True},
+        ]
+        assert yaml.safe_load(rack.inventory_file.read_text())["machines"][0]["nics"] == (
+            bios.nics()
+        )
+        started = time.monotonic()
+        for guest in rack.guests:
+            ipmi(guest.bmc_port, "chassis", "bootdev", "pxe")
+            ipmi(guest.bmc_port, "power", "on")
+        cmd = pid_command(qemu_pid(bios))
+        assert "hubport,id=n1,hubid=1" in cmd and "bootindex" not in cmd
+        # The uncabled NIC comes first on the command line, so first on the PCI bus.
+        assert cmd.index(f"mac={bios.unwired_mac}") < cmd.index(f"mac={bios.mac}")
+        cmd = pid_command(qemu_pid(uefi))
+        assert f"mac={uefi.mac},bootindex=1" in cmd and f"mac={uefi.unwired_mac}," not in cmd
+        # SeaBIOS runs the first NIC's iPXE, whose DHCP times out (net0, PCI 00:03),
+        # then the second NIC's, where the cabled NIC is net1 (PCI 00:04).
+        wanted = [
+            (bios, [f"net0: {bios.unwired_mac} using virtio-net on 0000:00:03.0",
+                    "No configuration methods",
+                    f"net1: {bios.mac} using virtio-net on 0000:00:04.0"]),
+            # OVMF starts with the NIC that has a bootindex: the cabled one, alone.
+            (uefi, [f"net0: {uefi.mac} using virtio-net"]),
+        ]  # fmt: skip
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(seen) < 2:
+            for guest, lines in wanted:
+                text = _text(Path(guest.serial_log))
+                if guest.name not in seen and _in_order(text, lines):
+                    seen[guest.name] = time.monotonic() - started
+            time.sleep(0.5)
+        for guest, lines in wanted:
+            assert guest.name in seen, f"{guest.name}: {lines}\n{_text(Path(guest.serial_log))}"
+        assert f"net0: {uefi.unwired_mac}" not in _text(Path(uefi.serial_log))
+        # The failed first NIC costs SeaBIOS ~18 s (iPXE's DHCP timeout); OVMF nothing.
+        assert seen["vm1"] > 15, seen
+    finally:
+        vrack.down(name, state_dir)
+    assert not Path("/run/netns", f"pvd-{name}").exists()
+
+
+def _in_order(text: str, lines: list[str]) -> bool:
+    at = 0
+    for line in lines:
+        at = text.find(line, at)
+        if at < 0:
+            return False
+    return True
+
+
+def test_more_two_nic_guests_than_guests_is_refused() -> None:
+    require("ip", "qemu-system-x86_64")
+    result = CliRunner().invoke(app, ["rack", "up", "2", "--two-nics", "3", "--name", "nicsbad"])
+    assert result.exit_code == 1, result.output
+    assert "--two-nics 3 with 2 guest(s)" in result.output and "give 0 to 2" in result.output
+    assert not Path("/run/netns/pvd-nicsbad").exists()

@@ -1,6 +1,7 @@
 """Routes machines call while they network-boot: no token (see provisiond.deploy.boot_scripts).
 
-- ``GET /boot/ipxe``: the entry script, chaining to ``/boot/${net0/mac}.ipxe``;
+- ``GET /boot/ipxe``: the entry script, chaining to ``/boot/${netX/mac}.ipxe`` (the
+  NIC that booted, which need not be ``net0``);
 - ``GET /boot/{mac}.ipxe``: the per-machine script from its lifecycle state (an
   unknown MAC is enrolled within its network's limits, see
   :mod:`provisiond.deploy.enrollment`);

@@ -1,0 +1,240 @@
+"""Real instances on disk, end to end: a Debian 12 image written to each guest's own disk.
+
+Real parts only: the Debian 12 GPT disk image built from Debian packages (GRUB for
+BIOS and UEFI, cloud-init), registered with ``images add --disk``; QEMU guests under
+SeaBIOS and OVMF behind simulated IPMI BMCs; the deploy ramdisk running the image
+writer over SSH; cloud-init on the written disk fetching this deploy's NoCloud seed
+and phoning home; the agent installed on the disk OS. One rack of two guests (vm1
+BIOS, vm2 UEFI) serves the module, in order: inspect, deploy both at once with
+``provisiond allocate --wait --json``, SSH in with the allocation's key, power-cycle
+through the BMC and come back ``active`` with nothing redeployed, release with the
+wipe checked on the disk files; then the failure paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisiond.rack.scenario import PROVISIOND, Scenario
+from tests.e2e.test_virtual_rack import _diagnose, _keypair, _last_event, _ssh, _wait_event
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and taps need root"),
+    pytest.mark.timeout(1200),
+]
+
+IMAGE = "debian-12"
+CONFIG = """\
+reaper_interval_s = 2
+[timeouts]
+inspecting = 240
+deploying = 600
+installing_agent = 180
+releasing = 180
+"""
+USER_DATA = """\
+#cloud-config
+write_files:
+  - path: /var/lib/provisiond-e2e/marker
+    content: "written by cloud-init from the allocation's user-data\\n"
+"""
+MARKER = "/var/lib/provisiond-e2e/marker"
+DISK_MIB = 3072  # the image is 2 GiB: room for the hints and the too-small case
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    workdir = tmp_path_factory.mktemp("diskrack")
+    sc = Scenario(
+        f"dsk{os.getpid() % 10000}",
+        2,
+        workdir,
+        subnet="10.215.0.0/24",
+        ipv6_prefix="fd00:215::/64",
+        extra_config=CONFIG,
+        log=lambda _line: None,
+        uefi=1,
+        ram_mib=1024,  # Debian with cloud-init under TCG (DESIGN.md)
+        disk_mib=DISK_MIB,
+        disk_image=IMAGE,
+    )
+    try:
+        sc.up()
+        yield sc
+    finally:
+        sc.down()
+        assert not Path(f"/run/netns/pvd-{sc.name}").exists()
+
+
+@pytest.fixture(scope="module")
+def keypair() -> tuple[str, str]:
+    return _keypair()
+
+
+def _ipmi(sc: Scenario, index: int, *command: str) -> None:
+    assert sc.rack is not None
+    guest = sc.rack.guests[index]
+    argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", str(guest.bmc_port),
+            "-U", sc.rack.bmc_username, "-P", sc.bmc_password, *command]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def _phases(sc: Scenario, name: str) -> dict[str, Any]:
+    record = sc.deployments(name)[0]
+    return {p["phase"]: p for p in record["phases"]}
+
+
+def test_inspect(rack: Scenario) -> None:
+    found = rack.discover()
+    assert found["responders"] == 2 and not found["failed"], found
+    try:
+        machines = rack.inspect_all(timeout=300)
+    except Exception as exc:
+        pytest.fail(f"{exc}\n{_diagnose(rack)}")
+    assert {m["firmware"] for m in machines.values()} == {"bios", "uefi"}
+
+
+def test_deploy_to_disk_reboot_and_release(
+    rack: Scenario, keypair: tuple[str, str], tmp_path: Path
+) -> None:
+    assert rack.rack is not None
+    pem, pub = keypair
+    user_data = tmp_path / "user-data"
+    user_data.write_text(USER_DATA)
+    jobs = [
+        subprocess.Popen(
+            [
+                *PROVISIOND,
+                "allocate",
+                "--name",
+                name,
+                "--image",
+                IMAGE,
+                "--ssh-key",
+                pub,
+                "--user-data",
+                str(user_data),
+                "--lease",
+                "2h",
+                "--wait",
+                "--timeout",
+                "900",
+                "--json",
+            ],
+            env=rack.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("vm1", "vm2")
+    ]
+    allocations = []
+    for job in jobs:
+        out, err = job.communicate(timeout=960)
+        assert job.returncode == 0, f"{err}\n{_diagnose(rack)}"
+        allocations.append(json.loads(out))
+    assert [a["state"] for a in allocations] == ["ready", "ready"], _diagnose(rack)
+    for alloc, guest in zip(allocations, rack.rack.guests, strict=True):
+        run = lambda cmd, a=alloc: _ssh(rack, a["address"], pem, a["host_key"], cmd)  # noqa: E731
+        release = run(". /etc/os-release; echo $ID $VERSION_ID")
+        assert release.split() == ["debian", "12"], release
+        # / is the written disk's third partition, not a ramdisk.
+        assert run("findmnt -no SOURCE /").strip() == "/dev/vda3"
+        assert "status: done" in run("cloud-init status --wait"), run("cloud-init status --long")
+        assert "allocation's user-data" in run(f"cat {MARKER}")
+        assert run("test -d /sys/firmware/efi && echo uefi || echo bios").strip() == guest.firmware
+        phases = _phases(rack, guest.name)
+        for phase in ("ramdisk_callback", "disk_selected", "image_download", "image_written",
+                      "disk_configured", "disk_boot", "os_seed", "os_callback",
+                      "agent_heartbeat"):  # fmt: skip
+            assert phase in phases, (phase, sorted(phases))
+        written = rack.deployments(guest.name)[0]["image_write"]
+        assert written["bytes"] == 2 * 2**30 and written["mb_s"] > 0, written
+
+    # A power cycle through the BMC: the disk boots again (persistent boot device),
+    # the agent heartbeats again, nothing is redeployed.
+    deployments = len(rack.deployments("vm1"))
+    cycled = time.time()
+    _ipmi(rack, 0, "chassis", "power", "cycle")
+    deadline = time.monotonic() + 300
+    beat = None
+    while time.monotonic() < deadline:
+        machine = rack.machine("vm1")
+        assert machine["state"] == "active", machine
+        beat = machine["last_heartbeat_at"]
+        if beat and _epoch(beat) > cycled + 5:
+            break
+        time.sleep(2)
+    assert beat and _epoch(beat) > cycled + 5, f"no heartbeat after the cycle\n{_diagnose(rack)}"
+    alloc = allocations[0]
+    uptime = _ssh(rack, alloc["address"], pem, alloc["host_key"], "cut -d' ' -f1 /proc/uptime")
+    assert float(uptime) < time.time() - cycled
+    assert "allocation's user-data" in _ssh(
+        rack, alloc["address"], pem, alloc["host_key"], f"cat {MARKER}"
+    )
+    assert len(rack.deployments("vm1")) == deployments
+
+    with rack.api() as api:
+        for a in allocations:
+            assert api.delete(f"/allocations/{a['id']}").status_code == 200
+    rack.wait_states(["vm1", "vm2"], {"available"}, timeout=300, fail={"release_failed"})
+    for guest in rack.rack.guests:
+        with open(guest.disk, "rb") as disk:
+            head = disk.read(2**20)
+            disk.seek(-(2**20), os.SEEK_END)
+            tail = disk.read()
+        assert head == bytes(2**20), f"{guest.name}: first MiB not wiped"
+        assert tail == bytes(2**20), f"{guest.name}: last MiB not wiped"
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _allocate(rack: Scenario, name: str, pub: str, **extra: Any) -> str:
+    with rack.api() as api:
+        body = {"constraints": {"names": [name]}, "image": IMAGE, "ssh_keys": [pub],
+                "lease": "30m", **extra}  # fmt: skip
+        r = api.post("/allocations", json=body)
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["id"])
+
+
+def _release(rack: Scenario, alloc_id: str, name: str) -> None:
+    with rack.api() as api:
+        api.delete(f"/allocations/{alloc_id}")
+    rack.wait_states([name], {"available"}, timeout=300, fail={"release_failed"})
+
+
+def test_root_device_hints_that_match_nothing_fail_before_writing(
+    rack: Scenario, keypair: tuple[str, str]
+) -> None:
+    _, pub = keypair
+    mark = _last_event(rack, "vm1")
+    alloc = _allocate(rack, "vm1", pub, root_device={"serial": "no-such-serial"})
+    failed = _wait_event(rack, "vm1", "fail", after=mark, timeout=300)
+    assert "no_disk" in failed["message"] and "no-such-serial" in failed["message"], failed
+    assert "image_download" not in _phases(rack, "vm1")
+    assert rack.machine("vm1")["lock_owner"] is None or _unlocked(rack, "vm1")
+    _release(rack, alloc, "vm1")
+
+
+def _unlocked(rack: Scenario, name: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rack.machine(name)["lock_owner"] is None:
+            return True
+        time.sleep(0.5)
+    return False
