@@ -113,8 +113,12 @@ class DiskSteps:
             if not self.engine.guard.hold(session, machine_id, "image write"):
                 return None
             base = str(record.phases.get("agent_url") or "")
-            if not base:
-                return None  # the seed was never fetched: no URL the machine reaches us at
+            if not base:  # no seed fetched, so no URL the machine reaches the daemon at
+                reason = "the deploy ramdisk called back without fetching its seed (user-data)"
+                deploy.fail(
+                    session, machine, reason=reason, actor="engine", settings=self.engine.settings
+                )
+                return None
             argv = [
                 "python3", WRITER_PATH,
                 "--url", f"{base}/images/{image.disk}",

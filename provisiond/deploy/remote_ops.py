@@ -117,8 +117,9 @@ blockdev --help >/dev/null 2>&1 || true
 sleep 0
 # 4. Write zeros with O_DIRECT (past the page cache, which holds the mounted file
 #    system's superblock buffer) and read back with O_DIRECT, so the check sees the
-#    device, not the cache. Then mark the device read-only (BLKROSET): ext4 records an
-#    error (a metadata read that now fails) in its superblock unless the device is.
+#    device, not the cache. Mark each device read-only (BLKROSET), a partition before
+#    it is zeroed: ext4 records an error (a metadata read that now fails) in its
+#    superblock unless its device is read-only.
 zero_and_check() {  # device offset length
   dd if=/dev/zero of="$1" bs="$3" count=1 seek="$2" oflag=direct,seek_bytes conv=fsync \
     status=none || { echo "write failed on $1 at byte $2" >&2; exit 3; }
@@ -150,8 +151,19 @@ for dev in $devices; do
   bytes=$((sectors * 512))
   span=1048576
   if [ "$bytes" -lt "$span" ]; then span=$bytes; fi
-  zero_and_check "$dev" 0 "$span"
-  zero_and_check "$dev" $((bytes - span)) "$span"
+  # A partition is marked read-only BEFORE its ends are zeroed, through its disk at
+  # the partition's offset: from then on its file system cannot record an error (a
+  # metadata read that finds zeros) in the superblock just wiped.
+  target=$dev
+  base=0
+  if [ -r "$sys/partition" ] && [ -r "$sys/start" ] && [ -z "${WIPE_DEVICES:-}" ]; then
+    parent=$(cd -P "$sys/.." && pwd -P)
+    target=/dev/${parent##*/}
+    base=$(($(cat "$sys/start") * 512))
+    blockdev --setro "$dev"
+  fi
+  zero_and_check "$target" "$base" "$span"
+  zero_and_check "$target" $((base + bytes - span)) "$span"
   blockdev --setro "$dev"
   out="$out $name"
 done

@@ -45,7 +45,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "pdu": ("name", "rack", "u_position", "u_height", "capacity_watts", "mgmt_address", "outlets"),
     "machine": (
         *("name", "rack", "u_position", "u_height", "serial", "vendor", "model", "arch"),
-        *("cpus", "ram_mib", "power_watts", "tags", "disks", "nics", "bmc", "outlets"),
+        *("cpus", "ram_mib", "power_watts", "tags", "disks", "root_device", "nics", "bmc"),
+        "outlets",
     ),
 }
 PORT_FIELDS = ("name", "vlan", "description")
@@ -157,6 +158,7 @@ def load_current(session: Session) -> Current:
     for m in machines:
         form = _placed(m, rack_of, FIELDS["machine"])
         form["tags"], form["disks"] = list(m.tags), copy.deepcopy(m.disks)
+        form["root_device"] = dict(m.root_device)
         form["nics"] = [
             {
                 **{f: getattr(n, f) for f in NIC_FIELDS if f != "switch_port"},

@@ -598,3 +598,18 @@ def test_bad_bodies_are_4xx_with_a_hint(
     assert r.status_code == status, r.text
     if status >= 400:
         assert r.json()["error"]["hint"]
+
+
+def test_root_device_hints_apply_export_and_refuse_nonsense(api: Api, services: Services) -> None:
+    """Root-device hints are planned in the file like any field: applied, exported
+    back, changed as an update, and refused (with the field named) when malformed."""
+    text = "machines:\n  - name: m9\n    root_device: {size: '>= 100', rotational: false}\n"
+    applied(api, text)
+    assert machine(services, "m9").root_device == {"size": ">= 100", "rotational": False}
+    assert "root_device:" in export(api) and ">= 100" in export(api)
+    body = applied(api, text.replace("rotational: false", "serial: S123"))
+    change = changes(body)[("machine", "m9")]
+    assert change["action"] == "update" and "root_device" in str(change["fields"])
+    assert machine(services, "m9").root_device == {"size": ">= 100", "serial": "S123"}
+    bad = post(api, "plan", text.replace("'>= 100'", "'lots'"))
+    assert bad.status_code == 422 and "root_device" in bad.text, bad.text

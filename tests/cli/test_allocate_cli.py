@@ -24,7 +24,7 @@ from provisiond import lifecycle
 from provisiond.client import ApiError, Client
 from provisiond.db import Database
 from provisiond.lifecycle import Ev
-from provisiond.models import Deployment, Machine
+from provisiond.models import Allocation, Deployment, Machine
 from tests.support.allocations import KEY, add_image, add_machines, machine_state
 from tests.support.daemon import PROVISIOND, Daemon, cli
 from tests.support.procs import stop
@@ -112,7 +112,7 @@ def test_allocate_wait_json_then_release(
 def test_allocate_errors_are_clear(
     daemon: tuple[Daemon, Database, dict[str, str]], tmp_path: Path
 ) -> None:
-    _, _, env = daemon
+    _, db, env = daemon
     key_file = tmp_path / "id.pub"
     key_file.write_text(KEY)
     base = ["allocate", "--image", "debian-12", "--ssh-key", str(key_file)]
@@ -126,10 +126,20 @@ def test_allocate_errors_are_clear(
     assert bad_key.returncode == 1
     assert "cannot read SSH public key" in bad_key.stderr
 
+    not_pair = cli(*base, "--root-device", "ssd", env=env)
+    assert not_pair.returncode == 1 and "KEY=VALUE" in not_pair.stderr
+    unknown = cli(*base, "--root-device", "colour=blue", env=env)
+    assert unknown.returncode == 1 and "colour" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
     # Both machines taken: a third request waits, and --timeout gives it back.
+    hints = ["--root-device", "size=>= 1", "--root-device", "rotational=false"]
     for name in ("node1", "node2"):
-        held = cli(*base, "--name", name, "--json", env=env)
+        held = cli(*base, "--name", name, "--json", *hints, env=env)
         assert json.loads(held.stdout)["state"] == "deploying", held.stderr
+    with db.read_session() as session:
+        stored = {a.root_device["size"] for a in session.exec(select(Allocation)).all()}
+        assert stored == {">= 1"}
     waited = cli(*base, "--wait", "--timeout", "1", "--json", env=env)
     assert waited.returncode == 1
     assert "not ready after 1s" in waited.stderr

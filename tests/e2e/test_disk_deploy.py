@@ -13,7 +13,6 @@ wipe checked on the disk files; then the failure paths.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -23,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from provisiond.rack.scenario import PROVISIOND, Scenario
-from tests.e2e.test_virtual_rack import _diagnose, _keypair, _last_event, _ssh, _wait_event
+from provisiond.rack.scenario import Scenario
+from tests.support import e2e
 
 pytestmark = [
     pytest.mark.slow,
@@ -67,17 +66,13 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         disk_mib=DISK_MIB,
         disk_image=IMAGE,
     )
-    try:
-        sc.up()
+    with e2e.brought_up(sc):
         yield sc
-    finally:
-        sc.down()
-        assert not Path(f"/run/netns/pvd-{sc.name}").exists()
 
 
 @pytest.fixture(scope="module")
 def keypair() -> tuple[str, str]:
-    return _keypair()
+    return e2e.keypair()
 
 
 def _ipmi(sc: Scenario, index: int, *command: str) -> None:
@@ -100,7 +95,7 @@ def test_inspect(rack: Scenario) -> None:
     try:
         machines = rack.inspect_all(timeout=300)
     except Exception as exc:
-        pytest.fail(f"{exc}\n{_diagnose(rack)}")
+        pytest.fail(f"{exc}\n{e2e.diagnose(rack)}")
     assert {m["firmware"] for m in machines.values()} == {"bios", "uefi"}
 
 
@@ -111,41 +106,12 @@ def test_deploy_to_disk_reboot_and_release(
     pem, pub = keypair
     user_data = tmp_path / "user-data"
     user_data.write_text(USER_DATA)
-    jobs = [
-        subprocess.Popen(
-            [
-                *PROVISIOND,
-                "allocate",
-                "--name",
-                name,
-                "--image",
-                IMAGE,
-                "--ssh-key",
-                pub,
-                "--user-data",
-                str(user_data),
-                "--lease",
-                "2h",
-                "--wait",
-                "--timeout",
-                "900",
-                "--json",
-            ],
-            env=rack.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("vm1", "vm2")
-    ]
-    allocations = []
-    for job in jobs:
-        out, err = job.communicate(timeout=960)
-        assert job.returncode == 0, f"{err}\n{_diagnose(rack)}"
-        allocations.append(json.loads(out))
-    assert [a["state"] for a in allocations] == ["ready", "ready"], _diagnose(rack)
+    allocations = e2e.allocate_with_cli(
+        rack, ["vm1", "vm2"], IMAGE, pub, "--user-data", str(user_data), timeout=900
+    )
+    assert [a["state"] for a in allocations] == ["ready", "ready"], e2e.diagnose(rack)
     for alloc, guest in zip(allocations, rack.rack.guests, strict=True):
-        run = lambda cmd, a=alloc: _ssh(rack, a["address"], pem, a["host_key"], cmd)  # noqa: E731
+        run = lambda cmd, a=alloc: e2e.ssh(rack, a["address"], pem, a["host_key"], cmd)  # noqa: E731
         release = run(". /etc/os-release; echo $ID $VERSION_ID")
         assert release.split() == ["debian", "12"], release
         # / is the written disk's third partition, not a ramdisk.
@@ -175,11 +141,11 @@ def test_deploy_to_disk_reboot_and_release(
         if beat and _epoch(beat) > cycled + 5:
             break
         time.sleep(2)
-    assert beat and _epoch(beat) > cycled + 5, f"no heartbeat after the cycle\n{_diagnose(rack)}"
+    assert beat and _epoch(beat) > cycled + 5, f"no heartbeat after the cycle\n{e2e.diagnose(rack)}"
     alloc = allocations[0]
-    uptime = _ssh(rack, alloc["address"], pem, alloc["host_key"], "cut -d' ' -f1 /proc/uptime")
+    uptime = e2e.ssh(rack, alloc["address"], pem, alloc["host_key"], "cut -d' ' -f1 /proc/uptime")
     assert float(uptime) < time.time() - cycled
-    assert "allocation's user-data" in _ssh(
+    assert "allocation's user-data" in e2e.ssh(
         rack, alloc["address"], pem, alloc["host_key"], f"cat {MARKER}"
     )
     assert len(rack.deployments("vm1")) == deployments
@@ -222,19 +188,43 @@ def test_root_device_hints_that_match_nothing_fail_before_writing(
     rack: Scenario, keypair: tuple[str, str]
 ) -> None:
     _, pub = keypair
-    mark = _last_event(rack, "vm1")
+    mark = e2e.last_event(rack, "vm1")
     alloc = _allocate(rack, "vm1", pub, root_device={"serial": "no-such-serial"})
-    failed = _wait_event(rack, "vm1", "fail", after=mark, timeout=300)
+    failed = e2e.wait_event(rack, "vm1", "fail", after=mark, timeout=300)
     assert "no_disk" in failed["message"] and "no-such-serial" in failed["message"], failed
     assert "image_download" not in _phases(rack, "vm1")
-    assert rack.machine("vm1")["lock_owner"] is None or _unlocked(rack, "vm1")
+    e2e.wait_unlocked(rack, "vm1")
     _release(rack, alloc, "vm1")
 
 
-def _unlocked(rack: Scenario, name: str, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if rack.machine(name)["lock_owner"] is None:
-            return True
-        time.sleep(0.5)
-    return False
+def test_a_corrupted_image_fails_with_both_checksums_and_nothing_bootable(
+    rack: Scenario, keypair: tuple[str, str]
+) -> None:
+    """The served file is not the one the catalog recorded (recompressed, so it still
+    decodes): the writer writes it all, finds the sha256 wrong, and wipes the disk."""
+    assert rack.rack is not None
+    _, pub = keypair
+    stored = rack.data_dir / "images" / IMAGE / "disk.raw.gz"
+    saved = stored.with_name("disk.raw.gz.saved")
+    os.replace(stored, saved)
+    try:
+        with stored.open("wb") as out:
+            decode = subprocess.Popen(["gzip", "-dc", str(saved)], stdout=subprocess.PIPE)
+            subprocess.run(["gzip", "-1"], stdin=decode.stdout, stdout=out, check=True, timeout=300)
+            assert decode.wait(timeout=60) == 0
+        mark = e2e.last_event(rack, "vm1")
+        alloc = _allocate(rack, "vm1", pub)
+        failed = e2e.wait_event(rack, "vm1", "fail", after=mark, timeout=400)
+    finally:
+        os.replace(saved, stored)
+    assert "checksum_mismatch" in failed["message"], failed
+    with rack.api() as api:
+        expected = api.get(f"/images/{IMAGE}").json()["sha256"]["disk"]
+    assert f"expected {expected}" in failed["message"], failed
+    e2e.wait_unlocked(rack, "vm1")
+    with open(rack.rack.guests[0].disk, "rb") as disk:
+        head = disk.read(2**20)
+        disk.seek(2 * 2**30 - 2**20)  # where the image's backup GPT was
+        image_tail = disk.read(2**20)
+    assert head == bytes(2**20) and image_tail == bytes(2**20), "a GPT survived the failed write"
+    _release(rack, alloc, "vm1")

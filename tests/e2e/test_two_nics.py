@@ -21,8 +21,6 @@ The rack and the daemon are torn down in the fixture's ``finally``.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import subprocess
 import time
@@ -30,12 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisiond.rack.scenario import Scenario, netns_socket
+from provisiond.rack.scenario import Scenario
+from tests.support import e2e
 
 pytestmark = [
     pytest.mark.slow,
@@ -66,61 +62,8 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         log=lambda line: print(line, flush=True),
         two_nics=1,
     )
-    try:
-        sc.up()
+    with e2e.brought_up(sc):
         yield sc
-    finally:
-        sc.down()
-        assert not Path(f"/run/netns/pvd-{sc.name}").exists()
-
-
-def _keypair() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return pem, f"{pub.decode()} two-nics@test"
-
-
-def _ssh(sc: Scenario, alloc: dict[str, Any], pem: str, command: str) -> str:
-    """Run ``command`` as root over SSH with the allocation's key, its host key pinned."""
-    assert sc.rack is not None
-    address = alloc["address"]
-    with netns_socket(sc.rack.netns, (address, 22)) as sock:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        kind, blob = alloc["host_key"].split()[:2]
-        client.get_host_keys().add(
-            address, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-        )
-        client.connect(
-            address,
-            sock=sock,
-            username="root",
-            pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(pem)),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=20,
-        )
-        try:
-            _, out, _ = client.exec_command(command, timeout=30)
-            return str(out.read().decode())
-        finally:
-            client.close()
-
-
-def _diagnose(sc: Scenario) -> str:
-    parts = [sc.diagnostics()]
-    for guest in sc.rack.guests if sc.rack else []:
-        log = Path(guest.serial_log)
-        text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-        parts.append(f"--- {guest.name} serial\n{text}")
-    return "\n".join(parts)
 
 
 def _phases(record: dict[str, Any]) -> dict[str, float]:
@@ -173,7 +116,7 @@ def test_a_machine_that_boots_from_its_second_nic(rack: Scenario) -> None:
         with rack.api() as api:
             r = api.patch(f"/machines/{name}", json={"bmc": bmc})
             assert r.status_code == 200, r.text
-        pem, pub = _keypair()
+        pem, pub = e2e.keypair("two-nics@test")
         deploy_started = time.monotonic()
         [alloc] = rack.wait_allocations(rack.allocate([name], [pub]), timeout=240)
         deployed = time.monotonic() - deploy_started
@@ -181,10 +124,11 @@ def test_a_machine_that_boots_from_its_second_nic(rack: Scenario) -> None:
         record = rack.deployments(name)[0]
         assert (record["kind"], record["outcome"]) == ("deploy", "active")
 
-        out = _ssh(
+        out = e2e.ssh(
             rack,
-            alloc,
+            alloc["address"],
             pem,
+            alloc["host_key"],
             "cat /sys/class/net/eth0/address /sys/class/net/eth1/address; "
             "ip -4 -o addr show dev eth0 | wc -l; ip -4 -o addr show dev eth1; "
             "tr ' ' '\\n' </proc/cmdline | grep ^BOOTIF=",
@@ -194,7 +138,7 @@ def test_a_machine_that_boots_from_its_second_nic(rack: Scenario) -> None:
         assert f" {alloc['address']}/" in lines[3], out  # the lease is on the cabled NIC
         assert lines[4] == "BOOTIF=01-" + cabled.replace(":", "-"), out
     except Exception as exc:
-        pytest.fail(f"{exc!r}\n{_diagnose(rack)}")
+        pytest.fail(f"{exc!r}\n{e2e.diagnose(rack, tail=3000)}")
     serial = Path(guest.serial_log).read_text(errors="replace")
     # Both boots (inspection, deploy): iPXE gave up on net0, booted from net1; the
     # ramdisk brought up eth1 at once and never tried the uncabled eth0.

@@ -10,8 +10,6 @@ release with the wipe checked on the disk images, then the failure paths.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import signal
@@ -19,14 +17,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisiond.rack.scenario import DEPLOY_IMAGE, PROVISIOND, Scenario, netns_socket
+from provisiond.rack.scenario import DEPLOY_IMAGE, Scenario
+from tests.support import e2e
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,21 +39,6 @@ releasing = 120
 """
 
 
-def _keypair() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    pub = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return pem, f"{pub} e2e@test"
-
-
 @pytest.fixture(scope="module")
 def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     workdir = tmp_path_factory.mktemp("vrack")
@@ -73,52 +53,13 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         log=lines.append,
         uefi=1,  # vm2 boots OVMF: iPXE's EFI build, the kernel's EFI stub
     )
-    try:
-        sc.up()
+    with e2e.brought_up(sc):
         yield sc
-    finally:
-        sc.down()
-        assert not Path(f"/run/netns/pvd-{sc.name}").exists()
 
 
 @pytest.fixture(scope="module")
 def keypair() -> tuple[str, str]:
-    return _keypair()
-
-
-def _ssh(sc: Scenario, address: str, pem: str, host_key: str, command: str) -> str:
-    assert sc.rack is not None
-    with netns_socket(sc.rack.netns, (address, 22)) as sock:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        kind, blob = host_key.split()[:2]
-        pinned = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-        client.get_host_keys().add(address, kind, pinned)
-        client.connect(
-            address,
-            sock=sock,
-            username="root",
-            pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(pem)),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=20,
-        )
-        try:
-            _, out, _ = client.exec_command(command, timeout=30)
-            return str(out.read().decode())
-        finally:
-            client.close()
-
-
-def _diagnose(sc: Scenario) -> str:
-    parts = [sc.serve_log()[-4000:]]
-    for guest in sc.rack.guests if sc.rack else []:
-        log = Path(guest.serial_log)
-        parts.append(
-            f"--- {guest.name}\n"
-            + (log.read_text(errors="replace")[-1500:] if log.exists() else "")
-        )
-    return "\n".join(parts)
+    return e2e.keypair()
 
 
 def test_discover_and_inspect(rack: Scenario) -> None:
@@ -129,7 +70,7 @@ def test_discover_and_inspect(rack: Scenario) -> None:
     try:
         machines = rack.inspect_all(timeout=240)
     except Exception as exc:
-        pytest.fail(f"{exc}\n{_diagnose(rack)}")
+        pytest.fail(f"{exc}\n{e2e.diagnose(rack)}")
     for guest in rack.rack.guests:
         m = machines[guest.name]
         # The agent's inventory matches the QEMU command line of the guest.
@@ -153,61 +94,22 @@ def test_discover_and_inspect(rack: Scenario) -> None:
         for phase in ("power_cycle", "ipxe_dhcp", "ipxe_script", "kernel", "initrd",
                       "seed", "os_callback", "inventory"):  # fmt: skip
             assert phase in phases, (phase, phases)
-        _wait_unlocked(rack, guest.name)
-
-
-def _wait_unlocked(sc: Scenario, name: str, timeout: float = 60) -> None:
-    """The engine's step ends (and drops its DB lock) shortly after the state changes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sc.machine(name)["lock_owner"] is None:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{name} still locked after {timeout:.0f}s: {sc.machine(name)}")
+        e2e.wait_unlocked(rack, guest.name)
 
 
 def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str, str]) -> None:
     assert rack.rack is not None
     pem, pub = keypair
     # What a CI job runs: `provisiond allocate ... --wait --json`, two at once.
-    jobs = [
-        subprocess.Popen(
-            [
-                *PROVISIOND,
-                "allocate",
-                "--name",
-                name,
-                "--image",
-                DEPLOY_IMAGE,
-                "--ssh-key",
-                pub,
-                "--lease",
-                "2h",
-                "--wait",
-                "--timeout",
-                "300",
-                "--json",
-            ],
-            env=rack.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("vm1", "vm2")
-    ]
-    allocations = []
-    for job in jobs:
-        out, err = job.communicate(timeout=330)
-        assert job.returncode == 0, f"{err}\n{_diagnose(rack)}"
-        allocations.append(json.loads(out))
-    assert [a["state"] for a in allocations] == ["ready", "ready"], _diagnose(rack)
+    allocations = e2e.allocate_with_cli(rack, ["vm1", "vm2"], DEPLOY_IMAGE, pub, timeout=300)
+    assert [a["state"] for a in allocations] == ["ready", "ready"], e2e.diagnose(rack)
     for a in allocations:
         assert {"id", "state", "address", "ssh_user", "host_key_fingerprint"} <= set(a)
     for alloc, guest in zip(allocations, rack.rack.guests, strict=True):
         assert alloc["address"] == guest.ip and alloc["host_key_fingerprint"].startswith("SHA256:")
         # The allocation's own key works, and the host key the daemon pinned is the
         # one the machine really has (RejectPolicy with only that key known).
-        out = _ssh(
+        out = e2e.ssh(
             rack, alloc["address"], pem, alloc["host_key"], "hostname; cat /sys/block/vda/size"
         )
         assert out.split() == [guest.name, str(guest.disk_mib * 2048)]
@@ -228,7 +130,7 @@ def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str,
         data = Path(guest.disk).read_bytes()
         assert data[: 2**20] == bytes(2**20), f"{guest.name}: first MiB not wiped"
         assert data[-(2**20) :] == bytes(2**20), f"{guest.name}: last MiB not wiped"
-        _wait_unlocked(rack, guest.name)
+        e2e.wait_unlocked(rack, guest.name)
 
 
 def test_bmc_that_refuses_power_fails_the_deploy(rack: Scenario, keypair: tuple[str, str]) -> None:
@@ -237,11 +139,11 @@ def test_bmc_that_refuses_power_fails_the_deploy(rack: Scenario, keypair: tuple[
         r = api.patch("/machines/vm2", json={"bmc": {"password": "not-the-bmc-password"}})
         assert r.status_code == 200, r.text
     try:
-        mark = _last_event(rack, "vm2")
+        mark = e2e.last_event(rack, "vm2")
         rack.allocate(["vm2"], [pub])
-        failed = _wait_event(rack, "vm2", "fail", after=mark, timeout=120)
+        failed = e2e.wait_event(rack, "vm2", "fail", after=mark, timeout=120)
         assert "BMC power-cycle failed" in failed["message"], failed
-        _wait_unlocked(rack, "vm2")
+        e2e.wait_unlocked(rack, "vm2")
     finally:
         with rack.api() as api:
             for a in api.get("/allocations", params={"state": "pending,deploying,ready"}).json():
@@ -266,13 +168,13 @@ def test_os_that_never_calls_back_hits_the_deadline(
     rack.cli("images", "add", "broken", "--kernel", str(rack.image.kernel), "--initrd", str(junk),
              "--kernel-args", "console=ttyS0 panic=-1")  # fmt: skip
     _, pub = keypair
-    mark = _last_event(rack, "vm1")
+    mark = e2e.last_event(rack, "vm1")
     with rack.api() as api:
         r = api.post("/allocations", json={"constraints": {"names": ["vm1"]}, "image": "broken",
                                            "ssh_keys": [pub], "lease": "10m"})  # fmt: skip
         assert r.status_code in (200, 201), r.text
         alloc_id = r.json()["id"]
-    failed = _wait_event(rack, "vm1", "fail", after=mark, timeout=150)
+    failed = e2e.wait_event(rack, "vm1", "fail", after=mark, timeout=150)
     # The reason names what never came and the last phase that did (the kernel booted
     # from our HTTP server, then nothing).
     assert "deploying: no OS callback within 75s" in failed["message"], failed
@@ -316,27 +218,7 @@ def test_daemon_killed_while_installing_agent_resumes(
     [alloc] = rack.wait_allocations([alloc_id], timeout=180)
     assert alloc["state"] == "ready", alloc
     assert rack.machine("vm1")["state"] == "active"
-    assert _ssh(rack, alloc["address"], pem, alloc["host_key"], "echo ok").strip() == "ok"
-
-
-def _last_event(sc: Scenario, machine: str) -> int:
-    with sc.api() as api:
-        rows = api.get("/events", params={"machine": machine, "limit": 1}).json()
-    return int(rows[0]["id"]) if rows else 0
-
-
-def _wait_event(
-    sc: Scenario, machine: str, event: str, *, after: int, timeout: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    with sc.api() as api:
-        while time.monotonic() < deadline:
-            rows = api.get("/events", params={"machine": machine, "limit": 50}).json()
-            for row in reversed(rows):
-                if row["id"] > after and row["event"] == event:
-                    return dict(row)
-            time.sleep(1)
-    raise AssertionError(f"no {event} event for {machine} in {timeout:.0f}s\n{_diagnose(sc)}")
+    assert e2e.ssh(rack, alloc["address"], pem, alloc["host_key"], "echo ok").strip() == "ok"
 
 
 def test_a_host_key_that_does_not_match_fails_the_deploy(
@@ -349,14 +231,14 @@ def test_a_host_key_that_does_not_match_fails_the_deploy(
     image = ["--kernel", str(rack.image.kernel), "--initrd", str(rack.image.initrd)]
     rack.cli("images", "add", "impostor", *image, "--kernel-args", args)
     _, pub = keypair
-    mark = _last_event(rack, "vm2")
+    mark = e2e.last_event(rack, "vm2")
     with rack.api() as api:
         r = api.post("/allocations", json={"constraints": {"names": ["vm2"]}, "image": "impostor",
                                            "ssh_keys": [pub], "lease": "10m"})  # fmt: skip
         assert r.status_code in (200, 201), r.text
-    failed = _wait_event(rack, "vm2", "fail", after=mark, timeout=180)
+    failed = e2e.wait_event(rack, "vm2", "fail", after=mark, timeout=180)
     assert "SSH host key mismatch" in failed["message"], failed
-    _wait_unlocked(rack, "vm2")
+    e2e.wait_unlocked(rack, "vm2")
     record = next(d for d in rack.deployments("vm2") if d["outcome"] == "failed")
     assert "os_callback" in [p["phase"] for p in record["phases"]]
     assert "agent_installed" not in [p["phase"] for p in record["phases"]]
@@ -369,7 +251,7 @@ def test_an_unknown_machine_that_pxe_boots_is_enrolled_and_inspected(rack: Scena
     assert rack.rack is not None
     guest = rack.rack.guests[1]
     rack.wait_states(["vm2"], {"available", "release_failed", "deploy_failed"}, timeout=180)
-    _wait_unlocked(rack, "vm2")
+    e2e.wait_unlocked(rack, "vm2")
     with rack.api() as api:
         assert api.post("/machines/vm2/events", json={"event": "retire"}).status_code == 200
         assert api.delete("/machines/vm2").status_code == 204

@@ -12,6 +12,7 @@ seed through the writer's real mount/umount path.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -491,7 +492,12 @@ def test_the_seed_is_written_into_the_root_file_system(
     backing = garbage_file(tmp_path / "disk.img", len(raw))
     device = loop_device(backing)
     seed = "http://10.0.0.1:8080/meta/3f1c/"
-    result = write(served, device, "--seed-url", seed)
+    try:
+        result = write(served, device, "--seed-url", seed)
+    finally:
+        assert not Path(image_writer.MOUNTPOINT).is_mount()  # unmounted, even on failure
+        with contextlib.suppress(OSError):
+            os.rmdir(image_writer.MOUNTPOINT)  # the writer's, on this host
     if not cloud:
         assert result.error["code"] == "configure_failed"
         assert "no /etc/cloud" in result.error["message"]
@@ -511,6 +517,6 @@ def test_the_seed_is_written_into_the_root_file_system(
         f"    seedfrom: {seed}\n"
         "manual_cache_clean: true\n"
     )
+    assert "instances" in debugfs(tmp_path / "root.ext4", "ls -l /var/lib/cloud")  # before
     listing = debugfs(backing, "ls -l /var/lib/cloud")
-    assert "instance" not in listing  # neither instance nor instances: a clean first boot
-    assert not Path(image_writer.MOUNTPOINT).is_mount()
+    assert "instance" not in listing and ".." in listing  # a clean first boot
