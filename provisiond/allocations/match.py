@@ -61,6 +61,9 @@ def conditions(
         out.append(("site", col(Machine.rack_id).in_(sites)))
     if constraints.get("arch"):
         out.append(("arch", col(Machine.arch) == constraints["arch"]))
+    if constraints.get("firmware"):  # a disk image that boots only under BIOS or UEFI
+        # "" (not inspected since firmware was recorded) may fit: it is not excluded.
+        out.append(("firmware", col(Machine.firmware).in_([constraints["firmware"], ""])))
     for name, column in (("min_cpus", Machine.cpus), ("min_ram_mib", Machine.ram_mib)):
         if constraints.get(name):
             fits = col(column) >= constraints[name]
@@ -132,7 +135,11 @@ def _describe(name: str, constraints: dict[str, Any]) -> str:
         return f"all of the tags {', '.join(value)}"
     if name == "names":
         return f"one of the names {', '.join(value)}"
-    labels = {"min_cpus": "at least {} CPUs", "min_ram_mib": "at least {} MiB of RAM"}
+    labels = {
+        "min_cpus": "at least {} CPUs",
+        "min_ram_mib": "at least {} MiB of RAM",
+        "firmware": "{} firmware (the image boots only that way)",
+    }
     return labels.get(name, name + " {}").format(value)
 
 

@@ -267,6 +267,8 @@ def create(
         image = _image(session, spec.image)
         constraints = spec.constraints.model_dump(exclude_none=True, exclude_defaults=True)
         constraints.setdefault("arch", image.arch)
+        if image.kind == "disk" and image.firmware in ("bios", "uefi"):
+            constraints["firmware"] = image.firmware  # the machine must boot the same way
         if constraints["arch"] != image.arch:
             raise ValidationFailed(
                 [Problem("constraints.arch", f"image {image.name!r} is for {image.arch}")],

@@ -177,3 +177,29 @@ def test_allocations_take_a_disk_image_with_root_device_hints(api: Api, services
         bad = api.ci.post("/api/v1/allocations", json={**body, "root_device": hints})
         assert bad.status_code == 422, bad.text
         assert field in bad.text
+
+
+def test_a_bios_only_disk_image_goes_only_to_machines_that_boot_bios(
+    api: Api, services: Services
+) -> None:
+    image_id = _disk_image(services)
+    with services.db.transaction() as s:
+        image = s.get(Image, image_id)
+        assert image is not None
+        image.firmware = "bios"
+        s.add(image)
+    assert api.admin.post("/api/v1/machines", json={"name": "m1"}).status_code == 201
+    with services.db.transaction() as s:
+        machine = s.exec(select(Machine)).one()
+        machine.firmware = "uefi"
+        s.add(machine)
+    r = api.ci.post("/api/v1/allocations", json={"image": "deb", "ssh_keys": [KEY]})
+    assert r.status_code == 422, r.text
+    assert "bios firmware" in r.json()["error"]["problems"][0]["message"]
+    with services.db.transaction() as s:
+        machine = s.exec(select(Machine)).one()
+        machine.firmware = ""  # not inspected since firmware was recorded: may fit
+        s.add(machine)
+    r = api.ci.post("/api/v1/allocations", json={"image": "deb", "ssh_keys": [KEY]})
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["constraints"]["firmware"] == "bios"
