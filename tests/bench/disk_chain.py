@@ -32,11 +32,8 @@ file run as ``serve``). :meth:`DiskChain.round` on the rack's one guest:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import json
-import os
 import re
 import shlex
 import sys
@@ -44,7 +41,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,6 +70,7 @@ from tests.bench.pxe_chain import (  # noqa: E402
     ChainError,
     _Handler,
     serial_tail,
+    serve,
 )
 
 PXE, DISK = BootDevice("pxe"), BootDevice("disk")
@@ -328,21 +325,7 @@ class _FormHandler(_Handler):
         self.wfile.write(b"ok\n")
 
 
-def serve(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="disk_chain.py serve")
-    for opt in ("--root", "--bind", "--record", "--ready"):
-        parser.add_argument(opt, required=True)
-    parser.add_argument("--port", type=int, default=HTTP_PORT)
-    args = parser.parse_args(argv)
-    handler = type("Handler", (_FormHandler,), {"record": Path(args.record)})
-    server = ThreadingHTTPServer(
-        (args.bind, args.port), functools.partial(handler, directory=args.root)
-    )
-    Path(args.ready).write_text(f"{os.getpid()}\n")
-    server.serve_forever()
-
-
 if __name__ == "__main__":
     if sys.argv[1:2] != ["serve"]:
         raise SystemExit("usage: disk_chain.py serve --root DIR --bind ADDR --record F --ready F")
-    serve(sys.argv[2:])
+    serve(sys.argv[2:], _FormHandler, "disk_chain.py")

@@ -365,13 +365,14 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-def serve(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="pxe_chain.py serve")
+def serve(argv: Sequence[str], base: type[_Handler] = _Handler, prog: str = "pxe_chain.py") -> None:
+    """The recording file server (``base`` handles the requests), until killed."""
+    parser = argparse.ArgumentParser(prog=f"{prog} serve")
     for opt in ("--root", "--bind", "--record", "--ready"):
         parser.add_argument(opt, required=True)
     parser.add_argument("--port", type=int, default=HTTP_PORT)
     args = parser.parse_args(argv)
-    handler = type("Handler", (_Handler,), {"record": Path(args.record)})
+    handler = type("Handler", (base,), {"record": Path(args.record)})
     server = ThreadingHTTPServer(
         (args.bind, args.port), functools.partial(handler, directory=args.root)
     )
