@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -143,6 +143,7 @@ class RoundResult:
 class DiskChain(BareChain):
     """BareChain plus the disk image, our own seed key and the writes (module doc)."""
 
+    server_script: ClassVar[str] = __file__
     disk: DiskImage | None = None
     disk_mib: int = 3072
     pem: str = ""
@@ -178,17 +179,6 @@ class DiskChain(BareChain):
         (seed / "user-data").write_text(USER_DATA.format(hostname="bare", key=self.pub, url=url))
         (seed / "meta-data").write_text("instance-id: bare\nlocal-hostname: bare\n")
         (seed / "vendor-data").write_text("#cloud-config\n{}\n")
-
-    def _start_http(self) -> None:
-        assert self.rack is not None
-        ready = self.workdir / "http.ready"
-        ready.unlink(missing_ok=True)
-        proc = self._spawn(
-            "http", sys.executable, __file__, "serve", "--root", str(self.workdir / "www"),
-            "--bind", self.rack.boot_address, "--port", str(HTTP_PORT),
-            "--record", str(self.record_file), "--ready", str(ready),
-        )  # fmt: skip
-        self._wait(proc, ready.exists, "http")
 
     def posts(self) -> list[tuple[str, float, str]]:
         """(client address, time, pub_key_ed25519) of every phone_home POST."""

@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -184,6 +185,8 @@ class BareChain:
     ram_mib: int = 384
     rack: vrack.RackState | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The script run as ``<script> serve`` for the HTTP server (a subclass's own module).
+    server_script: ClassVar[str] = __file__
 
     @property
     def guests(self) -> list[vrack.GuestState]:
@@ -269,7 +272,8 @@ class BareChain:
         ready = self.workdir / "http.ready"
         ready.unlink(missing_ok=True)
         proc = self._spawn(
-            "http", sys.executable, __file__, "serve", "--root", str(self.workdir / "www"),
+            "http", sys.executable, self.server_script, "serve",
+            "--root", str(self.workdir / "www"),
             "--bind", self.rack.boot_address, "--port", str(HTTP_PORT),
             "--record", str(self.record_file), "--ready", str(ready),
         )  # fmt: skip
