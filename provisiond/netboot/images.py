@@ -91,7 +91,7 @@ class ImageStore:
 
     def add(self, name: str, files: dict[str, Path]) -> list[StoredFile]:
         """Copy ``files`` (role -> source path) into ``<root>/<name>/`` atomically."""
-        target = self.folder(name)
+        self.folder(name)  # a bad name is refused before the files are looked at
         for role, src in files.items():
             if role not in ROLES:
                 raise BadRequest(f"unknown file role {role!r}", hint=f"use {', '.join(ROLES)}")
@@ -104,27 +104,16 @@ class ImageStore:
                 f"two files share a name: {', '.join(names)}",
                 hint="rename one; files are stored under their own names",
             )
-        if target.exists():
-            raise Conflict(
-                f"image folder {target} exists",
-                hint="delete the image first, or add it under another name",
-            )
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+
+        def copy(tmp: Path) -> tuple[dict[str, str], list[StoredFile]]:
             stored = []
             for role, src in files.items():
                 digest = _copy_hashing(src, tmp / src.name)
                 size = (tmp / src.name).stat().st_size
                 stored.append(StoredFile(role, f"{name}/{src.name}", digest, size))
-            manifest = {Path(s.path).name: s.sha256 for s in stored}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            os.rename(tmp, target)  # atomic on one file system; fails if target appeared
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return stored
+            return {Path(s.path).name: s.sha256 for s in stored}, stored
+
+        return self.add_built(name, copy)
 
     def add_built(self, name: str, build: Callable[[Path], tuple[dict[str, str], T]]) -> T:
         """Let ``build`` write files into a temporary folder, then rename it to ``<name>/``.
@@ -144,7 +133,7 @@ class ImageStore:
         try:
             sums, result = build(tmp)
             (tmp / MANIFEST).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
-            os.rename(tmp, target)
+            os.rename(tmp, target)  # atomic on one file system; fails if target appeared
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
