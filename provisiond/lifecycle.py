@@ -1,7 +1,7 @@
 """Machine lifecycle: the states, the transition table, and :func:`advance`.
 
 ``advance`` is the only code that changes ``Machine.state`` (besides
-:func:`claim_available`, the allocator's atomic ``available -> allocated``). It checks the
+:func:`claim_available`, the allocator's atomic ``available -> deploying``). It checks the
 transition against :data:`TRANSITIONS`, moves the row with a conditional UPDATE
 (so two writers racing on one machine cannot both win, on SQLite or PostgreSQL),
 sets or clears the state's deadline, and writes the :class:`Event` row in the
@@ -15,11 +15,13 @@ Power state (on/off/unknown) is kept apart and is not a lifecycle state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from provisiond import events
@@ -84,6 +86,8 @@ TRANSITIONS: dict[tuple[State, Ev], State] = {
     (S.INSPECTING, Ev.DONE): S.AVAILABLE,
     (S.INSPECTING, Ev.FAIL): S.INSPECT_FAILED,
     (S.AVAILABLE, Ev.ALLOCATE): S.ALLOCATED,
+    # The allocator's claim: matched and deploying in one move (claim_available).
+    (S.AVAILABLE, Ev.DEPLOY): S.DEPLOYING,
     (S.ALLOCATED, Ev.DEPLOY): S.DEPLOYING,
     (S.ALLOCATED, Ev.FAIL): S.DEPLOY_FAILED,
     (S.ALLOCATED, Ev.RELEASE): S.RELEASING,
@@ -92,6 +96,9 @@ TRANSITIONS: dict[tuple[State, Ev], State] = {
     (S.DEPLOYING, Ev.FAIL): S.DEPLOY_FAILED,
     (S.INSTALLING_AGENT, Ev.FAIL): S.DEPLOY_FAILED,
     (S.ACTIVE, Ev.RELEASE): S.RELEASING,
+    # Released while still deploying: the deploy ends and the wipe starts in one move.
+    (S.DEPLOYING, Ev.RELEASE): S.RELEASING,
+    (S.INSTALLING_AGENT, Ev.RELEASE): S.RELEASING,
     (S.DEPLOY_FAILED, Ev.RELEASE): S.RELEASING,
     (S.RELEASE_FAILED, Ev.RELEASE): S.RELEASING,
     (S.RELEASING, Ev.DONE): S.AVAILABLE,
@@ -155,28 +162,35 @@ def advance(
     request_id: str = "",
     phase_timings: dict[str, float] | None = None,
     now: datetime | None = None,
+    batch: events.Batch | None = None,
 ) -> Event:
-    """Fire ``event`` on ``machine``; the one place lifecycle state changes."""
+    """Fire ``event`` on ``machine``; the one place lifecycle state changes.
+
+    One conditional UPDATE moves the row; the loaded ``machine`` takes the new values
+    without a re-read. The transition's Event is written at once, or added to
+    ``batch`` (the caller's one multi-row INSERT for a whole request).
+    """
     now = now or utcnow()
     src = machine.state
     dst = target_state(src, event)
     limits = timeouts or StateTimeouts()
     deadline = now + timedelta(seconds=getattr(limits, dst.value)) if dst in TRANSITIONAL else None
     details = dict(details or {})
-    last_error: dict[str, Any] | None
+    values: dict[str, Any] = {
+        "state": dst.value,
+        "state_changed_at": now,
+        "deadline": deadline,
+        "maintenance_reason": reason if dst is S.MAINTENANCE else "",
+        "updated_at": now,
+    }
     if event is Ev.FAIL:
-        last_error = {"phase": src, "reason": reason or "unspecified failure", **details}
+        values["last_error"] = {"phase": src, "reason": reason or "unspecified failure", **details}
     elif dst in (S.AVAILABLE, S.ACTIVE, S.RETIRED):
-        last_error = None
-    else:
-        last_error = machine.last_error
-    maintenance_reason = reason if dst is S.MAINTENANCE else ""
+        values["last_error"] = None
 
     if src == S.NEW:
-        machine.state = dst
-        machine.state_changed_at = now
-        machine.deadline = deadline
-        machine.updated_at = now
+        for name, value in values.items():
+            setattr(machine, name, value)
         session.add(machine)
         session.flush()
     else:
@@ -185,14 +199,7 @@ def advance(
         result = session.execute(
             update(Machine)
             .where(col(Machine.id) == machine.id, col(Machine.state) == src)
-            .values(
-                state=dst.value,
-                state_changed_at=now,
-                deadline=deadline,
-                last_error=last_error,
-                maintenance_reason=maintenance_reason,
-                updated_at=now,
-            )
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -201,23 +208,32 @@ def advance(
                 f"machine {machine.name} changed state while {event.value} was being applied",
                 hint="read the machine again and retry if the event still applies",
             )
-        session.expire(machine)
-        session.refresh(machine)
+        for name, value in values.items():  # what the row now holds; no SELECT
+            set_committed_value(machine, name, value)
 
-    return events.record(
-        session,
-        EventKind.TRANSITION,
-        event.value,
-        at=now,
-        machine=machine,
-        from_state=None if src == S.NEW else src,
-        to_state=dst.value,
-        actor=actor,
-        message=reason,
-        details=details,
-        request_id=request_id,
-        phase_timings=phase_timings,
-    )
+    fields: dict[str, Any] = {
+        "at": now,
+        "machine": machine,
+        "from_state": None if src == S.NEW else src,
+        "to_state": dst.value,
+        "actor": actor,
+        "message": reason,
+        "details": details,
+        "request_id": request_id,
+        "phase_timings": phase_timings,
+    }
+    if batch is not None:
+        return batch.add(EventKind.TRANSITION, event.value, **fields)
+    return events.record(session, EventKind.TRANSITION, event.value, **fields)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The machine :func:`claim_available` took (the columns the claim returned)."""
+
+    id: int
+    name: str
+    uuid: str
 
 
 def claim_available(
@@ -226,20 +242,22 @@ def claim_available(
     *,
     actor: str,
     allocation_uuid: str,
+    batch: events.Batch,
     timeouts: StateTimeouts | None = None,
     request_id: str = "",
+    details: dict[str, Any] | None = None,
     now: datetime | None = None,
-) -> Machine | None:
-    """Atomically move one ``available`` machine matching ``conditions`` to ``allocated``.
+) -> Claimed | None:
+    """Atomically move one ``available`` machine matching ``conditions`` to ``deploying``.
 
     One statement does the pick and the move, so two claimers can never get the
     same machine: ``UPDATE machine ... WHERE id = (SELECT id ... LIMIT 1 FOR UPDATE
-    SKIP LOCKED) AND state = 'available' RETURNING id``. PostgreSQL skips rows other
-    claimers hold; SQLite (which ignores FOR UPDATE) runs writers one at a time under
-    ``BEGIN IMMEDIATE``, and the outer state check keeps the UPDATE conditional there
-    too. The smallest machine that fits wins (best fit), leaving big ones for big
-    requests. Writes the ``allocate`` transition Event in the same transaction; the
-    caller commits. Returns None when nothing matches.
+    SKIP LOCKED) AND state = 'available' RETURNING id, name, uuid``. PostgreSQL skips
+    rows other claimers hold; SQLite (which ignores FOR UPDATE) runs writers one at a
+    time under ``BEGIN IMMEDIATE``, and the outer state check keeps the UPDATE
+    conditional there too. The smallest machine that fits wins (best fit), leaving big
+    ones for big requests. The ``deploy`` transition Event goes into ``batch``; the
+    caller writes it and commits. Returns None when nothing matches.
     """
     now = now or utcnow()
     limits = timeouts or StateTimeouts()
@@ -259,30 +277,29 @@ def claim_available(
         update(Machine)
         .where(col(Machine.id) == pick, col(Machine.state) == S.AVAILABLE.value)
         .values(
-            state=S.ALLOCATED.value,
+            state=S.DEPLOYING.value,
             state_changed_at=now,
-            deadline=now + timedelta(seconds=limits.allocated),
+            deadline=now + timedelta(seconds=limits.deploying),
             maintenance_reason="",
             updated_at=now,
         )
-        .returning(col(Machine.id))
+        .returning(col(Machine.id), col(Machine.name), col(Machine.uuid))
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
+    ).first()
     if claimed is None:
         return None
-    machine = session.get(Machine, claimed, populate_existing=True)
-    assert machine is not None
-    events.record(
-        session,
+    machine = Claimed(id=claimed[0], name=claimed[1], uuid=claimed[2])
+    batch.add(
         EventKind.TRANSITION,
-        Ev.ALLOCATE.value,
+        Ev.DEPLOY.value,
         at=now,
-        machine=machine,
+        machine_id=machine.id,
+        machine_name=machine.name,
         from_state=S.AVAILABLE.value,
-        to_state=S.ALLOCATED.value,
+        to_state=S.DEPLOYING.value,
         actor=actor,
-        message=f"allocated to {allocation_uuid}",
-        details={"allocation": allocation_uuid},
+        message=f"allocated to {allocation_uuid}; deploy requested",
+        details={"allocation": allocation_uuid, **(details or {})},
         request_id=request_id,
     )
     return machine

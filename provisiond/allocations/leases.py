@@ -33,7 +33,7 @@ from provisiond.errors import Problem, ValidationFailed
 from provisiond.errors import QuotaExceeded as QuotaExceeded  # re-exported
 from provisiond.events import EventKind
 from provisiond.lifecycle import State
-from provisiond.models import Allocation, Machine
+from provisiond.models import Allocation, Deployment, Machine
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -112,26 +112,45 @@ def record(
     machine: Machine | None = None,
     request_id: str = "",
     details: dict[str, Any] | None = None,
+    batch: events.Batch | None = None,
 ) -> None:
-    events.record(
-        session,
-        EventKind.ALLOCATION,
-        event,
-        flush=False,
-        machine=machine,
-        allocation_id=allocation.id,
-        actor=actor,
-        message=message,
-        details={"allocation": allocation.uuid, "state": allocation.state, **(details or {})},
-        request_id=request_id,
-    )
+    fields: dict[str, Any] = {
+        "machine": machine,
+        "allocation_id": allocation.id,
+        "actor": actor,
+        "message": message,
+        "details": {"allocation": allocation.uuid, "state": allocation.state, **(details or {})},
+        "request_id": request_id,
+    }
+    if batch is not None:
+        batch.add(EventKind.ALLOCATION, event, **fields)
+    else:
+        events.record(session, EventKind.ALLOCATION, event, flush=False, **fields)
 
 
-def owns_machine(session: Session, allocation: Allocation, machine: Machine) -> bool:
-    """True when the machine's newest deploy is this allocation's (not a later owner's)."""
+def owns_machine(
+    session: Session, allocation: Allocation, machine: Machine, latest: Any = deploy.UNKNOWN
+) -> bool:
+    """True when the machine's newest deploy is this allocation's (not a later owner's).
+
+    ``latest``: the machine's newest deployment when the caller already read it."""
     assert machine.id is not None
-    latest = deploy.latest_deployment(session, machine.id)
+    if latest is deploy.UNKNOWN:
+        latest = deploy.latest_deployment(session, machine.id)
     return latest is not None and latest.allocation_id == allocation.id
+
+
+#: Machine states an allocation's release sends to ``releasing`` (one move).
+RELEASABLE = frozenset(
+    {
+        State.ALLOCATED,
+        State.DEPLOYING,
+        State.INSTALLING_AGENT,
+        State.ACTIVE,
+        State.DEPLOY_FAILED,
+        State.RELEASE_FAILED,
+    }
+)
 
 
 def free_machine(
@@ -142,22 +161,31 @@ def free_machine(
     actor: str,
     reason: str,
     settings: Settings,
+    latest: Deployment | None = deploy.UNKNOWN,
+    request_id: str = "",
+    batch: events.Batch | None = None,
 ) -> bool:
     """Send the allocation's machine to ``releasing`` (wipe, then available); True if sent.
 
-    A running deploy is aborted first. A machine that already moved on (released by
-    an operator, or deploying for someone else) is left alone.
+    A running deploy ends (``released``) in the same move. A machine that already
+    moved on (released by an operator, or deploying for someone else) is left alone.
+    ``latest``: the machine's newest deployment, when the caller read it already.
     """
-    if machine is None or not owns_machine(session, allocation, machine):
+    if machine is None or not owns_machine(session, allocation, machine, latest):
         return False
-    if machine.state in (State.DEPLOYING, State.INSTALLING_AGENT):
-        deploy.abort_deploy(session, machine, actor=actor, reason=reason, settings=settings)
-    if machine.state in (
-        State.ALLOCATED,
-        State.ACTIVE,
-        State.DEPLOY_FAILED,
-        State.RELEASE_FAILED,
-    ):
-        deploy.start_release(session, machine, actor=actor, reason=reason, settings=settings)
-        return True
-    return False
+    if machine.state not in RELEASABLE:
+        return False
+    running = deploy.UNKNOWN
+    if latest is not deploy.UNKNOWN:  # the newest one is the running one, if any runs
+        running = latest if latest is not None and latest.outcome == "" else None
+    deploy.start_release(
+        session,
+        machine,
+        actor=actor,
+        reason=reason,
+        settings=settings,
+        running=running,
+        request_id=request_id,
+        batch=batch,
+    )
+    return True

@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, and_, cast, exists, func, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Session, col
 
-from provisiond import lifecycle
+from provisiond import events, lifecycle
 from provisiond.config import StateTimeouts
 from provisiond.errors import Problem, ValidationFailed
 from provisiond.lifecycle import State
@@ -99,13 +99,22 @@ def claim(
     dialect: str,
     actor: str,
     timeouts: StateTimeouts,
+    batch: events.Batch,
     request_id: str = "",
-) -> Machine | None:
-    """Take one available machine that fits ``allocation`` (atomically), or None."""
+    details: dict[str, Any] | None = None,
+    unless_pending: bool = False,
+) -> lifecycle.Claimed | None:
+    """Take one available machine that fits ``allocation`` (atomically), or None.
+
+    ``unless_pending``: take none while any allocation is pending (the request path:
+    the queue's walk decides the order then), checked in the same statement.
+    """
     constraints = allocation.constraints
     where = [
         c for _, c in conditions(constraints, dialect, excluded=allocation.excluded_machine_ids)
     ]
+    if unless_pending:
+        where.append(~exists(select(1).where(col(Allocation.state) == "pending")))
     min_disk = constraints.get("min_disk_gb")
     if min_disk:
         rows = session.execute(
@@ -122,8 +131,10 @@ def claim(
         where,
         actor=actor,
         allocation_uuid=allocation.uuid,
+        batch=batch,
         timeouts=timeouts,
         request_id=request_id,
+        details=details,
     )
 
 

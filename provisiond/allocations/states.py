@@ -1,7 +1,8 @@
-"""Allocation states, the transition table, and :func:`advance`.
+"""Allocation states, the transition table, :func:`apply` and :func:`advance`.
 
-``advance`` is the only code that changes ``Allocation.state``, as
-:func:`provisiond.lifecycle.advance` is for machines. It checks the transition
+``apply`` (in memory) is the only code that changes ``Allocation.state``, as
+:func:`provisiond.lifecycle.advance` is for machines; ``advance`` applies and writes
+the row. It checks the transition
 against :data:`TRANSITIONS` and sets what the transition implies: the claimed
 machine and the try count on ``claim``, the lease's start on ``ready``, the
 reason on ``fail``, ``released_at`` on reaching a final state. The stored values
@@ -84,8 +85,7 @@ def target_state(state: str, event: AllocEv) -> AllocationState:
         ) from None
 
 
-def advance(
-    session: Session,
+def apply(
     allocation: Allocation,
     event: AllocEv,
     *,
@@ -93,9 +93,11 @@ def advance(
     reason: str = "",
     now: datetime | None = None,
 ) -> AllocationState:
-    """Fire ``event`` on ``allocation``; the one place its state changes. Returns the new state.
+    """Fire ``event`` on ``allocation`` in memory; the one place its state changes.
 
     ``machine_id`` is the machine a ``claim`` took; ``reason`` is kept on ``fail``.
+    :func:`advance` also writes the row; the request path applies a claim to an
+    allocation it has not inserted yet and inserts it once.
     """
     dst = target_state(allocation.state, event)
     if event is AllocEv.CLAIM and machine_id is None:
@@ -114,6 +116,20 @@ def advance(
         allocation.failure_reason = reason[:4000]
     if dst in FINAL_STATES:
         allocation.released_at = now
+    return dst
+
+
+def advance(
+    session: Session,
+    allocation: Allocation,
+    event: AllocEv,
+    *,
+    machine_id: int | None = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> AllocationState:
+    """:func:`apply`, then write the row (flushed). Returns the new state."""
+    dst = apply(allocation, event, machine_id=machine_id, reason=reason, now=now)
     session.add(allocation)
     session.flush()
     return dst

@@ -250,8 +250,16 @@ class DeployEngine:
 
     # --- power ----------------------------------------------------------------------
 
+    def _ensure_keys(self, machine_id: int) -> None:
+        """The deploy's key pair, made before the boot whose seed carries its public half."""
+        with self.services.db.transaction() as session:
+            record = deploy.running_deployment(session, machine_id)
+            if record and not record.ssh_public_key and self.guard.hold(session, machine_id, "key"):
+                deploy.ensure_keys(session, record, self.services.secrets)
+
     async def _power_step(self, item: Work) -> None:
         expect = {State.DEPLOYING.value, State.INSPECTING.value}
+        await asyncio.to_thread(self._ensure_keys, item.machine_id)
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict as exc:  # no BMC: someone must power it on by hand

@@ -16,8 +16,14 @@ engine (:mod:`provisiond.deploy.engine`, a scheduler loop) then does the
 blocking work from the DB state alone, so a restarted daemon resumes: power-cycle
 into PXE, wait for the OS callback, SSH agent install, wait for the heartbeat.
 
-``start_release`` moves ``active | deploy_failed | allocated | release_failed ->
-releasing``; the engine wipes the disks over SSH (when an OS with our key is up),
+The allocator's claim (:func:`provisiond.lifecycle.claim_available`) moves a machine
+``available -> deploying`` itself and :func:`insert_deploy` writes its row in the same
+request; the key pair is then made by the engine's first step (:func:`ensure_keys`),
+outside the request's write transaction.
+
+``start_release`` moves ``active | deploying | installing_agent | deploy_failed |
+allocated | release_failed -> releasing`` (a running deploy ends as ``released``); the
+engine wipes the disks over SSH (when an OS with our key is up),
 powers off, and makes the machine ``available``.
 
 ``abort_deploy`` fails a running deploy (``deploying | installing_agent ->
@@ -26,18 +32,20 @@ deploy_failed``) with a reason, e.g. when its allocation's lease ends.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from datetime import datetime
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from provisiond import events
 from provisiond.config import Settings
+from provisiond.deploy.deadlines import deadline_reason as deadline_reason
+from provisiond.deploy.keys import callback_token as callback_token
+from provisiond.deploy.keys import ensure_keys as ensure_keys
+from provisiond.deploy.keys import host_key_fingerprint as host_key_fingerprint
+from provisiond.deploy.keys import key_pair
+from provisiond.deploy.keys import new_ssh_keypair as new_ssh_keypair
 from provisiond.errors import Conflict
 from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
@@ -47,22 +55,6 @@ from provisiond.secrets import SecretBox
 #: Deployment.kind values.
 DEPLOY = "deploy"
 INSPECT = "inspect"
-
-
-def new_ssh_keypair(comment: str) -> tuple[str, str]:
-    """A fresh Ed25519 key pair: (OpenSSH private key PEM, ``ssh-ed25519 AAAA... comment``)."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return private, f"{public} {comment}"
 
 
 def running_deployment(session: Session, machine_id: int) -> Deployment | None:
@@ -129,6 +121,52 @@ def mark_asked_again(deployment: Deployment, phase: str, at: datetime | None = N
     deployment.phases = {**deployment.phases, ASKED_AGAIN: stamp}
 
 
+def insert_deploy(
+    session: Session,
+    *,
+    machine_id: int,
+    allocation_id: int,
+    image_id: int | None,
+    attempt: int = 1,
+    uuid: str | None = None,
+    now: datetime | None = None,
+) -> Deployment:
+    """One INSERT of a claimed machine's deploy row (no key pair yet: :func:`ensure_keys`).
+
+    The machine was ``available``, so no deployment of it is running; the partial
+    unique index ``uq_deployment_running`` makes a second running row an error
+    instead of a silent duplicate.
+    """
+    record = Deployment(
+        machine_id=machine_id,
+        allocation_id=allocation_id,
+        kind=DEPLOY,
+        image_id=image_id,
+        attempt=attempt,
+        started_at=now or utcnow(),
+    )
+    if uuid is not None:
+        record.uuid = uuid
+    mark_phase(record, f"{DEPLOY}_requested", record.started_at)
+    values = record.model_dump(exclude={"id"})
+    session.execute(insert(Deployment).values(**values))
+    return record
+
+
+def supersede_running(session: Session, machine_id: int, kind: str) -> None:
+    """Close any running deployment of the machine (one UPDATE) before a new one starts."""
+    session.execute(
+        update(Deployment)
+        .where(col(Deployment.machine_id) == machine_id, col(Deployment.outcome) == "")
+        .values(
+            outcome="superseded",
+            failure_reason=f"superseded by a new {kind}",
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+
+
 def _new_record(
     session: Session,
     machine: Machine,
@@ -160,9 +198,7 @@ def _new_record(
         image_id=image_id,
         attempt=attempt or 1,
     )
-    private, public = new_ssh_keypair(f"provisiond-{kind}-{record.uuid[:8]}")
-    record.ssh_public_key = public
-    record.ssh_private_key_encrypted = secrets.encrypt(private)
+    key_pair(record, secrets)
     mark_phase(record, f"{kind}_requested")
     session.add(record)
     session.flush()
@@ -248,23 +284,49 @@ def ensure_inspection_record(
     return record
 
 
+#: "not looked up yet" for ``running`` arguments (None means: none is running).
+UNKNOWN: Any = object()
+
+
 def _close_running(
-    session: Session, machine: Machine, outcome: str, reason: str
+    session: Session, machine: Machine, outcome: str, reason: str, running: Any = UNKNOWN
 ) -> Deployment | None:
     assert machine.id is not None
-    running = running_deployment(session, machine.id)
-    if running is not None:
-        finish(running, outcome, reason)
-        session.add(running)
-    return running
+    record: Deployment | None = (
+        running_deployment(session, machine.id) if running is UNKNOWN else running
+    )
+    if record is not None:
+        finish(record, outcome, reason)
+        session.add(record)
+    return record
 
 
 def start_release(
-    session: Session, machine: Machine, *, actor: str, reason: str, settings: Settings
+    session: Session,
+    machine: Machine,
+    *,
+    actor: str,
+    reason: str,
+    settings: Settings,
+    running: Deployment | None = UNKNOWN,
+    request_id: str = "",
+    batch: events.Batch | None = None,
 ) -> None:
-    """``active | deploy_failed | allocated | release_failed -> releasing``."""
-    _close_running(session, machine, "released", reason)
-    advance(session, machine, Ev.RELEASE, actor=actor, timeouts=settings.timeouts, reason=reason)
+    """``active | deploying | installing_agent | deploy_failed | allocated | release_failed
+    -> releasing``; a running deploy ends as ``released``. ``running``: the machine's
+    running deployment when the caller already read it (None: none)."""
+    closed = _close_running(session, machine, "released", reason, running)
+    advance(
+        session,
+        machine,
+        Ev.RELEASE,
+        actor=actor,
+        timeouts=settings.timeouts,
+        reason=reason,
+        details={"deployment": closed.uuid} if closed else None,
+        request_id=request_id,
+        batch=batch,
+    )
 
 
 def abort_deploy(
@@ -299,68 +361,6 @@ def fail(
         reason=reason,
         details={**(details or {}), **({"deployment": running.uuid} if running else {})},
     )
-
-
-def callback_token(secrets: SecretBox, deployment_uuid: str) -> str:
-    """The token a booted OS presents in its phone-home call (served only in its seed)."""
-    return hmac.new(secrets.mac_key, f"callback:{deployment_uuid}".encode(), "sha256").hexdigest()
-
-
-def host_key_fingerprint(host_key: str) -> str:
-    """``ssh-ed25519 AAAA...`` -> ``SHA256:...`` (as ``ssh-keygen -lf`` prints it)."""
-    parts = host_key.split()
-    if len(parts) < 2:
-        return ""
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError:
-        return ""
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
-
-
-#: What a machine waits for in each transitional state, for deadline reasons.
-WAITING_FOR = {
-    State.DEPLOYING: "no OS callback",
-    State.INSPECTING: "no inspection report",
-    State.INSTALLING_AGENT: "no agent heartbeat",
-    State.RELEASING: "release not finished",
-    State.ALLOCATED: "deploy not started",
-}
-
-
-#: What a disk-image deploy was doing after a phase, for deadline reasons
-#: (:mod:`provisiond.deploy.disk_deploy`).
-AFTER_PHASE = {
-    "ramdisk_callback": "writing the image",
-    "disk_selected": "writing the image",
-    "image_download": "writing the image",
-    "image_written": "configuring the disk",
-    "disk_configured": "booting from disk",
-    "disk_boot": "booting from disk",
-    "os_seed": "booting from disk",
-}
-
-
-def deadline_reason(
-    session: Session, machine: Machine, limit_s: float
-) -> tuple[str, dict[str, Any]]:
-    """Why a machine's deadline passed, naming the last boot phase it reached."""
-    waiting = WAITING_FOR.get(State(machine.state), f"still {machine.state}")
-    record = running_deployment(session, machine.id) if machine.id is not None else None
-    details: dict[str, Any] = {}
-    last = ""
-    if record is not None:
-        reached = sorted(
-            (v, k) for k, v in record.phases.items() if isinstance(v, str) and "T" in v
-        )
-        last = reached[-1][1] if reached else ""
-        details = {"deployment": record.uuid, "last_phase": last}
-    doing = f", {AFTER_PHASE[last]}" if last in AFTER_PHASE else ""
-    reason = f"{machine.state}: {waiting} within {limit_s:.0f}s" + (
-        f" (last phase: {last}{doing})" if last else ""
-    )
-    return reason, details
 
 
 def retry_from_power_cycle(

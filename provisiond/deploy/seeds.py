@@ -97,7 +97,7 @@ def seed_file(
     alloc = (
         session.get(Allocation, record.allocation_id) if record.allocation_id is not None else None
     )
-    ssh_keys = [record.ssh_public_key, *(alloc.ssh_keys if alloc else [])]
+    ssh_keys = [k for k in (record.ssh_public_key, *(alloc.ssh_keys if alloc else [])) if k]
     if file == "user-data":
         record.phases = {**record.phases, "agent_url": base_url}
         session.add(record)

@@ -11,13 +11,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON
+from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
 from provisiond.models.base import UTCDateTime, new_uuid, utcnow
 
 
 class Deployment(SQLModel, table=True):
+    #: At most one running (outcome "") deployment per machine.
+    __table_args__ = (
+        Index(
+            "uq_deployment_running",
+            "machine_id",
+            unique=True,
+            sqlite_where=text("outcome = ''"),
+            postgresql_where=text("outcome = ''"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(default_factory=new_uuid, unique=True, index=True, max_length=36)
     machine_id: int = Field(foreign_key="machine.id", ondelete="CASCADE", index=True)

@@ -101,9 +101,18 @@ def test_matches_every_constraint_kind(
     with catalog.db.read_session() as session:
         rows = session.exec(select(Event).where(Event.machine_name == machine)).all()
         deployment = session.exec(select(Deployment)).one()
-    assert [r.event for r in rows][-2:] == ["allocate", "deploy"]
-    assert rows[-2].details == {"allocation": out["id"]}
+    # The claim is one move, available -> deploying, with one event naming the deploy.
+    claim = rows[-1]
+    assert (claim.event, claim.from_state, claim.to_state) == ("deploy", "available", "deploying")
+    assert claim.details == {
+        "allocation": out["id"],
+        "deployment": deployment.uuid,
+        "image_id": deployment.image_id,
+        "attempt": 1,
+    }
+    assert claim.allocation_id == deployment.allocation_id
     assert deployment.allocation_id is not None and deployment.kind == "deploy"
+    assert deployment.ssh_public_key == ""  # made by the engine's first step, not the request
 
 
 @pytest.mark.parametrize(
@@ -220,6 +229,38 @@ def test_idempotency_replays(api: Api, catalog: Services) -> None:
     assert post(api).json()["id"] != first.json()["id"]
     with catalog.db.read_session() as session:
         assert len(session.exec(select(Allocation)).all()) == 3
+
+
+def test_a_replay_at_quota_answers_its_allocation_not_429(api: Api, catalog: Services) -> None:
+    """The key is checked by the INSERT, after the quota: a retried request whose first
+    try made the allocation gets it back even when the token is now at its quota."""
+    with catalog.db.transaction() as session:
+        _, token = create_token(session, name="ci-q1", role="ci", quota_machines=1)
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "run-7"}
+    first = api.client.post(URL, json=body(), headers=headers)
+    assert first.status_code == 201, first.text
+    again = api.client.post(URL, json=body(), headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    other = api.client.post(URL, json=body(), headers={**headers, "Idempotency-Key": "run-8"})
+    assert other.status_code == 429
+
+
+def test_a_deploy_left_running_is_superseded_not_a_500(api: Api, catalog: Services) -> None:
+    """An available machine should have no running deploy; if a defect left one, the
+    one-running-deploy index stops a duplicate and the request retries superseding it."""
+    with catalog.db.transaction() as session:
+        machines = session.exec(select(Machine).where(Machine.state == "available")).all()
+        for machine in machines:
+            assert machine.id is not None
+            session.add(Deployment(machine_id=machine.id, kind="inspect"))
+    response = post(api)
+    assert response.status_code == 201, response.text
+    with catalog.db.read_session() as session:
+        claimed = session.exec(select(Machine).where(Machine.name == response.json()["machine"]))
+        machine_id = claimed.one().id
+        rows = session.exec(select(Deployment).where(Deployment.machine_id == machine_id)).all()
+    assert sorted((r.kind, r.outcome) for r in rows) == [("deploy", ""), ("inspect", "superseded")]
 
 
 def test_quota_is_429_with_usage_in_the_hint(api: Api, catalog: Services) -> None:

@@ -40,6 +40,14 @@ def test_design_table_is_in_the_engine() -> None:
         assert TRANSITIONS[(State(src), Ev(ev))] == State(dst), (src, ev)
 
 
+def test_one_move_claim_and_release_while_deploying() -> None:
+    """Issue 13: the allocator's claim is available -> deploying in one UPDATE, and an
+    early release ends a running deploy straight into releasing (no fail in between)."""
+    assert TRANSITIONS[(State.AVAILABLE, Ev.DEPLOY)] is State.DEPLOYING
+    assert TRANSITIONS[(State.DEPLOYING, Ev.RELEASE)] is State.RELEASING
+    assert TRANSITIONS[(State.INSTALLING_AGENT, Ev.RELEASE)] is State.RELEASING
+
+
 def test_every_resting_state_can_be_managed_and_retired() -> None:
     for state in RESTING:
         if state is not State.MAINTENANCE:
