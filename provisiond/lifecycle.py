@@ -14,13 +14,14 @@ Power state (on/off/unknown) is kept apart and is not a lifecycle state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, Update, bindparam, func, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -150,6 +151,17 @@ def target_state(state: str, event: Ev) -> State:
         ) from None
 
 
+@functools.cache
+def _move(names: frozenset[str]) -> Update:
+    """The conditional UPDATE of these columns (by id and current state), built once."""
+    return (
+        update(Machine)
+        .where(col(Machine.id) == bindparam("v_id"), col(Machine.state) == bindparam("v_src"))
+        .values({name: bindparam(f"v_{name}") for name in sorted(names)})
+        .execution_options(synchronize_session=False)
+    )
+
+
 def advance(
     session: Session,
     machine: Machine,
@@ -163,12 +175,12 @@ def advance(
     phase_timings: dict[str, float] | None = None,
     now: datetime | None = None,
     batch: events.Batch | None = None,
-) -> Event:
+) -> Event | None:
     """Fire ``event`` on ``machine``; the one place lifecycle state changes.
 
     One conditional UPDATE moves the row; the loaded ``machine`` takes the new values
-    without a re-read. The transition's Event is written at once, or added to
-    ``batch`` (the caller's one multi-row INSERT for a whole request).
+    without a re-read. The transition's Event is written at once and returned, or
+    added to ``batch`` (the caller's one multi-row INSERT for a whole request).
     """
     now = now or utcnow()
     src = machine.state
@@ -196,11 +208,9 @@ def advance(
     else:
         if machine.id is None:
             raise ValueError("advance() on a machine that was never stored")
+        params = {f"v_{name}": value for name, value in values.items()}
         result = session.execute(
-            update(Machine)
-            .where(col(Machine.id) == machine.id, col(Machine.state) == src)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+            _move(frozenset(values)), {**params, "v_id": machine.id, "v_src": src}
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             session.expire(machine)
@@ -223,8 +233,42 @@ def advance(
         "phase_timings": phase_timings,
     }
     if batch is not None:
-        return batch.add(EventKind.TRANSITION, event.value, **fields)
+        batch.add(EventKind.TRANSITION, event.value, **fields)
+        return None
     return events.record(session, EventKind.TRANSITION, event.value, **fields)
+
+
+#: Built claim statements by the caller's cache key (oldest dropped past the size).
+_CLAIMS: dict[Hashable, Update] = {}
+CLAIM_CACHE_SIZE = 256
+
+
+def _claim_statement(conditions: Sequence[ColumnElement[bool]]) -> Update:
+    pick = (
+        select(col(Machine.id))
+        .where(col(Machine.state) == S.AVAILABLE.value, *conditions)
+        .order_by(
+            func.coalesce(col(Machine.cpus), 0),
+            func.coalesce(col(Machine.ram_mib), 0),
+            col(Machine.id),
+        )
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(Machine)
+        .where(col(Machine.id) == pick, col(Machine.state) == S.AVAILABLE.value)
+        .values(
+            state=S.DEPLOYING.value,
+            state_changed_at=bindparam("now"),
+            deadline=bindparam("deadline"),
+            maintenance_reason="",
+            updated_at=bindparam("now"),
+        )
+        .returning(col(Machine.id), col(Machine.name), col(Machine.uuid))
+        .execution_options(synchronize_session=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +291,7 @@ def claim_available(
     request_id: str = "",
     details: dict[str, Any] | None = None,
     now: datetime | None = None,
+    cache_key: Hashable | None = None,
 ) -> Claimed | None:
     """Atomically move one ``available`` machine matching ``conditions`` to ``deploying``.
 
@@ -258,33 +303,22 @@ def claim_available(
     conditional there too. The smallest machine that fits wins (best fit), leaving big
     ones for big requests. The ``deploy`` transition Event goes into ``batch``; the
     caller writes it and commits. Returns None when nothing matches.
+
+    ``cache_key`` names the shape and values of ``conditions`` (the same key, the same
+    conditions): the built statement is kept and reused, as a request path sends the
+    same constraints again and again and building it costs more than running it.
     """
     now = now or utcnow()
     limits = timeouts or StateTimeouts()
-    pick = (
-        select(col(Machine.id))
-        .where(col(Machine.state) == S.AVAILABLE.value, *conditions)
-        .order_by(
-            func.coalesce(col(Machine.cpus), 0),
-            func.coalesce(col(Machine.ram_mib), 0),
-            col(Machine.id),
-        )
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    statement = _CLAIMS.get(cache_key) if cache_key is not None else None
+    if statement is None:
+        statement = _claim_statement(conditions)
+        if cache_key is not None:
+            if len(_CLAIMS) >= CLAIM_CACHE_SIZE:
+                _CLAIMS.pop(next(iter(_CLAIMS)))  # the oldest shape goes
+            _CLAIMS[cache_key] = statement
     claimed = session.execute(
-        update(Machine)
-        .where(col(Machine.id) == pick, col(Machine.state) == S.AVAILABLE.value)
-        .values(
-            state=S.DEPLOYING.value,
-            state_changed_at=now,
-            deadline=now + timedelta(seconds=limits.deploying),
-            maintenance_reason="",
-            updated_at=now,
-        )
-        .returning(col(Machine.id), col(Machine.name), col(Machine.uuid))
-        .execution_options(synchronize_session=False)
+        statement, {"now": now, "deadline": now + timedelta(seconds=limits.deploying)}
     ).first()
     if claimed is None:
         return None

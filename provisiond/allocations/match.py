@@ -16,6 +16,7 @@ disks) counts as possibly fitting.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,11 +111,17 @@ def claim(
     the queue's walk decides the order then), checked in the same statement.
     """
     constraints = allocation.constraints
-    where = [
-        c for _, c in conditions(constraints, dialect, excluded=allocation.excluded_machine_ids)
-    ]
+    excluded = allocation.excluded_machine_ids
+    where = [c for _, c in conditions(constraints, dialect, excluded=excluded)]
     if unless_pending:
         where.append(~exists(select(1).where(col(Allocation.state) == "pending")))
+    # The statement is kept per constraints (their values are in it), not per request.
+    key: tuple[str, ...] | None = (
+        dialect,
+        json.dumps(constraints, sort_keys=True),
+        json.dumps(sorted(excluded)),
+        str(unless_pending),
+    )
     min_disk = constraints.get("min_disk_gb")
     if min_disk:
         rows = session.execute(
@@ -126,6 +133,7 @@ def claim(
         if not ids:
             return None
         where.append(col(Machine.id).in_(ids))
+        key = None  # the ids that fit change from claim to claim
     return lifecycle.claim_available(
         session,
         where,
@@ -135,6 +143,7 @@ def claim(
         timeouts=timeouts,
         request_id=request_id,
         details=details,
+        cache_key=key,
     )
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func
+from sqlalchemy import Table, bindparam, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -68,9 +70,25 @@ def _check_quota(session: Session, token: ApiToken) -> None:
         )
 
 
-def _image(session: Session, name: str) -> Image:
-    image = session.exec(select(Image).where(Image.name == name)).first()
-    if image is None:
+@dataclass(frozen=True)
+class _ImageRef:
+    """What a request needs of its image (not the whole row)."""
+
+    id: int
+    name: str
+    arch: str
+    kind: str
+    firmware: str
+
+
+_IMAGE = sa_select(
+    col(Image.id), col(Image.name), col(Image.arch), col(Image.kind), col(Image.firmware)
+).where(col(Image.name) == bindparam("name"))
+
+
+def _image(session: Session, name: str) -> _ImageRef:
+    row = session.execute(_IMAGE, {"name": name}).first()
+    if row is None:
         known = session.exec(select(Image.name).order_by(col(Image.name)).limit(20)).all()
         raise ValidationFailed(
             [Problem("image", f"no image named {name!r}")],
@@ -78,7 +96,7 @@ def _image(session: Session, name: str) -> Image:
             if known
             else "register an image first ('provisiond images add'); GET /api/v1/images lists them",
         )
-    return image
+    return _ImageRef(*row)
 
 
 def _claim(
@@ -146,16 +164,21 @@ class _Replay(Exception):
     """The request's Idempotency-Key is already stored: roll back and answer the first."""
 
 
+_TABLE: Table = Allocation.__table__  # type: ignore[attr-defined]
+#: INSERT ... ON CONFLICT (owner, Idempotency-Key) DO NOTHING RETURNING id, per dialect,
+#: built once; the row's values come with each execute.
+_INSERTS = {
+    name: insert(_TABLE)
+    .on_conflict_do_nothing(index_elements=["owner_token_id", "idempotency_key"])
+    .returning(_TABLE.c.id)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+
+
 def _insert(session: Session, allocation: Allocation, dialect: str) -> int | None:
-    """INSERT ... ON CONFLICT (owner, Idempotency-Key) DO NOTHING RETURNING id."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        insert(Allocation)
-        .values(**allocation.model_dump(exclude={"id"}))
-        .on_conflict_do_nothing(index_elements=["owner_token_id", "idempotency_key"])
-        .returning(col(Allocation.id))
-    )
-    return session.execute(statement).scalar_one_or_none()
+    values = {c.name: getattr(allocation, c.name) for c in _TABLE.columns if c.name != "id"}
+    row = session.execute(_INSERTS[dialect], values).first()
+    return None if row is None else int(row[0])
 
 
 def _earlier(services: Services, token: ApiToken, key: str, digest: str) -> AllocationOut | None:
@@ -193,7 +216,6 @@ def _request(
     dialect = services.db.dialect
     with services.db.transaction() as session:
         image = _image(session, spec.image)
-        assert image.id is not None
         constraints = spec.constraints.model_dump(exclude_none=True, exclude_defaults=True)
         constraints.setdefault("arch", image.arch)
         if image.kind == "disk" and image.firmware in ("bios", "uefi"):

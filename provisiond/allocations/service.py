@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func
+from sqlalchemy import Select, bindparam, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
@@ -60,11 +60,9 @@ DEPLOYING = frozenset({State.ALLOCATED, State.DEPLOYING, State.INSTALLING_AGENT}
 # --- handing back --------------------------------------------------------------
 
 
-def _release_row(
-    session: Session, ident: str, dialect: str
-) -> tuple[Allocation, Machine | None, Deployment | None, str, str | None] | None:
+def _release_query(dialect: str) -> Select[Allocation, Machine, Deployment, str, str]:
     """One read: the allocation (row-locked), its machine, the machine's newest deploy,
-    the owner's and the image's names."""
+    the owner's and the image's names. Built once per dialect."""
     newest = (
         sa_select(func.max(col(Deployment.id)))
         .where(col(Deployment.machine_id) == col(Allocation.machine_id))
@@ -77,11 +75,18 @@ def _release_row(
         .outerjoin(Deployment, col(Deployment.id) == newest)
         .outerjoin(ApiToken, col(ApiToken.id) == col(Allocation.owner_token_id))
         .outerjoin(Image, col(Image.id) == col(Allocation.image_id))
-        .where(col(Allocation.uuid) == ident)
+        .where(col(Allocation.uuid) == bindparam("ident"))
     )
-    if dialect == "postgresql":
-        query = query.with_for_update(of=Allocation)
-    row = session.execute(query).first()
+    return query.with_for_update(of=Allocation) if dialect == "postgresql" else query
+
+
+_RELEASE_QUERIES = {name: _release_query(name) for name in ("sqlite", "postgresql")}
+
+
+def _release_row(
+    session: Session, ident: str, dialect: str
+) -> tuple[Allocation, Machine | None, Deployment | None, str, str | None] | None:
+    row = session.execute(_RELEASE_QUERIES[dialect], {"ident": ident}).first()
     if row is None:
         return None
     allocation, machine, latest, owner, image = row

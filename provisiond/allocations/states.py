@@ -21,10 +21,14 @@ SQLite's single writer), writes the allocation's event-log row, and commits.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import Update, bindparam, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, col
 
 from provisiond.errors import InvalidTransition
 from provisiond.models import Allocation, utcnow
@@ -85,6 +89,44 @@ def target_state(state: str, event: AllocEv) -> AllocationState:
         ) from None
 
 
+def _changes(
+    allocation: Allocation,
+    event: AllocEv,
+    machine_id: int | None,
+    reason: str,
+    now: datetime | None,
+) -> tuple[AllocationState, dict[str, Any]]:
+    """The transition's target and the column values it sets (checked, not yet set)."""
+    dst = target_state(allocation.state, event)
+    if event is AllocEv.CLAIM and machine_id is None:
+        raise ValueError("a claim names the machine it took")
+    now = now or utcnow()
+    values: dict[str, Any] = {"state": dst.value, "updated_at": now}
+    if event is AllocEv.CLAIM:
+        values["machine_id"] = machine_id
+        values["attempts"] = allocation.attempts + 1
+    elif event is AllocEv.RETRY:
+        values["machine_id"] = None
+    elif event is AllocEv.READY:
+        values["expires_at"] = now + timedelta(seconds=allocation.lease_s)
+    if event is AllocEv.FAIL:
+        values["failure_reason"] = reason[:4000]
+    if dst in FINAL_STATES:
+        values["released_at"] = now
+    return dst, values
+
+
+@functools.cache
+def _update(names: frozenset[str]) -> Update:
+    """The UPDATE of these columns by id, built once per set of columns."""
+    return (
+        update(Allocation)
+        .where(col(Allocation.id) == bindparam("v_id"))
+        .values({name: bindparam(f"v_{name}") for name in sorted(names)})
+        .execution_options(synchronize_session=False)
+    )
+
+
 def apply(
     allocation: Allocation,
     event: AllocEv,
@@ -99,23 +141,9 @@ def apply(
     :func:`advance` also writes the row; the request path applies a claim to an
     allocation it has not inserted yet and inserts it once.
     """
-    dst = target_state(allocation.state, event)
-    if event is AllocEv.CLAIM and machine_id is None:
-        raise ValueError("a claim names the machine it took")
-    now = now or utcnow()
-    allocation.state = dst.value
-    allocation.updated_at = now
-    if event is AllocEv.CLAIM:
-        allocation.machine_id = machine_id
-        allocation.attempts += 1
-    elif event is AllocEv.RETRY:
-        allocation.machine_id = None
-    elif event is AllocEv.READY:
-        allocation.expires_at = now + timedelta(seconds=allocation.lease_s)
-    if event is AllocEv.FAIL:
-        allocation.failure_reason = reason[:4000]
-    if dst in FINAL_STATES:
-        allocation.released_at = now
+    dst, values = _changes(allocation, event, machine_id, reason, now)
+    for name, value in values.items():
+        setattr(allocation, name, value)
     return dst
 
 
@@ -128,8 +156,16 @@ def advance(
     reason: str = "",
     now: datetime | None = None,
 ) -> AllocationState:
-    """:func:`apply`, then write the row (flushed). Returns the new state."""
-    dst = apply(allocation, event, machine_id=machine_id, reason=reason, now=now)
-    session.add(allocation)
-    session.flush()
+    """:func:`apply`, and write the row: one UPDATE of the columns the transition sets
+    (the loaded ``allocation`` takes them without a re-read). Returns the new state."""
+    if allocation.id is None:  # not stored yet: the ORM inserts it
+        dst = apply(allocation, event, machine_id=machine_id, reason=reason, now=now)
+        session.add(allocation)
+        session.flush()
+        return dst
+    dst, values = _changes(allocation, event, machine_id, reason, now)
+    params = {f"v_{name}": value for name, value in values.items()}
+    session.execute(_update(frozenset(values)), {**params, "v_id": allocation.id})
+    for name, value in values.items():
+        set_committed_value(allocation, name, value)
     return dst

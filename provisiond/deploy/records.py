@@ -35,7 +35,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, update
 from sqlmodel import Session, col, select
 
 from provisiond import events
@@ -50,6 +50,7 @@ from provisiond.errors import Conflict
 from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Allocation, Deployment, Image, Machine, utcnow
+from provisiond.models.base import new_uuid
 from provisiond.secrets import SecretBox
 
 #: Deployment.kind values.
@@ -121,6 +122,9 @@ def mark_asked_again(deployment: Deployment, phase: str, at: datetime | None = N
     deployment.phases = {**deployment.phases, ASKED_AGAIN: stamp}
 
 
+_DEPLOYMENTS: Table = Deployment.__table__  # type: ignore[attr-defined]
+
+
 def insert_deploy(
     session: Session,
     *,
@@ -130,27 +134,34 @@ def insert_deploy(
     attempt: int = 1,
     uuid: str | None = None,
     now: datetime | None = None,
-) -> Deployment:
-    """One INSERT of a claimed machine's deploy row (no key pair yet: :func:`ensure_keys`).
+) -> str:
+    """One INSERT of a claimed machine's deploy row (no key pair yet: :func:`ensure_keys`);
+    returns its uuid.
 
     The machine was ``available``, so no deployment of it is running; the partial
     unique index ``uq_deployment_running`` makes a second running row an error
     instead of a silent duplicate.
     """
-    record = Deployment(
-        machine_id=machine_id,
-        allocation_id=allocation_id,
-        kind=DEPLOY,
-        image_id=image_id,
-        attempt=attempt,
-        started_at=now or utcnow(),
-    )
-    if uuid is not None:
-        record.uuid = uuid
-    mark_phase(record, f"{DEPLOY}_requested", record.started_at)
-    values = record.model_dump(exclude={"id"})
-    session.execute(insert(Deployment).values(**values))
-    return record
+    at = now or utcnow()
+    values: dict[str, Any] = {
+        "uuid": uuid or new_uuid(),
+        "machine_id": machine_id,
+        "allocation_id": allocation_id,
+        "kind": DEPLOY,
+        "image_id": image_id,
+        "attempt": attempt,
+        "ssh_public_key": "",
+        "ssh_private_key_encrypted": "",
+        "host_key": "",
+        "address": "",
+        "phases": {f"{DEPLOY}_requested": at.isoformat()},
+        "outcome": "",
+        "failure_reason": "",
+        "started_at": at,
+        "finished_at": None,
+    }
+    session.execute(_DEPLOYMENTS.insert(), values)
+    return str(values["uuid"])
 
 
 def supersede_running(session: Session, machine_id: int, kind: str) -> None:

@@ -2,7 +2,8 @@
 
 Runs a real ``provisiond serve`` (uvicorn, scheduler, deploy engine) on SQLite and
 on a throwaway PostgreSQL, and a bare FastAPI app (one POST returning JSON, same
-uvicorn settings) in the same run. Targets: >= 50% of the bare rate, p99 <= 50 ms,
+uvicorn settings) in the same run. Targets (issue 13): closed loop >= 0.5x the
+bare rate on SQLite and >= 0.35x on PostgreSQL; open loop at 100 pairs/s p99 <= 50 ms;
 0 double allocations. Two measurements per server, one after the other, on the
 same process and the same seeded database:
 
@@ -25,22 +26,23 @@ every request queued behind it (no coordinated omission). The DELETE is sent rig
 after the POST answer and timed from its send. At most rate * seconds pairs are
 sent and none starts after t0 + seconds + 60 s. The bare endpoint gets the same
 rate (POST only) as the baseline. This is the figure to hold against "p99 <= 50 ms":
-the offered default (20 pairs/s) is already far above realistic CI demand.
+the offered default (100 pairs/s) is far above realistic CI demand.
 The closed loop has left some machines releasing; pairs give each machine back
 right away, so the pool stays stable. An answer without a machine (queued) is
 counted and fails the open-loop target.
 
-**The deploy is stubbed out in this benchmark only**: in the daemon child,
-``deploy.start_deploy`` is replaced by a function that moves the machine straight
-to ``active`` (no power-cycle, no PXE, no SSH). Releases go through the real deploy
-engine (no BMC and no OS key: the wipe is skipped, the machine becomes available).
+**The deploy is stubbed out in this benchmark only**: in the daemon child the
+deploy engine never takes a claimed machine's "power" step, so it stays
+``deploying`` (no key pair, no power-cycle, no PXE, no SSH) until its release.
+Releases go through the real deploy engine (no BMC and no OS key: the wipe is
+skipped, the machine becomes available).
 
 A double allocation is counted two ways, over both measurements: two clients
 holding the same machine at overlapping times (from the answers they got), and two
 allocations whose lifetimes overlap on one machine in the database.
 
     .venv/bin/python tests/bench/bench_allocations.py [--clients 50] [--seconds 10]
-        [--open-rate 20] [--open-seconds 10] [--skip-postgres]
+        [--open-rate 100] [--open-seconds 10] [--skip-postgres]
 
 Loopback only; every process is stopped by PID.
 """
@@ -73,28 +75,21 @@ DEADLINE_S = 600.0
 OPEN_WORKERS = 32  # the open loop's thread pool: at most this many pairs in flight
 OPEN_GRACE_S = 60.0  # no open-loop pair starts later than t0 + seconds + this
 TARGET_P99_MS = 50.0
+#: closed-loop rate / bare rate, per backend (issue 13)
+RATIO_TARGET = {"sqlite": 0.5, "postgres": 0.35}
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench"
 
-# The daemon child: provisiond serve with start_deploy stubbed (benchmark only).
+# The daemon child: provisiond serve whose deploys never boot (benchmark only): the
+# engine takes no "power" step, so a claimed machine stays deploying until released.
 STUBBED_SERVE = """
-from sqlalchemy import update
-from provisiond.models import Deployment, Event, Machine, utcnow
-from provisiond.deploy import records as deploy
+import provisiond.deploy.engine as engine
+real_step_for = engine.step_for
 
-def instant_deploy(session, machine, *, allocation, image_id, actor, **_):
-    now = utcnow()
-    session.execute(update(Machine).where(Machine.id == machine.id, Machine.state == "allocated")
-                    .values(state="active", state_changed_at=now, deadline=None, updated_at=now))
-    session.expire(machine)
-    record = Deployment(machine_id=machine.id, allocation_id=allocation.id, image_id=image_id,
-                        address="127.0.0.1")
-    session.add(record)
-    session.add(Event(machine_id=machine.id, machine_name=machine.name, kind="transition",
-                      event="deploy", from_state="allocated", to_state="active", actor=actor,
-                      message="benchmark stub: deploy skipped"))
-    return record
+def no_boot(machine, record, *args, **kwargs):
+    step = real_step_for(machine, record, *args, **kwargs)
+    return None if step == "power" and machine.state == "deploying" else step
 
-deploy.start_deploy = instant_deploy
+engine.step_for = no_boot
 from provisiond.cli import app
 app(["serve"])
 """
@@ -406,7 +401,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--open-rate", type=float, default=20.0,
+    parser.add_argument("--open-rate", type=float, default=100.0,
                         help="open loop: allocate+release pairs offered per second")  # fmt: skip
     parser.add_argument("--open-seconds", type=float, default=10.0,
                         help="open loop: how long the rate is offered")  # fmt: skip
@@ -418,8 +413,8 @@ def main() -> None:
     started = time.monotonic()
     print(f"bench_allocations: {args.clients} clients, {MACHINES} machines, "
           f"{args.seconds:.0f}s per run, loopback only")  # fmt: skip
-    print("  NOTE: deploy is STUBBED in this benchmark (start_deploy moves the machine "
-          "straight to active); releases use the real engine.")  # fmt: skip
+    print("  NOTE: deploy is STUBBED in this benchmark (claimed machines never boot; "
+          "they stay deploying until released); releases use the real engine.")  # fmt: skip
 
     port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVE, str(port)], cwd=ROOT)
@@ -443,14 +438,15 @@ def main() -> None:
             runs["postgres"] = run_backend("postgres", cluster.url(), args)
         finally:
             cluster.stop()
-    print("summary (targets: ratio >= 0.50, p99 <= 50 ms, 0 doubles)")
+    print("summary, closed loop (targets: sqlite >= 0.50x bare, postgres >= 0.35x, 0 doubles)")
     for label, stats in runs.items():
         ratio = stats["rate"] / base["rate"] if base["rate"] else 0.0
         doubles = stats["client_doubles"] + stats["db_doubles"]
-        ok = ratio >= 0.5 and stats["p99"] <= 50 and not doubles
+        target = RATIO_TARGET[label]
+        ok = ratio >= target and not doubles
         print(f"  {label:<9} {stats['rate']:6.0f} req/s = {ratio:.2f}x bare ({base['rate']:.0f}); "
               f"p50 {stats['p50']:.1f} ms; p99 {stats['p99']:.1f} ms; doubles {doubles}  "
-              f"{'MET' if ok else 'MISSED'}")  # fmt: skip
+              f"ratio >= {target:.2f}x: {'MET' if ok else 'MISSED'}")  # fmt: skip
     print(f"  closed loop: Little's law makes mean latency = {args.clients} clients / rate, "
           f"so p99 <= {TARGET_P99_MS:.0f} ms needs > {args.clients / TARGET_P99_MS * 1000:.0f} "
           "req/s; the open loop below is the latency figure")  # fmt: skip
