@@ -78,11 +78,19 @@ async def run_loop(
     interval_s: float,
     stop: asyncio.Event,
     name: str,
+    min_gap_s: float = 0.0,
 ) -> None:
-    """Run ``pass_fn`` now, then at each wake-up or every ``interval_s``, until ``stop``."""
+    """Run ``pass_fn`` now, then at each wake-up or every ``interval_s``, until ``stop``.
+
+    ``min_gap_s``: passes start at least this far apart, so a stream of wake-ups (one
+    per API request under load) coalesces into a few passes a second instead of a
+    pass per request.
+    """
     stopped = asyncio.ensure_future(stop.wait())
+    loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
+            began = loop.time()
             wakeup.clear()
             try:
                 await pass_fn()
@@ -93,5 +101,8 @@ async def run_loop(
             woken = asyncio.ensure_future(wakeup.wait_async(interval_s))
             await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
+            gap = min_gap_s - (loop.time() - began)
+            if gap > 0 and not stop.is_set():
+                await asyncio.wait({stopped}, timeout=gap)
     finally:
         stopped.cancel()

@@ -66,6 +66,7 @@ from provisiond.models import Deployment, Machine, utcnow
 from provisiond.reconciler import run_loop
 
 log = get_logger(__name__)
+PASS_GAP_S = 0.1  # passes start at least this far apart; wake-ups between them coalesce
 STEP_BACKOFF_MAX_S = 60.0
 
 
@@ -83,8 +84,6 @@ class DeployEngine:
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
 
-    # --- the loop -------------------------------------------------------------------
-
     async def run(self, stop: asyncio.Event) -> None:
         wakeup = self.services.deploy_wakeup
         succession = Succession(self.settings.data_dir, self.services.instance)
@@ -98,6 +97,7 @@ class DeployEngine:
             interval_s=self.settings.engine_interval_s,
             stop=stop,
             name="deploy_engine_pass",
+            min_gap_s=PASS_GAP_S,
         )
         for task in list(self._tasks):
             task.cancel()
@@ -258,8 +258,8 @@ class DeployEngine:
                 deploy.ensure_keys(session, record, self.services.secrets)
 
     async def _power_step(self, item: Work) -> None:
-        expect = {State.DEPLOYING.value, State.INSPECTING.value}
         await asyncio.to_thread(self._ensure_keys, item.machine_id)
+        expect = {State.DEPLOYING.value, State.INSPECTING.value}
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict as exc:  # no BMC: someone must power it on by hand

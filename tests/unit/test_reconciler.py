@@ -8,6 +8,7 @@ timeout, so a loaded machine makes these tests slower, not red. The loops use a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -171,3 +172,40 @@ def test_a_wakeup_set_before_the_wait_is_not_lost() -> None:
         return early, late
 
     assert asyncio.run(main()) == (True, False)
+
+
+def test_min_gap_coalesces_a_stream_of_wakeups() -> None:
+    """A wake-up per request under load: passes start at least min_gap_s apart, and
+    the last wake-up of the stream still gets its pass (none is lost)."""
+
+    async def main() -> tuple[int, list[float], float]:
+        wakeup, stop, passes = Wakeup(), asyncio.Event(), Passes()
+        starts: list[float] = []
+
+        async def body(_: int) -> None:
+            starts.append(time.monotonic())
+
+        passes.body = body
+        task = asyncio.create_task(
+            run_loop(
+                passes, wakeup=wakeup, interval_s=INTERVAL_S, stop=stop, name="t", min_gap_s=0.2
+            )
+        )
+        await passes.reach(1)
+        end = time.monotonic() + 1.0
+        last = 0.0
+        while time.monotonic() < end:  # 100 wake-ups in one second, bounded
+            wakeup.set()
+            last = time.monotonic()
+            await asyncio.sleep(0.01)
+        while starts[-1] < last:  # the stream's last wake-up gets a pass after it
+            await passes.reach(passes.count + 1)
+        stop.set()
+        await asyncio.wait_for(task, BOUND_S)
+        return passes.count, starts, last
+
+    count, starts, last = asyncio.run(main())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.19, gaps
+    assert starts[-1] >= last
+    assert 3 <= count <= 9, count  # about 1 s / 0.2 s, not 100
