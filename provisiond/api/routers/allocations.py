@@ -27,11 +27,10 @@ IdempotencyKey = Annotated[
 def create_allocation(
     spec: AllocationIn,
     request: Request,
-    response: Response,
     token: CI,
     services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
-) -> AllocationOut:
+) -> Response:
     """Answers at once: ``deploying`` when a machine matched, else ``pending`` (queued).
 
     The same ``Idempotency-Key`` with the same body returns the same allocation (200);
@@ -44,9 +43,13 @@ def create_allocation(
         actor=actor(request),
         request_id=rid(request),
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return out
+    return _json(out, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+def _json(out: AllocationOut, code: int = status.HTTP_200_OK) -> Response:
+    """The hot paths' answer, serialized once (the model is built by the service; the
+    route's response_model stays for the OpenAPI schema, not for a second validation)."""
+    return Response(out.model_dump_json(), status_code=code, media_type="application/json")
 
 
 @router.get("", response_model=list[AllocationOut])
@@ -105,10 +108,7 @@ def renew_allocation(
 
 
 @router.delete("/{ident}", response_model=AllocationOut)
-def release_allocation(
-    ident: Key, request: Request, token: CI, services: ServicesDep
-) -> AllocationOut:
+def release_allocation(ident: Key, request: Request, token: CI, services: ServicesDep) -> Response:
     """Releases early: the machine is wiped and returned to the pool. Idempotent."""
-    return allocations.release(
-        services, token, ident, actor=actor(request), request_id=rid(request)
-    )
+    out = allocations.release(services, token, ident, actor=actor(request), request_id=rid(request))
+    return _json(out)
