@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     discovery_probe_timeout_s: float = Field(default=1.0, gt=0, le=30)
     #: The most address x port pairs one sweep may probe.
     discovery_max_targets: int = Field(default=65536, ge=1)
+    #: BMCs one discovery sweep logs in to at once, on threads of the sweep's own: a
+    #: sweep never holds the executor's threads (executor_workers) that power sync and
+    #: power actions need.
+    discovery_login_concurrency: int = Field(default=64, ge=1, le=1024)
     #: Threads for blocking libraries (pyghmi, paramiko).
     executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)

@@ -1,11 +1,21 @@
 """IPMI discovery: sweep address x port, log in with credential sets, enroll or update.
 
 1. probe: one UDP socket sends a sessionless probe to every target (ipmi_probe.sweep);
-2. login: each responder is tried with the credential sets in order, concurrently,
-   through the blocking executor; identity and power state are read;
-3. record: in one transaction, a known machine (matched by BMC address and port,
-   then serial, then BMC MAC) is updated, an unknown one is enrolled. Re-running a
-   sweep creates no duplicates.
+2. login: each responder is tried with the credential sets in order, from its first
+   probe reply on (the logins overlap the probe's wait); identity and power state are
+   read. Up to ``discovery_login_concurrency`` responders at once, on the sweep's own
+   threads (:class:`SweepExecutor`): a sweep never holds the daemon executor's
+   threads, so power sync and power actions keep theirs, and a BMC still has at most
+   one call in flight whichever pool makes it;
+3. record: in one transaction, known machines are updated and unknown ones enrolled
+   (:mod:`provisiond.machines.discovery_record`). Re-running a sweep creates no
+   duplicates.
+
+Measured (tests/bench/bench_discovery.py: 1,000 simulated BMCs among 4,096 targets,
+this module before and after, same tree, same load): all enrolled in 15.0-16.9 s ->
+9.1-10.1 s. The logins used to run on the daemon executor at power sync's width (64
+of its 64 threads) and only after the probe's 2 s wait; the rest was the record step.
+What is left is pyghmi's CPU, about 4 ms per BMC, most of it the identity read.
 """
 
 from __future__ import annotations
@@ -13,60 +23,44 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from provisiond import events, lifecycle
 from provisiond.container import Services
-from provisiond.drivers.power.base import BmcAuthError, BmcError, BmcTarget, Identity, PowerState
+from provisiond.drivers.power.base import BmcAuthError, BmcError, BmcTarget
 from provisiond.drivers.power.ipmi import PRIVILEGE_CODE
 from provisiond.drivers.power.ipmi_probe import expand_targets, parse_ports, sweep
 from provisiond.errors import BadRequest, NotFound, ProvisiondError
-from provisiond.events import EventKind
-from provisiond.lifecycle import Ev
+from provisiond.executor import BlockingExecutor
 from provisiond.machines import power_calls as power
+from provisiond.machines.discovery_record import (
+    Cred,
+    DiscoveryResult,
+    Found,
+    machine_name,
+    record,
+    summary_event,
+)
 from provisiond.machines.power_calls import PowerPolicy
-from provisiond.models import Bmc, CredentialSet, Machine
+from provisiond.models import Bmc, CredentialSet
+
+__all__ = [
+    "DiscoveryResult",
+    "Progress",
+    "Sweep",
+    "SweepExecutor",
+    "discover",
+    "machine_name",
+    "prepare",
+]
 
 Progress = Callable[[dict[str, Any]], None]
 
 
-@dataclass
-class _Cred:
-    id: int
-    name: str
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass
-class _Found:
-    address: str
-    port: int
-    cred: _Cred
-    identity: Identity
-    power: PowerState
-
-
-@dataclass
-class DiscoveryResult:
-    targets: int = 0
-    responders: int = 0
-    enrolled: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    #: One per BMC that answered but was not read: bmc, code, reason, hint, and the
-    #: attempts (credential_set, code, message, hint) behind them.
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _credentials(services: Services, names: list[str] | None) -> list[_Cred]:
+def _credentials(services: Services, names: list[str] | None) -> list[Cred]:
     with services.db.read_session() as session:
         rows = list(session.exec(select(CredentialSet).order_by(col(CredentialSet.name))))
     by_name = {r.name: r for r in rows}
@@ -84,19 +78,20 @@ def _credentials(services: Services, names: list[str] | None) -> list[_Cred]:
             hint="add one: provisiond credentials add NAME --username U --password-stdin",
         )
     return [
-        _Cred(r.id or 0, r.name, r.username, services.secrets.decrypt(r.secret_encrypted))
+        Cred(r.id or 0, r.name, r.username, services.secrets.decrypt(r.secret_encrypted))
         for r in rows
     ]
 
 
 async def _login(
     services: Services,
+    executor: BlockingExecutor,
     address: str,
     port: int,
-    creds: list[_Cred],
+    creds: list[Cred],
     policy: PowerPolicy,
     known: int | None = None,
-) -> _Found | dict[str, Any]:
+) -> Found | dict[str, Any]:
     """Try each credential set, the one the BMC already uses first; the first to log in wins.
 
     A refusal is kept per credential set, with the driver's code, message and hint, so
@@ -113,14 +108,14 @@ async def _login(
         )
         driver = services.drivers.get("ipmi", target)
         try:
-            state = await power.get_power(services.executor, driver, policy)
-            identity = await services.executor.run(
+            state = await power.get_power(executor, driver, policy)
+            identity = await executor.run(
                 driver.read_identity,
                 timeout=policy.call_timeout * 3,
                 key=f"bmc:{target.endpoint}",
                 what="read identity",
             )
-            return _Found(address, port, cred, identity, state)
+            return Found(address, port, cred, identity, state)
         except BmcAuthError as exc:
             attempts.append(_attempt(cred, exc))
             continue  # another credential set may log in
@@ -133,7 +128,7 @@ async def _login(
     return _failure(f"{address}:{port}", attempts)
 
 
-def _attempt(cred: _Cred, exc: ProvisiondError) -> dict[str, str]:
+def _attempt(cred: Cred, exc: ProvisiondError) -> dict[str, str]:
     return {
         "credential_set": cred.name,
         "code": exc.code,
@@ -173,109 +168,21 @@ def _known_credentials(services: Services) -> dict[tuple[str, int], int]:
     return {(address, port): cred for address, port, cred in rows if cred is not None}
 
 
-def machine_name(address: str, port: int) -> str:
-    return f"bmc-{address.replace('.', '-')}-{port}"
+class SweepExecutor(BlockingExecutor):
+    """A sweep's own bounded threads for its logins, beside the daemon's executor.
 
+    A sweep of a /20 logs in to hundreds of BMCs, about ten IPMI round trips each.
+    On the daemon executor it held every thread for the whole login phase, so power
+    sync, power actions and deploys queued behind it. Here it has ``workers`` threads
+    of its own (``discovery_login_concurrency``). It shares ``shared``'s per-key locks,
+    so a BMC still has at most one call in flight, whichever pool makes it, and a
+    call that outlives its time limit still keeps its BMC busy until it returns.
+    """
 
-def _match(session: Session, found: _Found) -> Machine | None:
-    bmc = session.exec(
-        select(Bmc).where(Bmc.address == found.address, Bmc.port == found.port)
-    ).first()
-    if bmc is None and found.identity.serial:
-        by_serial = session.exec(
-            select(Machine).where(Machine.serial == found.identity.serial)
-        ).first()
-        if by_serial is not None:
-            return by_serial
-    if bmc is None and found.identity.bmc_mac:
-        bmc = session.exec(select(Bmc).where(Bmc.mac == found.identity.bmc_mac)).first()
-    return session.get(Machine, bmc.machine_id) if bmc is not None else None
-
-
-def _record(services: Services, found: list[_Found], actor: str, result: DiscoveryResult) -> None:
-    with services.db.transaction() as session:
-        for item in found:
-            identity = item.identity
-            machine = _match(session, item)
-            wanted = {
-                "serial": identity.serial,
-                "vendor": identity.vendor,
-                "model": identity.model,
-            }
-            if machine is None:
-                machine = Machine(
-                    name=machine_name(item.address, item.port),
-                    power_state=item.power.value,
-                    serial=identity.serial,
-                    vendor=identity.vendor,
-                    model=identity.model,
-                )
-                lifecycle.advance(
-                    session,
-                    machine,
-                    Ev.ENROLL,
-                    actor=actor,
-                    timeouts=services.settings.timeouts,
-                    reason=f"discovered via IPMI at {item.address}:{item.port}",
-                    details={"bmc": f"{item.address}:{item.port}", "credentials": item.cred.name},
-                )
-                assert machine.id is not None
-                session.add(_bmc(Bmc(machine_id=machine.id), item))
-                result.enrolled.append(machine.name)
-                continue
-            changes = {k: v for k, v in wanted.items() if v and getattr(machine, k) != v}
-            bmc = machine.bmc or Bmc(machine_id=machine.id or 0)
-            before = (bmc.address, bmc.port, bmc.mac, bmc.credential_set_id)
-            _bmc(bmc, item)
-            if (bmc.address, bmc.port, bmc.mac, bmc.credential_set_id) != before:
-                changes["bmc"] = f"{item.address}:{item.port}"
-            session.add(bmc)
-            if not changes:
-                result.unchanged.append(machine.name)
-                continue
-            for key, value in changes.items():
-                if key != "bmc":
-                    setattr(machine, key, value)
-            session.add(machine)
-            events.record(
-                session,
-                EventKind.DISCOVERY,
-                "updated",
-                flush=False,
-                machine=machine,
-                actor=actor,
-                message="discovery updated " + ", ".join(sorted(changes)),
-                details={k: str(v) for k, v in changes.items()},
-            )
-            result.updated.append(machine.name)
-
-
-def _summary_event(services: Services, result: DiscoveryResult, actor: str) -> None:
-    """One event per sweep, so operators see sweeps (and their failures) in the event log."""
-    with services.db.transaction() as session:
-        events.record(
-            session,
-            EventKind.DISCOVERY,
-            "sweep",
-            actor=actor,
-            message=(
-                f"swept {result.targets} targets: {result.responders} answered, "
-                f"{len(result.enrolled)} enrolled, {len(result.updated)} updated, "
-                f"{len(result.unchanged)} unchanged, {len(result.failed)} failed"
-            ),
-            details={"failed": result.failed[:100], "seconds": result.seconds},
-        )
-
-
-def _bmc(bmc: Bmc, item: _Found) -> Bmc:
-    bmc.driver = "ipmi"
-    bmc.address = item.address
-    bmc.port = item.port
-    bmc.mac = item.identity.bmc_mac or bmc.mac
-    if not bmc.secret_encrypted:  # a machine's own password wins over the credential set
-        bmc.credential_set_id = item.cred.id
-        bmc.username = ""
-    return bmc
+    def __init__(self, workers: int, shared: BlockingExecutor) -> None:
+        super().__init__(workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="discovery")
+        self._keys = shared._keys
 
 
 @dataclass
@@ -283,7 +190,7 @@ class Sweep:
     """A validated sweep: what to probe and which credential sets to try."""
 
     targets: list[tuple[str, int]]
-    creds: list[_Cred]
+    creds: list[Cred]
 
 
 def prepare(
@@ -306,43 +213,65 @@ async def discover(
     targets, creds = plan.targets, plan.creds
     result = DiscoveryResult(targets=len(targets))
 
-    started = time.monotonic()
-    emit({"phase": "probe", "targets": len(targets)})
-    responders = await sweep(targets, timeout=settings.discovery_probe_timeout_s)
-    result.responders = len(responders)
-    result.seconds["probe"] = round(time.monotonic() - started, 3)
-    emit({"phase": "probed", "responders": len(responders), "seconds": result.seconds["probe"]})
-
-    started = time.monotonic()
     policy = PowerPolicy(call_timeout=settings.power_call_timeout_s, backoff=(0.5, 1))
-    limit = asyncio.Semaphore(settings.power_sync_concurrency)
-    found: list[_Found] = []
-    done = 0
-
+    width = settings.discovery_login_concurrency
+    limit = asyncio.Semaphore(width)
+    executor = SweepExecutor(width, services.executor)
     known = await asyncio.to_thread(_known_credentials, services)
+    found: list[Found] = []
+    logins: dict[tuple[str, int], asyncio.Future[None]] = {}
+    probing = True
+    done = 0
+    first_login = last_login = 0.0
 
     async def one(address: str, port: int) -> None:
-        nonlocal done
+        nonlocal done, first_login, last_login
         async with limit:
+            first_login = first_login or time.monotonic()
             outcome = await _login(
-                services, address, port, creds, policy, known.get((address, port))
+                services, executor, address, port, creds, policy, known.get((address, port))
             )
-        if isinstance(outcome, _Found):
+        if isinstance(outcome, Found):
             found.append(outcome)
         else:
             result.failed.append(outcome)
         done += 1
-        if done % 50 == 0 or done == len(responders):
-            emit({"phase": "login", "done": done, "total": len(responders)})
+        last_login = time.monotonic()
+        if done % 50 == 0 or (not probing and done == len(logins)):
+            emit({"phase": "login", "done": done, "total": len(logins)})
 
-    await asyncio.gather(*(one(a, p) for a, p in sorted(responders)))
-    result.seconds["login"] = round(time.monotonic() - started, 3)
+    def log_in(target: tuple[str, int]) -> None:
+        """Each responder's login starts as its first probe reply arrives: the logins
+        overlap the probe's wait for the last replies (and for its second round)."""
+        if target not in logins:
+            logins[target] = asyncio.ensure_future(one(*target))
+
+    started = time.monotonic()
+    emit({"phase": "probe", "targets": len(targets)})
+    try:
+        responders = await sweep(
+            targets, timeout=settings.discovery_probe_timeout_s, on_reply=log_in
+        )
+        probing = False
+        result.responders = len(responders)
+        result.seconds["probe"] = round(time.monotonic() - started, 3)
+        emit({"phase": "probed", "responders": len(responders), "seconds": result.seconds["probe"]})
+        for target in sorted(responders):
+            log_in(target)
+        if logins and done == len(logins):  # every login ended while the probe waited
+            emit({"phase": "login", "done": done, "total": len(logins)})
+        await asyncio.gather(*logins.values())
+    finally:
+        for login in logins.values():
+            login.cancel()  # the sweep failed or was cancelled: no login outlives it
+        executor.shutdown()  # a call past its time limit ends in its own thread
+    result.seconds["login"] = round(last_login - first_login, 3) if logins else 0.0
 
     started = time.monotonic()
     found.sort(key=lambda f: (f.address, f.port))
-    await asyncio.to_thread(_record, services, found, actor, result)
+    await asyncio.to_thread(record, services, found, actor, result)
     result.seconds["record"] = round(time.monotonic() - started, 3)
     result.failed.sort(key=lambda f: f["bmc"])
-    await asyncio.to_thread(_summary_event, services, result, actor)
+    await asyncio.to_thread(summary_event, services, result, actor)
     emit({"phase": "done"})
     return result

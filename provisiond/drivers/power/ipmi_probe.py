@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from provisiond.errors import BadRequest
@@ -111,9 +111,15 @@ def expand_targets(networks: Iterable[str], ports: list[int], limit: int) -> lis
 
 
 class _Collector(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        wanted: set[tuple[str, int]],
+        on_reply: Callable[[tuple[str, int]], None] | None = None,
+    ) -> None:
         self.replies: dict[tuple[str, int], ProbeReply] = {}
         self.changed = asyncio.Event()
+        self.wanted = wanted
+        self.on_reply = on_reply
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         reply = parse_reply(data)
@@ -123,6 +129,8 @@ class _Collector(asyncio.DatagramProtocol):
         known = self.replies.get(key)
         if known is None or (reply.kind == "ipmi" and known.kind != "ipmi"):
             self.replies[key] = reply
+        if known is None and self.on_reply is not None and key in self.wanted:
+            self.on_reply(key)
         self.changed.set()
 
     def error_received(self, exc: Exception) -> None:
@@ -135,13 +143,21 @@ async def sweep(
     timeout: float = 1.0,  # noqa: ASYNC109  (a per-round wait, not a cancel scope)
     rounds: int = 2,
     batch: int = 256,
+    on_reply: Callable[[tuple[str, int]], None] | None = None,
 ) -> dict[tuple[str, int], ProbeReply]:
-    """Probe every target ``rounds`` times (UDP loses packets); wait ``timeout`` after each."""
+    """Probe every target ``rounds`` times (UDP loses packets); wait ``timeout`` after each.
+
+    ``on_reply`` is called (on the event loop) with each responder as its first reply
+    arrives, so a caller can start on it while the sweep still waits for the others.
+    """
     loop = asyncio.get_running_loop()
+    wanted = set(targets)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.bind(("0.0.0.0", 0))  # noqa: S104  (a client socket; replies come from the targets)
-    transport, collector = await loop.create_datagram_endpoint(_Collector, sock=sock)
+    transport, collector = await loop.create_datagram_endpoint(
+        lambda: _Collector(wanted, on_reply), sock=sock
+    )
     ipmi_probe, ping = channel_auth_probe(), asf_ping()
     try:
         for _ in range(rounds):
@@ -165,5 +181,4 @@ async def sweep(
                     break
     finally:
         transport.close()
-    wanted = set(targets)
     return {k: v for k, v in collector.replies.items() if k in wanted}
