@@ -19,12 +19,14 @@ from rich.table import Table
 
 from provisiond.cli.common import JsonFlag, console, emit, fail, handled, literal, text
 from provisiond.client import ApiError, Client
-from provisiond.inventory.plan import MAX_BYTES
-from provisiond.inventory.spec import env_names
+from provisiond.inventory import MAX_BYTES
+from provisiond.inventory.yamlscan import env_names
 
 app = typer.Typer(help="Inventory as code: YAML apply and export.", no_args_is_help=True)
 
 _STYLE = {"create": "green", "update": "yellow", "delete": "red", "unchanged": "dim"}
+#: A plan with more changes than this prints as plain lines rather than a table.
+TABLE_ROWS = 200
 
 
 def _read(file: Path) -> str:
@@ -59,18 +61,23 @@ def _fields(fields: dict[str, dict[str, Any]]) -> str:
     return ", ".join(shown)
 
 
+def _row(change: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    fields = "" if change["action"] != "update" else _fields(change["fields"])
+    line = "" if change.get("line") is None else str(change["line"])
+    return change["action"], change["kind"], change["name"], line, fields
+
+
 def _print_plan(plan: dict[str, Any]) -> None:
     shown = [c for c in plan["changes"] if c["action"] != "unchanged"]
-    if shown:
+    if len(shown) > TABLE_ROWS:
+        _print_lines([_row(c) for c in shown])
+    elif shown:
         table = Table(header_style="bold")
         for column in ("action", "kind", "name", "line", "fields"):
             table.add_column(column, overflow="fold")
-        for change in shown:
-            fields = "" if change["action"] != "update" else _fields(change["fields"])
-            line = "" if change.get("line") is None else str(change["line"])
-            style = _STYLE[change["action"]]
+        for cells in map(_row, shown):
             # Text for the colour; names and keys such as ports[swp1] print as written.
-            cells = (change["action"], change["kind"], change["name"], line, fields)
+            style = _STYLE[cells[0]]
             table.add_row(*(text(cell, style if i == 0 else "") for i, cell in enumerate(cells)))
         console.print(table)
     s = plan["summary"]
@@ -79,6 +86,21 @@ def _print_plan(plan: dict[str, Any]) -> None:
         f"{s['create']} to create, {s['update']} to update, {s['unchanged']} unchanged, "
         f"{s['delete']} to delete ({done})"
     )
+
+
+def _print_lines(rows: list[tuple[str, str, str, str, str]]) -> None:
+    """A long plan as aligned plain lines, written at once: rich takes ~0.35 ms a table
+    row (3.7 s for 10,000 machines), this a few µs."""
+    head = ("action", "kind", "name", "line", "fields")
+    cells = [head, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    out = "\n".join(
+        "  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]).rstrip() for row in cells
+    )
+    # As literal as the table: control characters shown escaped (the columns of a line
+    # that holds one shift by the escapes' width).
+    sys.stdout.write(literal(out) + "\n")
+    sys.stdout.flush()
 
 
 @app.command("apply")
@@ -104,7 +126,11 @@ def apply(
                 plan = client.request(
                     "POST",
                     route,
-                    params={"prune": "true" if prune else "false"},
+                    params={
+                        "prune": "true" if prune else "false",
+                        # The table shows no fields of creations: ask for none.
+                        "brief": "false" if as_json else "true",
+                    },
                     content=json.dumps({"yaml": text, "env": env}),
                     headers={"content-type": "application/json"},
                 )

@@ -249,7 +249,7 @@ def prune_problems(current: Current, names: list[str], now: datetime) -> list[Pr
     """Problems for machines that --prune would delete but must not."""
     problems: list[Problem] = []
     for name in names:
-        row = current.rows["machine"][name]
+        row = current.machines[name]
         where = f"machine {name} (not in this file)"
         if row.state not in PRUNABLE:
             problems.append(

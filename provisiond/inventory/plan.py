@@ -64,8 +64,10 @@ from provisiond.errors import (
     ProvisiondError,
     ValidationFailed,
 )
+from provisiond.inventory import MAX_BYTES as MAX_BYTES  # where admission reads it
 from provisiond.inventory import write as inventory_write
 from provisiond.inventory.check import Checker, Item, prune_problems
+from provisiond.inventory.gcpause import paused
 from provisiond.inventory.spec import Document, parse
 from provisiond.inventory.state import (
     HIDDEN,
@@ -81,8 +83,6 @@ from provisiond.inventory.yamlfile import Flow, FlowList, dump
 from provisiond.models import utcnow
 from provisiond.secrets import SecretBox
 
-#: The largest inventory: admission's body limit for /api/v1/inventory/, and the CLI's.
-MAX_BYTES = 8 * 1024 * 1024
 _APPLY_LOCK = 0x70766E76  # any constant; shared by every daemon on the database
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 Action = Literal["create", "update", "unchanged", "delete"]
@@ -185,8 +185,12 @@ def _password(item: Item, current: Current, env: dict[str, str], secrets: Secret
     return str(clear)
 
 
-def draft(session: Session, source: Source, *, secrets: SecretBox, prune: bool) -> Draft:
-    """Parse, merge and check; raises ValidationFailed listing every problem."""
+def draft(
+    session: Session, source: Source, *, secrets: SecretBox, prune: bool, brief: bool = False
+) -> Draft:
+    """Parse, merge and check; raises ValidationFailed listing every problem. ``brief``
+    leaves out the fields of what is created (all of them, from nothing): what the CLI's
+    table shows, and a tenth of the JSON when a whole inventory is new."""
     doc, problems = parse(source.text)
     if problems and not doc.entries:
         raise _rejected(problems)
@@ -219,16 +223,21 @@ def draft(session: Session, source: Source, *, secrets: SecretBox, prune: bool) 
         for entry in doc.of(kind):
             item = items[kind][entry.name]
             old = current.forms[kind].get(entry.name)
-            fields = diff(kind, old, item.form)
+            shown = not (brief and old is None)
+            fields = diff(kind, old, item.form) if shown else {}
             clear = _password(item, current, source.env, secrets) if kind == "machine" else None
             if clear is not None:
                 passwords[entry.name] = clear
                 was = HIDDEN if entry.name in current.secrets else None
-                fields["bmc.password"] = {"from": was, "to": "(new, hidden)"}
+                if shown:
+                    fields["bmc.password"] = {"from": was, "to": "(new, hidden)"}
             action: Action = "create" if old is None else "update" if fields else "unchanged"
             desired[kind][entry.name] = item.form
+            # Built from checked data: model_construct skips validating 10,000 of them again.
             changes.append(
-                Change(action=action, kind=kind, name=entry.name, line=entry.line, fields=fields)
+                Change.model_construct(
+                    action=action, kind=kind, name=entry.name, line=entry.line, fields=fields
+                )
             )
     for kind in reversed(KINDS):
         changes += [Change(action="delete", kind=kind, name=n) for n in deletes[kind]]
@@ -246,9 +255,17 @@ def _rejected(problems: list[Problem]) -> ValidationFailed:
     )
 
 
-def plan(session: Session, source: Source, *, secrets: SecretBox, prune: bool = False) -> Plan:
+def plan(
+    session: Session,
+    source: Source,
+    *,
+    secrets: SecretBox,
+    prune: bool = False,
+    brief: bool = False,
+) -> Plan:
     """What applying ``source`` would change; writes nothing."""
-    return draft(session, source, secrets=secrets, prune=prune).plan
+    with paused():
+        return draft(session, source, secrets=secrets, prune=prune, brief=brief).plan
 
 
 def apply(
@@ -259,6 +276,7 @@ def apply(
     actor: str,
     hosts_changed: Callable[..., None],
     prune: bool = False,
+    brief: bool = False,
 ) -> Plan:
     """Check and apply ``source`` in the caller's transaction; once it commits, the
     touched machines' dnsmasq host files are rewritten through ``hosts_changed``."""
@@ -266,8 +284,12 @@ def apply(
         # Two applies at once would each check against a state the other is changing.
         # SQLite needs nothing: its write transactions already take the lock up front.
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPLY_LOCK})
-    ready = draft(session, source, secrets=secrets, prune=prune)
-    inventory_write.write(session, ready, secrets=secrets, actor=actor)
+    else:
+        session.connection()  # SQLite's BEGIN IMMEDIATE: wait for the write slot here
+    # Not before: the collector stays paused only while this apply works, not waits.
+    with paused():
+        ready = draft(session, source, secrets=secrets, prune=prune, brief=brief)
+        inventory_write.write(session, ready, secrets=secrets, actor=actor)
     touched = [c for c in ready.plan.changes if c.kind == "machine" and c.action != "unchanged"]
     changed = [c.name for c in touched if c.action != "delete"]
     removed = [c.name for c in touched if c.action == "delete"]
@@ -306,7 +328,11 @@ def _render(kind: str, form: dict[str, Any]) -> dict[str, Any]:
 
 def export(session: Session) -> str:
     """The whole inventory in the apply format; applying it back changes nothing."""
-    forms = load_current(session).forms
+    with paused():
+        return _export(load_current(session).forms)
+
+
+def _export(forms: dict[str, dict[str, dict[str, Any]]]) -> str:
     document: dict[str, Any] = {"version": 1}
     for kind in KINDS:
         names = sorted(forms[kind], key=natural)

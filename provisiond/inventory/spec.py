@@ -27,6 +27,7 @@ from pydantic import (
 
 from provisiond.drivers.power.redfish_tls import canonical_fingerprint
 from provisiond.errors import Problem
+from provisiond.inventory.gcpause import paused
 from provisiond.inventory.yamlfile import (
     FILE,
     LineDict,
@@ -36,6 +37,8 @@ from provisiond.inventory.yamlfile import (
     load,
     plain,
 )
+from provisiond.inventory.yamlscan import ENV_PATTERN
+from provisiond.inventory.yamlscan import env_names as env_names  # its old home
 from provisiond.schemas.base import Name
 from provisiond.schemas.disks import Disk, Hints
 from provisiond.validators import normalize_mac
@@ -61,10 +64,9 @@ Mac = Annotated[str, AfterValidator(normalize_mac)]
 Pin = Annotated[str, StringConstraints(max_length=128), AfterValidator(canonical_fingerprint)]
 _PORT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/.+$"
 _OUTLET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[1-9][0-9]{0,3}$"
-_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PortRef = Annotated[str, StringConstraints(max_length=130, pattern=_PORT_PATTERN)]
 OutletRef = Annotated[str, StringConstraints(max_length=80, pattern=_OUTLET_PATTERN)]
-EnvName = Annotated[str, StringConstraints(max_length=128, pattern=_ENV_PATTERN)]
+EnvName = Annotated[str, StringConstraints(max_length=128, pattern=ENV_PATTERN)]
 
 
 _PATTERNS = {
@@ -73,7 +75,7 @@ _PATTERNS = {
     ),
     _PORT_PATTERN: "SWITCH/PORT, e.g. sw1/swp1",
     _OUTLET_PATTERN: "PDU/N with N from 1, e.g. pdu1/3",
-    _ENV_PATTERN: "an environment variable name, e.g. BMC_PASSWORD",
+    ENV_PATTERN: "an environment variable name, e.g. BMC_PASSWORD",
 }
 
 
@@ -179,6 +181,10 @@ class MachineSpec(Spec):
     bmc: BmcSpec | None = None
     outlets: list[OutletRef] = []
 
+
+#: Fields whose values may hold anything (``dict[str, Any]``): the file's mappings and
+#: lists pass validation as they are, so only these are copied to plain dicts and lists.
+_ANY_VALUES = frozenset({"disks", "root_device"})
 
 SECTIONS: dict[str, tuple[str, type[Spec]]] = {
     "racks": ("rack", RackSpec),
@@ -293,11 +299,13 @@ def _section(doc: Document, key: str, items: Any, problems: list[Problem]) -> No
             problems.append(doc.problem((*loc, "name"), f"{kind} {name} is already at {where}"))
             continue
         first[name] = line
-        given = plain(spec.model_dump(exclude_unset=True))
+        given = spec.model_dump(exclude_unset=True)
+        for key in _ANY_VALUES.intersection(given):
+            given[key] = plain(given[key])  # LineDict/LineList values pass validation as they are
         doc.entries[kind].append(Entry(kind, name, spec, given, loc, line))
 
 
-def validate(tree: Any) -> tuple[Document, list[Problem]]:
+def validate(tree: Any, *, nul_check: bool = True) -> tuple[Document, list[Problem]]:
     doc = Document(tree=tree)
     problems: list[Problem] = []
     if tree is None:
@@ -308,7 +316,8 @@ def validate(tree: Any) -> tuple[Document, list[Problem]]:
     if not isinstance(tree, LineDict):
         message = f"the top level must be a mapping with the keys {', '.join(TOP_KEYS)}"
         return doc, [Problem(FILE, message, getattr(tree, "line", 1))]
-    _nul_strings(tree, (), doc, problems)
+    if nul_check:
+        _nul_strings(tree, (), doc, problems)
     for key in tree:
         if key not in TOP_KEYS:
             problems.append(
@@ -323,21 +332,11 @@ def validate(tree: Any) -> tuple[Document, list[Problem]]:
 
 def parse(text: str) -> tuple[Document, list[Problem]]:
     """YAML text to a checked :class:`Document`, with every problem found on the way."""
-    tree, problems = load(text)
-    if problems:
-        return Document(tree=tree), problems
-    doc, more = validate(tree)
-    return doc, problems + more
-
-
-def env_names(text: str) -> list[str]:
-    """The ``password_env`` variables a file names, for the CLI to send; [] if it cannot tell."""
-    tree, problems = load(text)
-    if problems or not isinstance(tree, dict) or not isinstance(tree.get("machines"), list):
-        return []
-    names: set[str] = set()
-    for machine in tree["machines"]:
-        bmc = machine.get("bmc") if isinstance(machine, dict) else None
-        if isinstance(bmc, dict) and isinstance(bmc.get("password_env"), str):
-            names.add(bmc["password_env"])
-    return sorted(names)
+    with paused():
+        tree, problems = load(text)
+        if problems:
+            return Document(tree=tree), problems
+        # A NUL can only come from an escape (\0, \x00, \u0000) in a double-quoted
+        # scalar: YAML refuses the character itself. No backslash, no walk.
+        doc, more = validate(tree, nul_check="\\" in text)
+        return doc, problems + more

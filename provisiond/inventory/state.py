@@ -14,13 +14,15 @@ again, so a NIC's ``ip_address`` learned by inspection survives a file without i
 
 from __future__ import annotations
 
-import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from sqlalchemy.orm import selectinload
-from sqlmodel import Session, select
+from sqlalchemy import select
+from sqlmodel import Session
 
 from provisiond.inventory.spec import (
     BmcSpec,
@@ -33,7 +35,17 @@ from provisiond.inventory.spec import (
     Spec,
     SwitchSpec,
 )
-from provisiond.models import Bmc, CredentialSet, Machine, Pdu, Rack, Switch
+from provisiond.models import (
+    Bmc,
+    CredentialSet,
+    Machine,
+    Nic,
+    Outlet,
+    Pdu,
+    Rack,
+    Switch,
+    SwitchPort,
+)
 
 KINDS = ("rack", "switch", "pdu", "machine")
 SECTION = {"rack": "racks", "switch": "switches", "pdu": "pdus", "machine": "machines"}
@@ -50,7 +62,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 PORT_FIELDS = ("name", "vlan", "description")
-NIC_FIELDS = ("mac", "name", "pxe", "ip_address", "switch_port")
+NIC_FIELDS = ("mac", "name", "pxe", "ip_address", "switch_port")  # switch_port last
 BMC_FIELDS = (
     *("driver", "address", "port", "username", "credential_set", "cert_fingerprint"),
     "tls_verify",
@@ -64,6 +76,14 @@ SPECS: dict[str, type[Spec]] = {
     "machine": MachineSpec,
 }
 HIDDEN = "(hidden)"
+#: Form fields that are not a column of the object's own row: the rack (a rack_id
+#: there) and the parts, which have tables of their own.
+_PARTS = ("rack", "ports", "outlets", "nics", "bmc")
+_EMPTY_PARTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "switch": lambda: {"ports": []},
+    "pdu": lambda: {"outlets": []},
+    "machine": lambda: {"nics": [], "bmc": None, "outlets": []},
+}
 
 
 def _defaults(spec: type[Spec], names: tuple[str, ...], key: str = "") -> dict[str, Any]:
@@ -77,9 +97,13 @@ NIC_DEFAULTS = _defaults(NicSpec, NIC_FIELDS, "mac")
 BMC_DEFAULTS = _defaults(BmcSpec, BMC_FIELDS)
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+@lru_cache(maxsize=1 << 16)
 def natural(text: str) -> tuple[Any, ...]:
     """Sort key that puts swp2 before swp10."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(text))
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -100,91 +124,124 @@ def normalize(kind: str, form: dict[str, Any]) -> dict[str, Any]:
     elif kind == "pdu":
         form["outlets"] = sorted(set(form["outlets"]))
     elif kind == "machine":
-        form["nics"] = sorted(form["nics"], key=lambda n: (natural(n["name"]), n["mac"]))
-        form["outlets"] = sorted(set(form["outlets"]), key=_outlet_key)
+        if len(form["nics"]) > 1:
+            form["nics"] = sorted(form["nics"], key=lambda n: (natural(n["name"]), n["mac"]))
+        if len(form["outlets"]) > 1:
+            form["outlets"] = sorted(set(form["outlets"]), key=_outlet_key)
     return form
+
+
+class MachineRow(NamedTuple):
+    """What --prune checks of a stored machine."""
+
+    id: int
+    state: str
+    lock_owner: str | None
+    lock_expires: datetime | None
 
 
 @dataclass
 class Current:
-    """What the database holds, as forms and as rows (kind -> name -> ...)."""
+    """What the database holds: the forms (kind -> name -> form) and the ids to write by."""
 
     forms: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: kind -> name -> id
+    ids: dict[str, dict[str, int]] = field(default_factory=dict)
+    machines: dict[str, MachineRow] = field(default_factory=dict)
     credential_sets: dict[str, int] = field(default_factory=dict)
     #: machine name -> its BMC's encrypted password, when one is stored
     secrets: dict[str, str] = field(default_factory=dict)
+    #: ``switch/port`` -> port id
+    ports: dict[str, int] = field(default_factory=dict)
+    #: ``pdu/number`` -> (outlet id, id of the machine plugged in or None)
+    outlets: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: MAC -> (NIC id, machine id)
+    nics: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: machine name -> its BMC's id
+    bmcs: dict[str, int] = field(default_factory=dict)
+
+
+def _rows(session: Session, table: Any, *columns: str) -> list[tuple[Any, ...]]:
+    """Every row of ``table`` as a tuple of ``columns``, in id order: one query."""
+    t = table.__table__
+    query = select(*(t.c[c] for c in columns)).order_by(t.c.id)
+    return [tuple(row) for row in session.connection().execute(query)]
 
 
 def load_current(session: Session) -> Current:
-    racks = list(session.exec(select(Rack)))
-    switches = list(session.exec(select(Switch).options(selectinload(Switch.ports))))  # type: ignore[arg-type]
-    pdus = list(session.exec(select(Pdu).options(selectinload(Pdu.outlets))))  # type: ignore[arg-type]
-    machines = list(
-        session.exec(
-            select(Machine).options(
-                selectinload(Machine.nics),  # type: ignore[arg-type]
-                selectinload(Machine.bmc),  # type: ignore[arg-type]
-            )
-        )
-    )
-    credential_sets = {c.id: c.name for c in session.exec(select(CredentialSet))}
-    rack_of = {r.id: r.name for r in racks}
-    port_ref = {p.id: f"{s.name}/{p.name}" for s in switches for p in s.ports}
-    outlets_of: dict[int, list[str]] = {}
-    for pdu in pdus:
-        for outlet in pdu.outlets:
-            if outlet.machine_id is not None:
-                outlets_of.setdefault(outlet.machine_id, []).append(f"{pdu.name}/{outlet.number}")
-
-    current = Current(credential_sets={name: id_ for id_, name in credential_sets.items() if id_})
-    current.rows = {
-        "rack": {r.name: r for r in racks},
-        "switch": {s.name: s for s in switches},
-        "pdu": {p.name: p for p in pdus},
-        "machine": {m.name: m for m in machines},
+    """The whole inventory in one query per table, as plain tuples (no ORM objects:
+    10,000 machines with their NICs and BMCs load in a few tenths of a second)."""
+    current = Current()
+    plain = {kind: tuple(f for f in FIELDS[kind] if f not in _PARTS) for kind in KINDS}
+    nic_fields, bmc_fields = NIC_FIELDS[:-1], tuple(f for f in BMC_FIELDS if f != "credential_set")
+    racks = _rows(session, Rack, "id", *plain["rack"])
+    ports = _rows(session, SwitchPort, "id", "switch_id", *PORT_FIELDS)
+    outlets = _rows(session, Outlet, "id", "pdu_id", "number", "machine_id")
+    placed = {
+        kind: _rows(session, model, "id", "rack_id", *plain[kind])
+        for kind, model in (("switch", Switch), ("pdu", Pdu), ("machine", Machine))
     }
+    states = _rows(session, Machine, "name", "id", "state", "lock_owner", "lock_expires")
+    nics = _rows(session, Nic, "id", "machine_id", "switch_port_id", *nic_fields)
+    bmcs = _rows(
+        session, Bmc, "id", "machine_id", "secret_encrypted", "credential_set_id", *bmc_fields
+    )
+    set_names = dict(_rows(session, CredentialSet, "id", "name"))
+    current.credential_sets = {name: id_ for id_, name in set_names.items()}
+
     forms: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS}
-    for r in racks:
-        forms["rack"][r.name] = {f: getattr(r, f) for f in FIELDS["rack"]}
-    for s in switches:
-        form = _placed(s, rack_of, FIELDS["switch"])
-        form["ports"] = [{f: getattr(p, f) for f in PORT_FIELDS} for p in s.ports]
-        forms["switch"][s.name] = normalize("switch", form)
-    for p in pdus:
-        form = _placed(p, rack_of, FIELDS["pdu"])
-        form["outlets"] = [o.number for o in p.outlets]
-        forms["pdu"][p.name] = normalize("pdu", form)
-    for m in machines:
-        form = _placed(m, rack_of, FIELDS["machine"])
-        form["tags"], form["disks"] = list(m.tags), copy.deepcopy(m.disks)
-        form["root_device"] = dict(m.root_device)
-        form["nics"] = [
-            {
-                **{f: getattr(n, f) for f in NIC_FIELDS if f != "switch_port"},
-                "switch_port": port_ref.get(n.switch_port_id) if n.switch_port_id else None,
-            }
-            for n in m.nics
-        ]
-        form["bmc"] = _bmc_form(m.bmc, credential_sets) if m.bmc else None
-        form["outlets"] = outlets_of.get(m.id or 0, [])
-        forms["machine"][m.name] = normalize("machine", form)
-        if m.bmc and m.bmc.secret_encrypted:
-            current.secrets[m.name] = m.bmc.secret_encrypted
+    rack_of: dict[int, str] = {}
+    for id_, *values in racks:
+        form = dict(zip(plain["rack"], values, strict=True))
+        rack_of[id_] = form["name"]
+        forms["rack"][form["name"]] = form
+    current.ids["rack"] = {name: id_ for id_, name in rack_of.items()}
+    name_of: dict[str, dict[int, str]] = {}
+    for kind, rows in placed.items():
+        name_of[kind] = {}
+        for id_, rack_id, *values in rows:
+            form = dict(zip(plain[kind], values, strict=True))
+            form["rack"] = rack_of[rack_id] if rack_id is not None else None
+            form.update(_EMPTY_PARTS[kind]())
+            forms[kind][form["name"]] = form
+            name_of[kind][id_] = form["name"]
+        current.ids[kind] = {name: id_ for id_, name in name_of[kind].items()}
+    switches, pdus, machines = (forms[k] for k in ("switch", "pdu", "machine"))
+    switch_of, pdu_of, machine_of = (name_of[k] for k in ("switch", "pdu", "machine"))
+    for id_, switch_id, *values in ports:
+        switch = switch_of[switch_id]
+        current.ports[f"{switch}/{values[0]}"] = id_
+        switches[switch]["ports"].append(dict(zip(PORT_FIELDS, values, strict=True)))
+    for id_, pdu_id, number, machine_id in outlets:
+        pdu = pdu_of[pdu_id]
+        ref = f"{pdu}/{number}"
+        current.outlets[ref] = (id_, machine_id)
+        pdus[pdu]["outlets"].append(number)
+        if machine_id is not None:
+            machines[machine_of[machine_id]]["outlets"].append(ref)
+    port_ref = {i: ref for ref, i in current.ports.items()}
+    for id_, machine_id, port_id, *values in nics:
+        nic = dict(zip(nic_fields, values, strict=True))
+        nic["switch_port"] = port_ref[port_id] if port_id is not None else None
+        current.nics[nic["mac"]] = (id_, machine_id)
+        machines[machine_of[machine_id]]["nics"].append(nic)
+    for id_, machine_id, secret, set_id, *values in bmcs:
+        name = machine_of[machine_id]
+        current.bmcs[name] = id_
+        bmc = dict(zip(bmc_fields, values, strict=True))
+        bmc["credential_set"] = set_names.get(set_id) if set_id is not None else None
+        machines[name]["bmc"] = {f: bmc[f] for f in BMC_FIELDS}
+        if secret:
+            current.secrets[name] = secret
+    for kind in ("switch", "pdu", "machine"):
+        fields = FIELDS[kind]
+        forms[kind] = {
+            name: normalize(kind, {f: form[f] for f in fields})
+            for name, form in forms[kind].items()
+        }
     current.forms = forms
+    current.machines = {row[0]: MachineRow(*row[1:]) for row in states}
     return current
-
-
-def _placed(row: Any, rack_of: dict[int | None, str], names: tuple[str, ...]) -> dict[str, Any]:
-    form = {f: getattr(row, f) for f in names if f not in ("rack", "ports", "outlets", "nics")}
-    form["rack"] = rack_of.get(row.rack_id) if row.rack_id is not None else None
-    return {f: form.get(f) for f in names}
-
-
-def _bmc_form(bmc: Bmc, credential_sets: dict[int | None, str]) -> dict[str, Any]:
-    form = {f: getattr(bmc, f) for f in BMC_FIELDS if f != "credential_set"}
-    form["credential_set"] = credential_sets.get(bmc.credential_set_id)
-    return {f: form[f] for f in BMC_FIELDS}
 
 
 def _merge_parts(
@@ -197,7 +254,8 @@ def _merge_parts(
 def merge(entry: Entry, current: dict[str, Any] | None) -> dict[str, Any]:
     """The form ``entry`` asks for: its given keys over the stored form (or the defaults)."""
     kind, given = entry.kind, entry.given
-    base = copy.deepcopy(current) if current else {"name": entry.name, **DEFAULTS[kind]}
+    # Forms are never changed once made, so the new one shares the values it keeps.
+    base = current if current else {"name": entry.name, **DEFAULTS[kind]}
     want = {f: base[f] for f in FIELDS[kind]}
     for key, value in given.items():
         if key == "ports":
@@ -210,7 +268,7 @@ def merge(entry: Entry, current: dict[str, Any] | None) -> dict[str, Any]:
             if bmc["port"] is None:
                 bmc["port"] = BMC_PORTS.get(bmc["driver"], 623)
         else:
-            want[key] = copy.deepcopy(value)
+            want[key] = value
     return normalize(kind, want)
 
 
