@@ -35,11 +35,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, update
 from sqlmodel import Session, col, select
 
 from provisiond import events
 from provisiond.config import Settings
+from provisiond.deploy.claim_rows import DEPLOY as DEPLOY
+from provisiond.deploy.claim_rows import INSPECT as INSPECT
+from provisiond.deploy.claim_rows import insert_deploy as insert_deploy
+from provisiond.deploy.claim_rows import supersede_running as supersede_running
 from provisiond.deploy.deadlines import deadline_reason as deadline_reason
 from provisiond.deploy.keys import callback_token as callback_token
 from provisiond.deploy.keys import ensure_keys as ensure_keys
@@ -50,12 +53,7 @@ from provisiond.errors import Conflict
 from provisiond.events import EventKind
 from provisiond.lifecycle import Ev, State, advance
 from provisiond.models import Allocation, Deployment, Image, Machine, utcnow
-from provisiond.models.base import new_uuid
 from provisiond.secrets import SecretBox
-
-#: Deployment.kind values.
-DEPLOY = "deploy"
-INSPECT = "inspect"
 
 
 def running_deployment(session: Session, machine_id: int) -> Deployment | None:
@@ -120,62 +118,6 @@ ASKED_AGAIN = "asked_again"
 def mark_asked_again(deployment: Deployment, phase: str, at: datetime | None = None) -> None:
     stamp = {"phase": phase, "at": (at or utcnow()).isoformat()}
     deployment.phases = {**deployment.phases, ASKED_AGAIN: stamp}
-
-
-_DEPLOYMENTS: Table = Deployment.__table__  # type: ignore[attr-defined]
-
-
-def insert_deploy(
-    session: Session,
-    *,
-    machine_id: int,
-    allocation_id: int,
-    image_id: int | None,
-    attempt: int = 1,
-    uuid: str | None = None,
-    now: datetime | None = None,
-) -> str:
-    """One INSERT of a claimed machine's deploy row (no key pair yet: :func:`ensure_keys`);
-    returns its uuid.
-
-    The machine was ``available``, so no deployment of it is running; the partial
-    unique index ``uq_deployment_running`` makes a second running row an error
-    instead of a silent duplicate.
-    """
-    at = now or utcnow()
-    values: dict[str, Any] = {
-        "uuid": uuid or new_uuid(),
-        "machine_id": machine_id,
-        "allocation_id": allocation_id,
-        "kind": DEPLOY,
-        "image_id": image_id,
-        "attempt": attempt,
-        "ssh_public_key": "",
-        "ssh_private_key_encrypted": "",
-        "host_key": "",
-        "address": "",
-        "phases": {f"{DEPLOY}_requested": at.isoformat()},
-        "outcome": "",
-        "failure_reason": "",
-        "started_at": at,
-        "finished_at": None,
-    }
-    session.execute(_DEPLOYMENTS.insert(), values)
-    return str(values["uuid"])
-
-
-def supersede_running(session: Session, machine_id: int, kind: str) -> None:
-    """Close any running deployment of the machine (one UPDATE) before a new one starts."""
-    session.execute(
-        update(Deployment)
-        .where(col(Deployment.machine_id) == machine_id, col(Deployment.outcome) == "")
-        .values(
-            outcome="superseded",
-            failure_reason=f"superseded by a new {kind}",
-            finished_at=utcnow(),
-        )
-        .execution_options(synchronize_session="fetch")
-    )
 
 
 def _new_record(
