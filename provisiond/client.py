@@ -2,8 +2,11 @@
 
     from provisiond.client import Client
     with Client("http://127.0.0.1:8080", token) as api:
-        for m in api.get("/machines"):
+        for m in api.machines(state="available"):
             print(m["name"], m["state"])
+
+Lists that come in pages (``GET /machines``) are read with :meth:`Client.paginate`, which
+follows the ``Link: rel="next"`` cursors; ``api.get("/machines")`` alone is the first page.
 
 Errors come back as :class:`ApiError` with the server's code, message and hint.
 
@@ -17,9 +20,8 @@ returned releases the machine when its ``with`` block ends::
 
 from __future__ import annotations
 
-import contextlib
+import json as jsonlib
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,30 +30,23 @@ from urllib.parse import quote
 
 import httpx
 
+from provisiond.client_allocation import FINAL_STATES as FINAL_STATES
+from provisiond.client_allocation import POLL_S as POLL_S
+from provisiond.client_allocation import Allocation as Allocation
+from provisiond.client_allocation import AllocationFailed as AllocationFailed
+from provisiond.client_allocation import AllocationTimeout as AllocationTimeout
+from provisiond.client_errors import ApiError as ApiError
+
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: Items per page when following a paged list (the server allows 1 to 1000).
+PAGE_SIZE = 500
 
 
-class ApiError(Exception):
-    """An error answer from the API (or ``status`` 0 when it could not be reached).
-
-    ``problems`` lists offending entries for validation errors: dicts with
-    ``path``, ``line`` (for YAML input) and ``message``.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        hint: str = "",
-        problems: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.hint = hint
-        self.problems = problems or []
+def next_cursor(response: httpx.Response) -> str | None:
+    """The ``cursor`` of the page after this one (its ``Link: <...>; rel="next"``), or
+    None on the last page. Only the cursor is taken: the client keeps its own base URL."""
+    url = response.links.get("next", {}).get("url")
+    return httpx.URL(url).params.get("cursor") if url else None
 
 
 class Client:
@@ -98,6 +93,18 @@ class Client:
                 response.status_code, "http_error", response.text[:200] or response.reason_phrase
             ) from None
 
+    def _send(
+        self, method: str, path: str, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        wait = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        try:
+            response = self._http.request(method, path, timeout=wait, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            self._raise_for(response)
+        return response
+
     def request(
         self,
         method: str,
@@ -110,25 +117,42 @@ class Client:
         timeout: float | None = None,
     ) -> Any:
         """One call; ``timeout`` overrides the client's (for long-polls)."""
-        try:
-            response = self._http.request(
-                method,
-                path,
-                json=json,
-                params=params,
-                content=content,
-                headers=headers,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-        if response.status_code >= 400:
-            self._raise_for(response)
+        kwargs = {"json": json, "params": params, "content": content, "headers": headers}
+        response = self._send(method, path, timeout, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def paginate(self, path: str, *, limit: int | None = None, **params: Any) -> Iterator[Any]:
+        """Every item of a paged list (:data:`PAGE_SIZE` a page), following the
+        ``Link: rel="next"`` cursors; at most ``limit`` items when given."""
+        query = {k: v for k, v in params.items() if v is not None}
+        left = limit
+        while left is None or left > 0:
+            size = PAGE_SIZE if left is None else min(PAGE_SIZE, left)
+            response = self._send("GET", path, params={**query, "limit": size})
+            items = response.json()
+            yield from items
+            left = None if left is None else left - len(items)
+            query["cursor"] = next_cursor(response)
+            if query["cursor"] is None:
+                return
+
+    def machines(self, *, limit: int | None = None, **filters: str | None) -> list[Any]:
+        """Machines by name, all or the first ``limit``; filters: state, rack, tag, arch."""
+        return list(self.paginate("/machines", limit=limit, **filters))
+
+    def export_machines(self, **filters: str | None) -> Iterator[dict[str, Any]]:
+        """Every matching machine from one streamed answer (NDJSON), as it arrives."""
+        params = {"stream": "true", **{k: v for k, v in filters.items() if v is not None}}
+        for line in self.stream_lines("GET", "/machines", params=params):
+            item: dict[str, Any] = jsonlib.loads(line)
+            if "error" in item and "uuid" not in item:  # the stream broke after its headers
+                err = item["error"]
+                raise ApiError(200, err["code"], err["message"], err.get("hint", ""))
+            yield item
 
     def stream_lines(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
@@ -241,153 +265,3 @@ def _read_key(key: str | os.PathLike[str]) -> str:
             0, "bad_ssh_key", f"cannot read SSH public key {path}: {exc.strerror}",
             "pass the key line itself or the path of a .pub file",
         ) from None  # fmt: skip
-
-
-class AllocationFailed(Exception):
-    """The allocation ended without a ready machine (``failed``, ``expired``, ``released``)."""
-
-    def __init__(self, allocation: Allocation, message: str) -> None:
-        super().__init__(message)
-        self.allocation = allocation
-
-
-class AllocationTimeout(AllocationFailed):
-    """It was not ready within the time given; it has been released."""
-
-
-#: States after which an allocation never changes again.
-FINAL_STATES = frozenset({"failed", "released", "expired"})
-#: The longest single long-poll the client asks for (the server allows 300 s).
-POLL_S = 60.0
-
-
-class Allocation:
-    """A machine lent to you. Use it as a context manager to release it on the way out::
-
-    with Client().allocate(image="debian-12", tags=["ci"], ssh_keys=[key]) as m:
-        subprocess.run(["ssh", f"{m.ssh_user}@{m.address}", "make", "test"], check=True)
-    """
-
-    def __init__(self, client: Client, data: dict[str, Any]) -> None:
-        self._client = client
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Allocation(id={self.id!r}, state={self.state!r}, machine={self.machine!r})"
-
-    @property
-    def id(self) -> str:
-        return str(self.data["id"])
-
-    @property
-    def state(self) -> str:
-        """pending | deploying | ready | failed | released | expired"""
-        return str(self.data["state"])
-
-    @property
-    def machine(self) -> str | None:
-        return self._opt("machine")
-
-    @property
-    def address(self) -> str | None:
-        """Where to SSH to, once ready."""
-        return self._opt("address")
-
-    @property
-    def ssh_user(self) -> str:
-        return str(self.data.get("ssh_user") or "root")
-
-    @property
-    def host_key(self) -> str | None:
-        """The machine's SSH host key line, for known_hosts."""
-        return self._opt("host_key")
-
-    @property
-    def host_key_fingerprint(self) -> str | None:
-        return self._opt("host_key_fingerprint")
-
-    @property
-    def expires_at(self) -> str | None:
-        return self._opt("expires_at")
-
-    @property
-    def failure_reason(self) -> str:
-        return str(self.data.get("failure_reason") or "")
-
-    def _opt(self, key: str) -> str | None:
-        value = self.data.get(key)
-        return None if value is None else str(value)
-
-    @property
-    def _path(self) -> str:
-        return f"/allocations/{quote(self.id, safe='')}"
-
-    def refresh(self) -> Allocation:
-        self.data = self._client.get(self._path)
-        return self
-
-    def wait(
-        self,
-        *,
-        timeout: float = 1800.0,
-        on_change: Callable[[Allocation], None] | None = None,
-    ) -> Allocation:
-        """Block (long-polling, no busy loop) until ready; see :meth:`Client.allocate`."""
-        deadline = time.monotonic() + timeout
-        try:
-            while self.state != "ready":
-                if self.state in FINAL_STATES:
-                    raise AllocationFailed(
-                        self, f"allocation {self.id} is {self.state}: {self.failure_reason}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AllocationTimeout(
-                        self, f"allocation {self.id} not ready after {timeout:.0f}s ({self.state})"
-                    )
-                before = self.state
-                self._poll(min(POLL_S, remaining), before)
-                if on_change is not None and self.state != before:
-                    on_change(self)
-        except AllocationTimeout:
-            self._release_quietly()
-            raise
-        except AllocationFailed:
-            raise
-        except BaseException:
-            self._release_quietly()
-            raise
-        return self
-
-    def _poll(self, wait: float, since_state: str) -> None:
-        params = {"wait": f"{wait:.1f}", "since_state": since_state}
-        try:
-            self.data = self._client.request("GET", self._path, params=params, timeout=wait + 30)
-        except ApiError as exc:
-            if exc.status != 0 and exc.status < 500:
-                raise
-            time.sleep(min(2.0, wait))  # daemon restarting or unreachable: try again
-
-    def renew(self, lease: int | str) -> Allocation:
-        self.data = self._client.post(self._path + "/renew", {"lease": lease})
-        return self
-
-    def release(self) -> Allocation:
-        self.data = self._client.delete(self._path)
-        return self
-
-    def _release_quietly(self) -> None:
-        with contextlib.suppress(ApiError):
-            self.release()
-
-    def __enter__(self) -> Allocation:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.state not in FINAL_STATES:
-            self.release()

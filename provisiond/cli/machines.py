@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 
 from provisiond.cli.allocate import allocate
-from provisiond.cli.common import JsonFlag, api, console, emit, fail, text
+from provisiond.cli.common import JsonFlag, api, console, emit, err_console, fail, text
 
 app = typer.Typer(
     help="Machines: list, show, power, inspect, deploy, release.", no_args_is_help=True
@@ -28,16 +28,36 @@ def list_machines(
     state: Annotated[str | None, typer.Option("--state", "-s", help="e.g. available")] = None,
     rack: Annotated[str | None, typer.Option("--rack", help="Only this rack")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="Only machines with this tag")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="e.g. x86_64")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", min=1, help="Show at most this many (default: all)"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List machines with their state, power and place."""
+    """List machines by name with their state, power and place (all of them unless
+    --limit; fetched from the API a page at a time)."""
     with api() as client:
-        machines = client.get("/machines", state=state, rack=rack, tag=tag)
+        # One past the limit tells whether more were left out.
+        machines = list(
+            client.paginate(
+                "/machines",
+                limit=None if limit is None else limit + 1,
+                state=state,
+                rack=rack,
+                tag=tag,
+                arch=arch,
+            )
+        )
+    more = limit is not None and len(machines) > limit
+    machines = machines[:limit]
+    if more and not as_json:
+        err_console.print(f"showing the first {limit} machines; more match (raise --limit)")
     emit(
         machines,
         as_json,
         columns=("name", "state", "power", "rack", "U", "arch", "tags", "error"),
-        title=f"{len(machines)} machine(s)",
+        title=f"{len(machines)}{'+' if more else ''} machine(s)",
         row=lambda m: (
             m["name"],
             m["state"],

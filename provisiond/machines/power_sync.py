@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from provisiond import events
@@ -54,11 +54,17 @@ class _Job:
 def _load(services: Services) -> tuple[list[_Job], int]:
     now = utcnow()
     jobs: list[_Job] = []
+    # BMCs that bmc_target refuses anyway (no address, no password of their own or from a
+    # credential set) are not even loaded: at 10,000 machines applied without passwords
+    # loading them all cost ~1 s of CPU and a 54 MB peak (kept by the allocator) a minute.
+    secret = col(Bmc.secret_encrypted)
+    usable = or_(and_(secret.is_not(None), secret != ""), col(Bmc.credential_set_id).is_not(None))
     with services.db.read_session() as session:
         rows = session.exec(
             select(Machine, Bmc)
             .join(Bmc, col(Bmc.machine_id) == col(Machine.id))
             .where(col(Bmc.driver) != "manual", col(Machine.state) != "retired")
+            .where(col(Bmc.address) != "", usable)
         ).all()
         locked = 0
         for machine, bmc in rows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy.orm import selectinload
 from sqlmodel import Session, col, or_, select
 
 from provisiond import lifecycle
@@ -19,13 +18,13 @@ from provisiond.config import Settings
 from provisiond.crud import apply_patch, ensure_name_free
 from provisiond.db import after_commit
 from provisiond.deploy import records as deploy
-from provisiond.errors import Conflict, MachineLocked, NotFound, Problem, ValidationFailed
+from provisiond.errors import Conflict, MachineLocked, NotFound
 from provisiond.events import audit
 from provisiond.inventory.rack_units import place, replace
 from provisiond.lifecycle import Ev, State
-from provisiond.machines import credentials
+from provisiond.machines import credentials, listing
 from provisiond.machines.nics import build_nics, replace_nics
-from provisiond.models import CredentialSet, Machine, Rack, Switch, SwitchPort, utcnow
+from provisiond.models import Machine, utcnow
 from provisiond.schemas.resources import MachineEventIn, MachineIn, MachineOut, MachinePatch
 from provisiond.secrets import SecretBox
 
@@ -46,40 +45,6 @@ def find(session: Session, ident: str) -> Machine:
             hint="look machines up by name or uuid; 'provisiond machines list' shows them",
         )
     return machine
-
-
-def list_machines(
-    session: Session,
-    *,
-    state: str | None = None,
-    rack: str | None = None,
-    tag: str | None = None,
-    arch: str | None = None,
-) -> list[MachineOut]:
-    query = select(Machine).options(
-        selectinload(Machine.nics),  # type: ignore[arg-type]
-        selectinload(Machine.bmc),  # type: ignore[arg-type]
-    )
-    if state:
-        if state not in {s.value for s in State}:
-            raise ValidationFailed(
-                [Problem("state", f"{state!r} is not a machine state")],
-                hint="states: " + ", ".join(s.value for s in State if s is not State.NEW),
-            )
-        query = query.where(Machine.state == state)
-    if rack:
-        rack_row = session.exec(select(Rack).where(Rack.name == rack)).first()
-        if rack_row is None:
-            raise ValidationFailed(
-                [Problem("rack", f"no rack named {rack!r}")], hint="list racks to see the names"
-            )
-        query = query.where(Machine.rack_id == rack_row.id)
-    if arch:
-        query = query.where(Machine.arch == arch)
-    rows = list(session.exec(query.order_by(Machine.name)))
-    if tag:
-        rows = [m for m in rows if tag in m.tags]
-    return to_out(session, rows)
 
 
 def get_machine(session: Session, ident: str) -> MachineOut:
@@ -252,34 +217,16 @@ def fire_event(
 
 
 def to_out(session: Session, machines: Sequence[Machine]) -> list[MachineOut]:
-    """API views of ``machines``, with names looked up in a few queries for the whole list."""
-    racks = dict(session.exec(select(Rack.id, Rack.name)).all())
-    creds = dict(session.exec(select(CredentialSet.id, CredentialSet.name)).all())
-    port_ids = {n.switch_port_id for m in machines for n in m.nics if n.switch_port_id}
-    ports = {
-        pid: f"{switch}/{port}"
-        for pid, switch, port in session.exec(
-            select(SwitchPort.id, Switch.name, SwitchPort.name)
-            .join(Switch, col(Switch.id) == col(SwitchPort.switch_id))
-            .where(col(SwitchPort.id).in_(port_ids))
-        )
-    }
-    return [
-        MachineOut.model_validate(
-            {
-                **m.model_dump(exclude={"agent_token_hash", "id", "rack_id"}),
-                "rack": racks.get(m.rack_id),
-                "allowed_events": lifecycle.allowed_events(m.state),
-                "nics": [
-                    {**n.model_dump(), "switch_port": ports.get(n.switch_port_id)} for n in m.nics
-                ],
-                "bmc": m.bmc
-                and {
-                    **m.bmc.model_dump(exclude={"secret_encrypted"}),
-                    "password_set": bool(m.bmc.secret_encrypted),
-                    "credential_set": creds.get(m.bmc.credential_set_id),
-                },
-            }
-        )
-        for m in machines
-    ]
+    """API views of ``machines`` (ORM objects; lists are built from rows by
+    :mod:`provisiond.machines.listing`, through the same :func:`listing.views`)."""
+    return listing.views(
+        session,
+        [
+            (
+                m.model_dump(),
+                [n.model_dump() for n in m.nics],
+                m.bmc.model_dump() if m.bmc else None,
+            )
+            for m in machines
+        ],
+    )

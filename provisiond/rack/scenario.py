@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from provisiond.client import Client
 from provisiond.netboot.dnsmasq import die_with_parent
 from provisiond.netboot.netns_socket import connect_in_netns
 from provisiond.rack import vrack
@@ -267,10 +268,8 @@ class Scenario:
         return result
 
     def machines(self) -> list[dict[str, Any]]:
-        with self.api() as api:
-            r = api.get("/machines")
-            r.raise_for_status()
-            rows: list[dict[str, Any]] = r.json()
+        with Client(self.url, self.token) as api:  # follows the list's page cursors
+            rows: list[dict[str, Any]] = api.machines()
         return sorted(rows, key=lambda m: m["name"])
 
     def machine(self, name: str) -> dict[str, Any]:
