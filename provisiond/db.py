@@ -19,11 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, create_engine
 
@@ -36,6 +32,9 @@ from provisiond.logging import thread_stack
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Alembic's "Context impl SQLiteImpl" chatter is noise in the daemon's JSON log.
 logging.getLogger("alembic").setLevel(logging.WARNING)
+
+#: The newest migration's revision: what this provisiond's code expects to find.
+SCHEMA_HEAD = "0010_one_running_deployment"
 log = logging.getLogger(__name__)
 _READ_ONLY = "provisiond_read_only"
 _GATE = "provisiond_write_gate"
@@ -286,27 +285,40 @@ class Database:
 
     # --- schema -----------------------------------------------------------
 
-    def _alembic_config(self) -> AlembicConfig:
+    # alembic (10 MB of modules) is imported only to migrate: the daemon's start-up check
+    # reads the version row and compares it with SCHEMA_HEAD (a test holds the two equal).
+
+    def _alembic_config(self) -> Any:
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["engine"] = self.engine
         return cfg
 
     def head_revision(self) -> str | None:
-        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        from alembic.script import ScriptDirectory
+
+        head: str | None = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        return head
 
     def current_revision(self) -> str | None:
+        """The revision stored in ``alembic_version``; None for an empty database."""
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     def upgrade(self) -> tuple[str | None, str | None]:
         """Migrate to the newest schema; returns (before, after) revisions."""
+        from alembic import command
+
         before = self.current_revision()
         command.upgrade(self._alembic_config(), "head")
         return before, self.current_revision()
 
     def check_schema(self) -> None:
-        current, head = self.current_revision(), self.head_revision()
+        current, head = self.current_revision(), SCHEMA_HEAD
         if current != head:
             state = "is empty" if current is None else f"is at revision {current}"
             raise DatabaseNotReady(

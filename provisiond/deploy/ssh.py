@@ -21,14 +21,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-
-import paramiko
+from typing import TYPE_CHECKING
 
 # Re-exported: the SSH errors live in the one tree (provisiond.errors).
 from provisiond.errors import CommandFailed as CommandFailed
 from provisiond.errors import HostKeyMismatch as HostKeyMismatch
 from provisiond.errors import SshError as SshError
 from provisiond.netboot.netns_socket import connect_in_netns
+
+if TYPE_CHECKING:  # paramiko (8.6 MB) is imported by the first SSH call, not at start-up
+    import paramiko
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Result:
 
 
 def parse_host_key(line: str) -> paramiko.PKey:
+    import paramiko
+
     parts = line.split()
     if len(parts) < 2:
         raise SshError(f"not an SSH public key: {line[:40]!r}", hint="expected 'TYPE BASE64'")
@@ -74,6 +78,8 @@ class Remote:
 
         ``netns``: the provisioning network's namespace the address lives in.
         """
+        import paramiko
+
         pinned = parse_host_key(host_key)
         pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key_pem))
         started = time.monotonic()
