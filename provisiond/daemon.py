@@ -28,7 +28,9 @@ from provisiond.errors import ConfigError
 from provisiond.executor import BlockingExecutor
 from provisiond.lanes import Lane, LaneExecutor
 from provisiond.logging import get_logger
+from provisiond.netboot.file_senders import FileSenders
 from provisiond.netboot.netns_socket import bind_in_netns
+from provisiond.netboot.zerocopy import zero_copy_protocol
 from provisiond.scheduler import build_scheduler
 from provisiond.secrets import SecretBox
 from provisiond.watchdog import LoopWatchdog
@@ -97,9 +99,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: ASGIApp) -> uvicorn.Config:
+def _config(app: ASGIApp, senders: FileSenders) -> uvicorn.Config:
     return uvicorn.Config(
         app,
+        # h11, with image file bodies sent by os.sendfile (provisiond.netboot.zerocopy)
+        http=zero_copy_protocol(senders),
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -157,10 +161,11 @@ async def _serve(
 ) -> None:
     extra = boot_sockets(settings)
     app = create_app(services)
-    server = _Server(_config(app))
+    senders = FileSenders()
+    server = _Server(_config(app, senders))
     # The provisioning networks' listeners have a server of their own, which serves
     # only the boot routes of the same app (one admission, one set of bounds).
-    boot_server = _Server(_config(BootOnly(app))) if extra else None
+    boot_server = _Server(_config(BootOnly(app), senders)) if extra else None
     netboot = Netboot(services)
     services.netboot = netboot
     await netboot.start()
@@ -191,6 +196,7 @@ async def _serve(
         boot_server.should_exit = True
     scheduler.shutdown(wait=False)
     await asyncio.gather(*tasks)
+    senders.close()
     stopper.cancel()
     services.wake_deployer()
     await asyncio.wait({engine_task, queue_task}, timeout=10)
