@@ -156,6 +156,8 @@ def start(
         attempt=tries + 1,
         uuid=deployment,
     )
+    for row in batch.rows:  # the claim's event names the allocation, as on the request path
+        row["allocation_id"] = allocation.id
     batch.write(session)
     return True
 
@@ -182,7 +184,7 @@ def _insert(session: Session, allocation: Allocation, dialect: str) -> int | Non
 
 
 def _earlier(services: Services, token: ApiToken, key: str, digest: str) -> AllocationOut | None:
-    """The allocation a earlier request with this Idempotency-Key made, if any."""
+    """The allocation an earlier request with this Idempotency-Key made, if any."""
     with services.db.read_session() as session:
         earlier = session.exec(
             select(Allocation).where(

@@ -197,6 +197,13 @@ def test_fair_queue_oldest_first_without_head_of_line_blocking(api: Api, catalog
     fire(db, "small", Ev.DONE)  # the engine finished the wipe
     report = run_queue(catalog)
     assert report.matched == [b["id"]]
+    with db.read_session() as session:  # the queue's claim: one move, its event names B
+        claim = session.exec(
+            select(Event).where(Event.machine_name == "small").order_by(col(Event.id).desc())
+        ).first()
+        b_id = session.exec(select(Allocation.id).where(Allocation.uuid == b["id"])).one()
+    assert claim is not None and (claim.event, claim.to_state) == ("deploy", "deploying")
+    assert claim.allocation_id == b_id and claim.details["attempt"] == 1
 
     # "big" comes back: A is older than C, so A gets it.
     api.ci.delete(f"{URL}/{hold_big['id']}")
