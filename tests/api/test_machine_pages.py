@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from typer.testing import CliRunner
 
 from provisiond import client as client_module
 from provisiond.cli import app as cli_app
 from provisiond.client import ApiError, Client, next_cursor
 from provisiond.container import Services
-from provisiond.db import Database
 from provisiond.errors import DatabaseNotReady
 from provisiond.machines import listing
 from tests.api.test_machines import live  # noqa: F401  (the live-server fixture)
 from tests.conftest import Api
 from tests.support.allocations import add_machines, add_rack
+from tests.support.statements import counting
 
 M = "/api/v1/machines"
 
@@ -217,24 +214,6 @@ def test_a_stream_that_breaks_ends_with_an_error_line(
     lines = _stream(api, {})
     assert [json.loads(x)["name"] for x in lines[:4]] == ["m00", "m01", "m02", "m03"]
     assert json.loads(lines[-1])["error"]["hint"] == "start it again"
-
-
-@contextmanager
-def counting(db: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement.split()[0].upper())
-
-    db.read_session().close()  # the lane's engines exist before we listen
-    engines = db.engines()
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
 
 
 def _full_machine(api: Api, name: str, n: int) -> None:

@@ -9,17 +9,11 @@ COMMIT included.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
-from sqlalchemy import event
-
 from provisiond.container import Services
-from provisiond.db import Database
 from tests.api.test_agent_api import make_machine
 from tests.conftest import Api
 from tests.support.allocations import KEY, add_image, add_machines
+from tests.support.statements import counting
 
 #: path -> most SQL statements one request may run
 BUDGET = {
@@ -28,31 +22,6 @@ BUDGET = {
     "heartbeat": 3,
     "ipxe_resting": 2,  # read first: no write transaction (was 3, BEGIN IMMEDIATE)
 }
-
-
-@contextmanager
-def counting(db: Database) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        words = statement.split()
-        seen.append(" ".join(words[:2]) if words[:1] == ["BEGIN"] else (words or [""])[0].upper())
-
-    # every lane's engine, made now if not yet (the request picks its lane's)
-    db.session().close()
-    from provisiond import lanes
-
-    for lane in lanes.Lane:
-        with lanes.lane(lane):
-            db.read_session().close()
-    engines = db.engines()
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
 
 
 def _check(name: str, seen: list[str]) -> None:

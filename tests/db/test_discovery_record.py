@@ -6,17 +6,15 @@ and port, then serial, then BMC MAC) and the statement count can be checked exac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
 from sqlmodel import col, select
 
 from provisiond.container import Services
 from provisiond.drivers.power.base import Identity, PowerState
 from provisiond.machines import discovery_record as discovery
 from provisiond.models import Bmc, CredentialSet, Event, Machine
+from tests.support.statements import counting
 
 
 def _cred(services: Services) -> discovery.Cred:
@@ -44,24 +42,6 @@ def _record(services: Services, found: list[Any]) -> discovery.DiscoveryResult:
     result = discovery.DiscoveryResult()
     discovery.record(services, found, "test", result)
     return result
-
-
-@contextmanager
-def _statements(services: Services) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement.split()[0].upper())
-
-    services.db.session().close()  # the write engine exists before we listen to it
-    engines = services.db.engines()
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
 
 
 def test_enrolls_once_then_finds_every_machine_unchanged(services: Services) -> None:
@@ -92,13 +72,13 @@ def test_statements_do_not_grow_with_the_known_machines(services: Services) -> N
     _record(services, [_found(cred, i) for i in range(40)])
     counts = []
     for n in (10, 40):
-        with _statements(services) as seen:
+        with counting(services.db) as seen:
             result = _record(services, [_found(cred, i) for i in range(n)])
         assert len(result.unchanged) == n
         counts.append(len(seen))
     assert counts[0] == counts[1] <= 8, counts
     # enrolling: one INSERT per machine (lifecycle.advance) plus a fixed few
-    with _statements(services) as seen:
+    with counting(services.db) as seen:
         result = _record(services, [_found(cred, i) for i in range(100, 150)])
     assert len(result.enrolled) == 50
     assert seen.count("SELECT") <= 6 and len(seen) <= 50 + 10, seen
