@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, and_, col, or_, select
 
 from provisiond.errors import Problem, ValidationFailed
@@ -100,10 +99,10 @@ def record(
 
 def record_many(session: Session, events: Iterable[tuple[EventKind, str, dict[str, Any]]]) -> int:
     """Append several events in one multi-row INSERT; returns how many."""
-    rows = [_row(kind, event, **fields) for kind, event, fields in events]
-    if rows:
-        session.execute(insert(Event), rows)
-    return len(rows)
+    batch = Batch()
+    for kind, event, fields in events:
+        batch.add(kind, event, **fields)
+    return batch.write(session)
 
 
 #: The event table's INSERT, built once (Core: parameters come with each execute).
