@@ -10,6 +10,7 @@ never waits for writers (WAL).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import threading
@@ -19,9 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Engine, Table, Update, bindparam, event, inspect, text, update
 from sqlalchemy.engine import Connection
-from sqlmodel import Session, create_engine
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, SQLModel, create_engine
 
 import provisiond.models  # noqa: F401  (registers the tables)
 from provisiond import lanes
@@ -157,6 +159,36 @@ class _WriteGate:
             if record.info.pop(_GATE, False):
                 holder[0:2] = [None, 0.0]
                 gate.release()
+
+
+@functools.cache
+def _update_by_id(model: type[SQLModel], names: frozenset[str], guarded: bool) -> Update:
+    """UPDATE model SET <names> WHERE id = :w_id [AND state = :w_state], built once per
+    model, set of columns and guard (building it costs more than running it). Values
+    bind as ``v_<column>``, the WHERE as ``w_*``, so a guarded column may also be set."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    where = [table.c.id == bindparam("w_id")]
+    if guarded:
+        where.append(table.c.state == bindparam("w_state"))
+    return update(table).where(*where).values({n: bindparam(f"v_{n}") for n in sorted(names)})
+
+
+def update_loaded(
+    session: Session, row: SQLModel, values: dict[str, Any], *, state: str | None = None
+) -> bool:
+    """Write ``values`` to the stored ``row`` by its id in one UPDATE (only while its
+    ``state`` column still holds ``state``, when given); on success the loaded object takes
+    the values as committed, without a re-read. False when no row matched."""
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["w_id"] = row.id  # type: ignore[attr-defined]
+    if state is not None:
+        params["w_state"] = state
+    result = session.execute(_update_by_id(type(row), frozenset(values), state is not None), params)
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+    return True
 
 
 #: Connection pools per lane (pool_size, max_overflow). Each lane's admitted work is

@@ -14,7 +14,6 @@ Power state (on/off/unknown) is kept apart and is not a lifecycle state.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,11 +21,11 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, Update, bindparam, func, update
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from provisiond import events
 from provisiond.config import StateTimeouts
+from provisiond.db import update_loaded
 from provisiond.errors import ConcurrentChange, InvalidTransition
 from provisiond.events import EventKind
 from provisiond.models import Event, Machine, utcnow
@@ -151,17 +150,6 @@ def target_state(state: str, event: Ev) -> State:
         ) from None
 
 
-@functools.cache
-def _move(names: frozenset[str]) -> Update:
-    """The conditional UPDATE of these columns (by id and current state), built once."""
-    return (
-        update(Machine)
-        .where(col(Machine.id) == bindparam("v_id"), col(Machine.state) == bindparam("v_src"))
-        .values({name: bindparam(f"v_{name}") for name in sorted(names)})
-        .execution_options(synchronize_session=False)
-    )
-
-
 def advance(
     session: Session,
     machine: Machine,
@@ -208,18 +196,12 @@ def advance(
     else:
         if machine.id is None:
             raise ValueError("advance() on a machine that was never stored")
-        params = {f"v_{name}": value for name, value in values.items()}
-        result = session.execute(
-            _move(frozenset(values)), {**params, "v_id": machine.id, "v_src": src}
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if not update_loaded(session, machine, values, state=src):  # no SELECT after it
             session.expire(machine)
             raise ConcurrentChange(
                 f"machine {machine.name} changed state while {event.value} was being applied",
                 hint="read the machine again and retry if the event still applies",
             )
-        for name, value in values.items():  # what the row now holds; no SELECT
-            set_committed_value(machine, name, value)
 
     fields: dict[str, Any] = {
         "at": now,

@@ -21,15 +21,13 @@ SQLite's single writer), writes the allocation's event-log row, and commits.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Update, bindparam, update
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, col
+from sqlmodel import Session
 
+from provisiond.db import update_loaded
 from provisiond.errors import InvalidTransition
 from provisiond.models import Allocation, utcnow
 
@@ -116,17 +114,6 @@ def _changes(
     return dst, values
 
 
-@functools.cache
-def _update(names: frozenset[str]) -> Update:
-    """The UPDATE of these columns by id, built once per set of columns."""
-    return (
-        update(Allocation)
-        .where(col(Allocation.id) == bindparam("v_id"))
-        .values({name: bindparam(f"v_{name}") for name in sorted(names)})
-        .execution_options(synchronize_session=False)
-    )
-
-
 def apply(
     allocation: Allocation,
     event: AllocEv,
@@ -164,8 +151,5 @@ def advance(
         session.flush()
         return dst
     dst, values = _changes(allocation, event, machine_id, reason, now)
-    params = {f"v_{name}": value for name, value in values.items()}
-    session.execute(_update(frozenset(values)), {**params, "v_id": allocation.id})
-    for name, value in values.items():
-        set_committed_value(allocation, name, value)
+    update_loaded(session, allocation, values)
     return dst
