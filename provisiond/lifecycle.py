@@ -14,7 +14,7 @@ Power state (on/off/unknown) is kept apart and is not a lifecycle state.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -264,7 +264,7 @@ class Claimed:
 
 def claim_available(
     session: Session,
-    conditions: Sequence[ColumnElement[bool]],
+    conditions: Callable[[], Sequence[ColumnElement[bool]]],
     *,
     actor: str,
     allocation_uuid: str,
@@ -275,7 +275,7 @@ def claim_available(
     now: datetime | None = None,
     cache_key: Hashable | None = None,
 ) -> Claimed | None:
-    """Atomically move one ``available`` machine matching ``conditions`` to ``deploying``.
+    """Atomically move one ``available`` machine matching ``conditions()`` to ``deploying``.
 
     One statement does the pick and the move, so two claimers can never get the
     same machine: ``UPDATE machine ... WHERE id = (SELECT id ... LIMIT 1 FOR UPDATE
@@ -286,15 +286,16 @@ def claim_available(
     ones for big requests. The ``deploy`` transition Event goes into ``batch``; the
     caller writes it and commits. Returns None when nothing matches.
 
-    ``cache_key`` names the shape and values of ``conditions`` (the same key, the same
-    conditions): the built statement is kept and reused, as a request path sends the
-    same constraints again and again and building it costs more than running it.
+    ``cache_key`` names the shape and values of the conditions (the same key, the same
+    conditions): the built statement is kept and reused, and ``conditions`` is called
+    only to build a new one, as a request path sends the same constraints again and
+    again and building them costs more than running the statement.
     """
     now = now or utcnow()
     limits = timeouts or StateTimeouts()
     statement = _CLAIMS.get(cache_key) if cache_key is not None else None
     if statement is None:
-        statement = _claim_statement(conditions)
+        statement = _claim_statement(conditions())
         if cache_key is not None:
             if len(_CLAIMS) >= CLAIM_CACHE_SIZE:
                 _CLAIMS.pop(next(iter(_CLAIMS)))  # the oldest shape goes

@@ -17,7 +17,7 @@ disks) counts as possibly fitting.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, cast, exists, func, select, true
@@ -112,31 +112,38 @@ def claim(
     """
     constraints = allocation.constraints
     excluded = allocation.excluded_machine_ids
-    where = [c for _, c in conditions(constraints, dialect, excluded=excluded)]
-    if unless_pending:
-        where.append(~exists(select(1).where(col(Allocation.state) == "pending")))
-    # The statement is kept per constraints (their values are in it), not per request.
+
+    def where() -> list[ColumnElement[bool]]:
+        out = [c for _, c in conditions(constraints, dialect, excluded=excluded)]
+        if unless_pending:
+            out.append(~exists(select(1).where(col(Allocation.state) == "pending")))
+        return out
+
+    # The statement is kept per constraints (their values are in it), not per request:
+    # the conditions are built only when it is not kept yet.
     key: tuple[str, ...] | None = (
         dialect,
         json.dumps(constraints, sort_keys=True),
         json.dumps(sorted(excluded)),
         str(unless_pending),
     )
+    build: Callable[[], Sequence[ColumnElement[bool]]] = where
     min_disk = constraints.get("min_disk_gb")
     if min_disk:
+        fitting = where()
         rows = session.execute(
             select(col(Machine.id), col(Machine.disks)).where(
-                col(Machine.state) == State.AVAILABLE.value, *where
+                col(Machine.state) == State.AVAILABLE.value, *fitting
             )
         ).all()
         ids = [mid for mid, disks in rows if _disk_fits(disks, min_disk, unknown_fits=False)]
         if not ids:
             return None
-        where.append(col(Machine.id).in_(ids))
-        key = None  # the ids that fit change from claim to claim
+        fitting.append(col(Machine.id).in_(ids))
+        build, key = (lambda: fitting), None  # the ids that fit change from claim to claim
     return lifecycle.claim_available(
         session,
-        where,
+        build,
         actor=actor,
         allocation_uuid=allocation.uuid,
         batch=batch,
