@@ -26,8 +26,8 @@ allocated | release_failed -> releasing`` (a running deploy ends as ``released``
 engine wipes the disks over SSH (when an OS with our key is up),
 powers off, and makes the machine ``available``.
 
-``abort_deploy`` fails a running deploy (``deploying | installing_agent ->
-deploy_failed``) with a reason, e.g. when its allocation's lease ends.
+``fail`` fails a running deploy or inspection (``-> deploy_failed | inspect_failed``)
+with a reason and closes its record.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ from provisiond.deploy.keys import ensure_keys as ensure_keys
 from provisiond.deploy.keys import host_key_fingerprint as host_key_fingerprint
 from provisiond.deploy.keys import key_pair
 from provisiond.deploy.keys import new_ssh_keypair as new_ssh_keypair
-from provisiond.errors import Conflict
 from provisiond.events import EventKind
-from provisiond.lifecycle import Ev, State, advance
+from provisiond.lifecycle import Ev, advance
 from provisiond.models import Allocation, Deployment, Image, Machine, utcnow
 from provisiond.secrets import SecretBox
 
@@ -280,18 +279,6 @@ def start_release(
         request_id=request_id,
         batch=batch,
     )
-
-
-def abort_deploy(
-    session: Session, machine: Machine, *, actor: str, reason: str, settings: Settings
-) -> None:
-    """``deploying | installing_agent -> deploy_failed`` with ``reason``."""
-    if machine.state not in (State.DEPLOYING, State.INSTALLING_AGENT, State.ALLOCATED):
-        raise Conflict(
-            f"machine {machine.name} is {machine.state}, not deploying",
-            hint="only a running deploy can be aborted",
-        )
-    fail(session, machine, reason=reason, actor=actor, settings=settings)
 
 
 def fail(

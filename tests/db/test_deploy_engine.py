@@ -142,7 +142,7 @@ def test_releasing_machines_are_released(services: Services) -> None:
     with services.db.transaction() as s:
         m = s.get(Machine, machine_id)
         assert m is not None
-        deploy.abort_deploy(s, m, actor="test", reason="lease ended", settings=services.settings)
+        deploy.fail(s, m, actor="test", reason="lease ended", settings=services.settings)
         deploy.start_release(s, m, actor="test", reason="lease ended", settings=services.settings)
     engine = DeployEngine(services)
     [work] = engine.scan()

@@ -149,7 +149,7 @@ def _releasing(services: Services, engine: DeployEngine) -> int:
     with services.db.transaction() as s:
         m = s.get(Machine, machine_id)
         assert m is not None
-        deploy.abort_deploy(s, m, actor="test", reason="lease ended", settings=services.settings)
+        deploy.fail(s, m, actor="test", reason="lease ended", settings=services.settings)
         deploy.start_release(s, m, actor="test", reason="lease ended", settings=services.settings)
     return machine_id
 
