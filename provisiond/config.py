@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     #: Threads for blocking libraries (pyghmi, paramiko).
     executor_workers: int = Field(default=64, ge=1, le=1024)
     timeouts: StateTimeouts = Field(default_factory=StateTimeouts)
+    #: What a failed cabling check (LLDP against the planned switch port of the PXE NIC)
+    #: does to an inspected machine: "warn" records it; "hold" also keeps the machine out
+    #: of allocation (Machine.hold_reason) until a later check passes.
+    cabling_policy: Literal["warn", "hold"] = "warn"
     #: A deploy fails when the agent has not heartbeated this long after its install.
     agent_heartbeat_timeout_s: float = Field(default=120 * SECONDS, gt=0)
     #: How often an installed agent heartbeats.

@@ -25,6 +25,11 @@ class Rack(SQLModel, table=True):
     site: str = Field(default="", max_length=64)
     u_height: int = Field(default=42, ge=1, le=60)
     power_budget_watts: int | None = Field(default=None, ge=0)
+    #: Sum of the last power readings of the rack's machines (PDU outlet or BMC), watts.
+    measured_watts: int | None = Field(default=None, ge=0)
+    measured_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: "" | ok | over_90 | over_100: the last budget verdict; a change is an event.
+    budget_status: str = Field(default="", max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -41,6 +46,8 @@ class Switch(SQLModel, table=True):
     vendor: str = Field(default="", max_length=64)
     model: str = Field(default="", max_length=64)
     mgmt_address: str = Field(default="", max_length=255)
+    #: The chassis MAC the switch sends as its LLDP chassis id ("" when not known).
+    chassis_mac: str = Field(default="", max_length=17)
     ports: list["SwitchPort"] = Relationship(
         back_populates="switch",
         sa_relationship_kwargs={"cascade": "all, delete-orphan", "order_by": "SwitchPort.name"},
@@ -70,6 +77,19 @@ class Pdu(SQLModel, table=True):
     u_height: int = Field(default=0, ge=0)
     capacity_watts: int | None = Field(default=None, ge=0)
     mgmt_address: str = Field(default="", max_length=255)
+    #: PDU driver (provisiond.drivers.pdu registry), "" when the PDU is only recorded.
+    driver: str = Field(default="", max_length=32)
+    snmp_port: int = Field(default=161, ge=1, le=65535)
+    #: "2c" or "3"; the community (v2c) or the v3 keys live encrypted in secret_encrypted.
+    snmp_version: str = Field(default="2c", max_length=4)
+    snmp_username: str = Field(default="", max_length=64)
+    snmp_auth_protocol: str = Field(default="", max_length=16)
+    snmp_priv_protocol: str = Field(default="", max_length=16)
+    # Fernet token (provisiond.secrets); never returned by the API or logged.
+    secret_encrypted: str | None = Field(default=None)
+    power_watts: int | None = Field(default=None, ge=0)
+    power_read_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    unreachable_reason: str = Field(default="", max_length=512)
     outlets: list["Outlet"] = Relationship(
         back_populates="pdu",
         sa_relationship_kwargs={"cascade": "all, delete-orphan", "order_by": "Outlet.number"},
@@ -84,5 +104,8 @@ class Outlet(SQLModel, table=True):
     machine_id: int | None = Field(
         default=None, foreign_key="machine.id", ondelete="SET NULL", index=True
     )
+    #: on | off | unknown, as last read back from the PDU.
+    state: str = Field(default="unknown", max_length=16)
+    power_watts: int | None = Field(default=None, ge=0)
     pdu: "Pdu" = Relationship(back_populates="outlets")
     machine: Optional["Machine"] = Relationship()

@@ -42,6 +42,13 @@ class Machine(SQLModel, table=True):
     firmware: str = Field(default="", max_length=8)
     tags: list[str] = Field(default_factory=list, sa_type=JSON)
     power_watts: int | None = Field(default=None, ge=0)
+    #: The last measured draw (watts), where from ("bmc" | "pdu") and when.
+    measured_watts: int | None = Field(default=None, ge=0)
+    measured_source: str = Field(default="", max_length=8)
+    measured_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: Why the machine is held out of allocation by a check ("" when it is not), e.g.
+    #: the cabling check under policy "hold". Allocation never claims a held machine.
+    hold_reason: str = Field(default="", max_length=512)
     # Lifecycle: only provisiond.lifecycle.advance() writes state, deadline and last_error.
     state: str = Field(default="new", index=True, max_length=32)
     state_changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -80,6 +87,13 @@ class Nic(SQLModel, table=True):
     switch_port_id: int | None = Field(
         default=None, foreign_key="switchport.id", ondelete="SET NULL", unique=True
     )
+    #: The last LLDP neighbour the agent saw on this NIC (decoded TLVs), {} when none.
+    lldp: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    lldp_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    #: The cabling check's last verdict: "" (not checked) | pass | fail | n/a.
+    cabling: str = Field(default="", max_length=8)
+    #: Expected and seen neighbour (and "swapped_with") behind the verdict.
+    cabling_detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     machine: "Machine" = Relationship(back_populates="nics")
 
 
