@@ -20,6 +20,14 @@ times with exponential backoff plus jitter, and an inventory that could not be
 delivered is sent again before the next heartbeat. ``--once`` sends one
 inventory and one heartbeat and exits 0, or 1 with the reason on stderr.
 
+LLDP: before the inventory the agent listens on every interface that is up for the
+first LLDP frame of each (:mod:`lldp`, beside this file), for ``--lldp-wait`` seconds
+at most (``PROVISIOND_LLDP_WAIT_S`` in the environment or the env file; default 5).
+That is the trade-off of a one-shot capture: the virtual rack's switch sends every 2 s,
+but real switches send every 30 s, so on a real network set it to ~35 (an inspection
+then takes that much longer) or run lldpd, whose ``lldpcli`` view the agent reports
+when the capture hears nothing. 0 skips the capture.
+
 The daemon's reply may carry an ``action``; the only one is ``poweroff``
 (``systemctl poweroff`` under systemd, else ``poweroff -f``). ``--no-actions``
 logs the action instead of running it.
@@ -44,6 +52,12 @@ from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any, NoReturn
 
+try:
+    from provisiond.agent import lldp
+except ImportError:  # on a machine: lldp.py sits beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import lldp  # type: ignore[no-redef, import-not-found]
+
 AGENT_VERSION = "0.2.0"
 USER_AGENT = f"provisiond-agent/{AGENT_VERSION}"
 DEFAULT_ENV_FILE = "/etc/provisiond/agent.env"
@@ -54,6 +68,10 @@ SKIP_DISKS = ("loop", "ram", "zram", "dm-", "sr", "fd", "nbd")
 #: lost the daemon does not come back in lockstep.
 BACKOFF = (1, 2, 4, 8, 16)
 HTTP_TIMEOUT_S = 15
+#: Seconds to listen for LLDP before the inventory: longer than the virtual rack switch's
+#: 2 s interval, far shorter than a real switch's usual 30 s (see the module doc).
+LLDP_WAIT_S = 5.0
+LLDP_WAIT_ENV = "PROVISIOND_LLDP_WAIT_S"
 INTERVAL_BOUNDS = (1, 3600)
 #: HTTP statuses that retrying cannot fix (bad token, bad report, no such route).
 FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 422})
@@ -171,51 +189,8 @@ def dmi(root: str) -> dict[str, str]:
     }
 
 
-def _lldp_name(value: Any) -> str:
-    """lldpcli's JSON nests names as {"value": x} or [{"value": x}] depending on version."""
-    if isinstance(value, list) and value:
-        return _lldp_name(value[0])
-    if isinstance(value, dict):
-        return str(value.get("value", ""))
-    return "" if value is None else str(value)
-
-
-def lldp_neighbours() -> list[dict[str, str]]:
-    """One entry per neighbour from ``lldpcli -f json show neighbors``; [] without lldpd."""
-    text = _run(["lldpcli", "-f", "json", "show", "neighbors"])
-    try:
-        interfaces = json.loads(text).get("lldp", {}).get("interface", []) if text else []
-    except (ValueError, AttributeError):
-        return []
-    if isinstance(interfaces, dict):  # {"eno1": {...}} when there is only one
-        interfaces = [{name: body} for name, body in interfaces.items()]
-    found = []
-    for entry in interfaces if isinstance(interfaces, list) else []:
-        for name, body in entry.items() if isinstance(entry, dict) else []:
-            if not isinstance(body, dict):
-                continue
-            chassis = body.get("chassis", {})
-            if isinstance(chassis, dict) and len(chassis) == 1 and "id" not in chassis:
-                chassis_name, chassis = next(iter(chassis.items()))  # {"tor1": {...}}
-            else:
-                chassis_name = _lldp_name(chassis.get("name") if isinstance(chassis, dict) else "")
-            port = body.get("port", {}) if isinstance(body.get("port"), dict) else {}
-            found.append(
-                {
-                    "interface": str(name),
-                    "chassis": str(chassis_name),
-                    "chassis_id": _lldp_name(
-                        chassis.get("id") if isinstance(chassis, dict) else ""
-                    ),
-                    "port": _lldp_name(port.get("id")),
-                    "port_description": _lldp_name(port.get("descr")),
-                }
-            )
-    return found
-
-
-def inventory(root: str = "/") -> dict[str, Any]:
-    """Everything the agent reports, from /proc, /sys and (on the real root) ``ip``/``lldpcli``."""
+def inventory(root: str = "/", lldp_wait_s: float = LLDP_WAIT_S) -> dict[str, Any]:
+    """Everything the agent reports, from /proc, /sys and (on the real root) ``ip`` and LLDP."""
     live = os.path.realpath(root) == "/"
     cpus, cpu_model = cpu_info(root)
     uname = os.uname()
@@ -232,7 +207,7 @@ def inventory(root: str = "/") -> dict[str, Any]:
         "disks": disks(root),
         "nics": nics(root, ipv4_addresses() if live else {}),
         "dmi": dmi(root),
-        "lldp": lldp_neighbours() if live else [],
+        "lldp": lldp.neighbours(root, lldp_wait_s) if live else [],
     }
 
 
@@ -347,9 +322,11 @@ class Agent:
         root: str = "/",
         run_action: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        lldp_wait_s: float = LLDP_WAIT_S,
     ) -> None:
         self.client = client
         self.root = root
+        self.lldp_wait_s = lldp_wait_s
         self.run_action = run_action or (lambda name: ACTIONS[name]())
         self.sleep = sleep
         self.interval = 15.0
@@ -368,8 +345,9 @@ class Agent:
         return str(action) if action else None
 
     def report(self, kind: str) -> dict[str, Any]:
-        body = (lambda: inventory(self.root)) if kind == "inventory" else heartbeat_body
-        reply = send(self.client, kind, body, sleep=self.sleep)
+        # The inventory is collected once (LLDP takes a while) and sent until accepted.
+        report = inventory(self.root, self.lldp_wait_s) if kind == "inventory" else None
+        reply = send(self.client, kind, lambda: report or heartbeat_body(), sleep=self.sleep)
         self.handle(kind, reply)
         return reply
 
@@ -422,8 +400,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--once", action="store_true", help="one inventory and one heartbeat")
     mode.add_argument("--print-inventory", action="store_true", help="print the report and exit")
     parser.add_argument("--no-actions", action="store_true", help="log actions, do not run them")
+    parser.add_argument(
+        "--lldp-wait", type=lldp_seconds, default=os.environ.get(LLDP_WAIT_ENV), metavar="S",
+        help=f"listen this long for LLDP neighbours (${LLDP_WAIT_ENV}; default {LLDP_WAIT_S:g})",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"provisiond-agent {AGENT_VERSION}")
     return parser.parse_args(argv)
+
+
+def lldp_seconds(text: str) -> float:
+    """A capture window from 0 (no capture) to lldp.MAX_WAIT_S seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= lldp.MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 to {lldp.MAX_WAIT_S:g} seconds")
+    return value
 
 
 def settings(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -438,6 +431,11 @@ def settings(args: argparse.Namespace) -> tuple[str, str, str]:
             log.warning(
                 "%s is world-readable and holds the agent token; chmod 600 it", args.env_file
             )
+    if args.lldp_wait is None and env.get(LLDP_WAIT_ENV):
+        try:
+            args.lldp_wait = lldp_seconds(env[LLDP_WAIT_ENV])
+        except argparse.ArgumentTypeError as exc:
+            _config_error(f"{LLDP_WAIT_ENV} in {args.env_file}: {exc}")
     token = env.get("PROVISIOND_AGENT_TOKEN", "")
     if args.token_file:
         try:
@@ -488,11 +486,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
     if args.print_inventory:
-        print(json.dumps(inventory(args.root), indent=2, sort_keys=True))
+        wait = LLDP_WAIT_S if args.lldp_wait is None else args.lldp_wait
+        print(json.dumps(inventory(args.root, wait), indent=2, sort_keys=True))
         return 0
     url, machine, token = settings(args)
     client = Client(url, machine, token)
-    agent = Agent(client, root=args.root, run_action=_log_action if args.no_actions else None)
+    agent = Agent(
+        client, root=args.root, run_action=_log_action if args.no_actions else None,
+        lldp_wait_s=LLDP_WAIT_S if args.lldp_wait is None else args.lldp_wait,
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, _stop)
     log.info("agent %s for machine %s, daemon %s", AGENT_VERSION, machine, url)
     if args.once:

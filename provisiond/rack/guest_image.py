@@ -7,9 +7,11 @@ URL, no debootstrap), so it needs nothing but the host's configured apt sources:
     image.kernel, image.initrd, image.kernel_args
 
 The ramdisk carries busybox, dropbear, python3.11 with its standard library, the few
-kernel modules a virtual or simple physical machine needs for its NIC and disk, and
-two programs from ``provisiond/rack/guest/``: ``init`` (PID 1: network, host key) and
-``phone_home.py`` (reads the NoCloud seed, starts sshd, calls provisiond back).
+kernel modules a virtual or simple physical machine needs for its NIC and disk, two
+programs from ``provisiond/rack/guest/``: ``init`` (PID 1: network, host key) and
+``phone_home.py`` (reads the NoCloud seed, starts sshd, calls provisiond back), and the
+machine agent (``agent.py`` with its ``lldp.py``, :data:`AGENT_FILES`) in
+``/opt/provisiond-agent``, where the daemon's agent install puts the same files.
 
 A *recipe* (the constants below plus the guest files' content) and the package
 versions apt resolves for it hash to a cache key: output lands in
@@ -20,8 +22,8 @@ one recipe; downloaded .debs are kept in ``<cache>/debs/``. The cache defaults t
 
 Checks at build time: every ELF file's NEEDED libraries must be in the tree, and the
 extracted interpreter (run through the extracted dynamic loader) must import the
-modules the agent uses while it precompiles the standard library, so a guest does not
-compile bytecode under TCG on every boot.
+modules the agent uses (and the agent itself must import) while it precompiles the
+standard library, so a guest does not compile bytecode under TCG on every boot.
 
 This module is the recipe and the build's order of steps; the file-level steps (ELF
 reading, kernel module closure, pruning, the library check, the cpio writer) live in
@@ -108,6 +110,11 @@ GUEST_FILES = {
     "nsswitch.conf": ("etc/nsswitch.conf", 0o644),
     "hosts": ("etc/hosts", 0o644),
 }
+# Files from provisiond/agent/ → (path in the ramdisk, mode).
+AGENT_FILES = {
+    "agent.py": ("opt/provisiond-agent/agent.py", 0o755),
+    "lldp.py": ("opt/provisiond-agent/lldp.py", 0o644),
+}
 DIRS = {
     "dev": 0o755,
     "proc": 0o555,
@@ -150,8 +157,11 @@ class Recipe:
 
 def default_recipe() -> Recipe:
     guest = importlib.resources.files("provisiond.rack") / "guest"
+    agent = importlib.resources.files("provisiond.agent")
     files = [
-        (dest, mode, (guest / name).read_bytes()) for name, (dest, mode) in GUEST_FILES.items()
+        (dest, mode, (folder / name).read_bytes())
+        for folder, table in ((guest, GUEST_FILES), (agent, AGENT_FILES))
+        for name, (dest, mode) in table.items()
     ]
     return Recipe(PACKAGES, MODULES, KERNEL_ARGS, tuple(sorted(files)))
 
@@ -294,6 +304,8 @@ def _assemble(root: Path, kernel_tree: Path, kernel_release: str, recipe: Recipe
             path.symlink_to("/bin/busybox")
     check_libraries(root, LIB_DIRS)
     _python_in_tree(root, "-c", f"import {SMOKE_IMPORTS}")
+    agent_dir = root / "opt/provisiond-agent"  # the agent finds lldp.py beside itself
+    _python_in_tree(root, "-c", f"import sys; sys.path[0] = {str(agent_dir)!r}; import agent")
     _python_in_tree(
         root,
         "-m",
@@ -307,6 +319,7 @@ def _assemble(root: Path, kernel_tree: Path, kernel_release: str, recipe: Recipe
         "unchecked-hash",
         str(root / "usr/lib" / PYTHON),
         str(root / "usr/lib/provisiond"),
+        str(agent_dir),
     )
 
 

@@ -12,7 +12,12 @@ is bounded so that a report can never overflow a column, on SQLite or PostgreSQL
      "nics": [{"name": "eno1", "mac": "52:54:00:aa:bb:cc", "operstate": "up",
                "speed_mbps": 1000, "ipv4": ["10.0.0.5/24"], "virtual": false}],
      "dmi": {"sys_vendor": "Dell Inc.", "product_name": "R640", "product_serial": "ABC"},
-     "lldp": [{"interface": "eno1", "chassis": "tor1", "port": "Ethernet12"}]}
+     "lldp": [{"interface": "eno1", "mac": "52:54:00:aa:bb:cc",
+               "chassis_id": "02:1f:00:aa:00:01", "chassis_id_subtype": "mac",
+               "system_name": "tor1", "system_description": "SONiC",
+               "port_id": "Ethernet12", "port_id_subtype": "interface_name",
+               "port_description": "node1 eno1", "mgmt_addresses": ["10.0.0.2"],
+               "vlans": [{"id": 100, "name": "prov"}], "pvid": 100, "ttl": 120}]}
 """
 
 from __future__ import annotations
@@ -76,7 +81,14 @@ class InventoryReport(_Report):
     disks: list[DiskReport] = Field(default_factory=list, max_length=1024)
     nics: list[NicReport] = Field(default_factory=list, max_length=1024)
     dmi: DmiReport = Field(default_factory=DmiReport)
-    #: LLDP neighbours as the agent summarised ``lldpcli`` output; kept in event details.
+    #: LLDP neighbours, one per interface that heard one: what the agent captured itself
+    #: (:mod:`provisiond.agent.lldp`), else its summary of ``lldpcli``. Keys: ``interface``,
+    #: ``mac`` (the machine's NIC), ``chassis_id`` and ``chassis_id_subtype`` (``mac``,
+    #: ``network_address``, ``interface_name``, ``local``, ...), ``system_name``,
+    #: ``system_description``, ``port_id`` and ``port_id_subtype``, ``port_description``,
+    #: ``mgmt_addresses``, ``vlans`` (``[{"id", "name"}]``), ``pvid`` and ``ttl``. Older
+    #: agents sent ``{"interface", "chassis", "port"}``. Kept as sent (unknown keys too), so
+    #: the cabling check reads it defensively; the list is bounded, as every report is.
     lldp: list[dict[str, Any]] = Field(default_factory=list, max_length=1024)
 
 

@@ -75,6 +75,22 @@ def keypair() -> tuple[str, str]:
     return e2e.keypair()
 
 
+@pytest.fixture(autouse=True)
+def _left_available(rack: Scenario) -> Iterator[None]:
+    """Each test starts from machines a failed test before it did not leave allocated:
+    whatever allocation is still open afterwards is released and the rack waited for."""
+    yield
+    assert rack.rack is not None
+    with rack.api() as api:
+        left = [a for a in api.get("/allocations", params={"limit": 1000}).json()
+                if a["state"] in ("pending", "deploying", "ready", "failed")]  # fmt: skip
+        for alloc in left:
+            api.delete(f"/allocations/{alloc['id']}")
+    if left:
+        names = [g.name for g in rack.rack.guests]
+        rack.wait_states(names, {"available"}, timeout=300, fail={"release_failed"})
+
+
 def _ipmi(sc: Scenario, index: int, *command: str) -> None:
     assert sc.rack is not None
     guest = sc.rack.guests[index]

@@ -254,15 +254,20 @@ def test_print_inventory_is_json_without_a_network() -> None:
 
 
 def test_the_agent_imports_only_the_standard_library() -> None:
-    tree = ast.parse(AGENT.read_text())
-    imported = {
-        (node.module or "" if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    }
-    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
-    assert "provisiond" not in imported
+    """agent.py and lldp.py, which travels with it: the stdlib, and lldp from
+    provisiond.agent or (on a machine, as here under -I -S) from agent.py's own folder."""
+    for program in (AGENT, AGENT_DIR / "lldp.py"):
+        tree = ast.parse(program.read_text())
+        imported = {
+            (node.module or "" if isinstance(node, ast.ImportFrom) else alias.name)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        own = {"provisiond.agent", "lldp"} if program == AGENT else set()
+        tops = {name.split(".")[0] for name in imported - own}
+        assert tops - {"__future__"} <= set(sys.stdlib_module_names), imported
+        assert "provisiond" not in tops, imported
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -338,6 +343,7 @@ def test_the_init_script_runs_the_agent_under_busybox(daemon: Daemon, tmp_path: 
     program = tmp_path / "opt" / "agent.py"
     program.parent.mkdir()
     shutil.copy(AGENT, program)
+    shutil.copy(AGENT_DIR / "lldp.py", program.parent)  # installed beside it, as the engine does
     env = {
         "PATH": str(bin_dir),
         "PROVISIOND_AGENT_PYTHON": PYTHON,

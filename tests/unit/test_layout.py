@@ -27,7 +27,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "config": USE_CASES | FACES | {"netboot", "drivers", "container"},
     "networks": USE_CASES | FACES | {"netboot", "drivers", "container", "config"},
     "rack": USE_CASES | {"api", "container", "daemon", "scheduler"},
-    "agent": {"*"},  # stdlib only: it runs on the machines
+    "agent": {"*"},  # stdlib only (and its own files, copied with it): it runs on the machines
 }
 #: The guideline is ~400 lines; these are over it today and may only shrink.
 SIZE_LIMIT = 400
@@ -65,7 +65,7 @@ def test_imports_run_one_way() -> None:
         if not banned:
             continue
         for module in _imports(path):
-            if "*" in banned or _top(module) in banned:
+            if ("*" in banned and _top(module) != owner) or _top(module) in banned:
                 wrong.append(f"{rel} imports {module}")
     assert not wrong, "\n".join(sorted(wrong))
 
