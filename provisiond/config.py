@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     hosts_resync_interval_s: float = Field(default=5 * MINUTES, gt=0)
     power_sync_concurrency: int = Field(default=64, ge=1, le=1024)
     power_call_timeout_s: float = Field(default=10 * SECONDS, gt=0)
+    #: Bound of one SNMP request to a PDU (each try); a timeout is retried once.
+    pdu_call_timeout_s: float = Field(default=3 * SECONDS, gt=0, le=60)
     #: Consecutive failed power reads before a BMC is marked unreachable.
     power_failure_threshold: int = Field(default=3, ge=1)
     discovery_probe_timeout_s: float = Field(default=1.0, gt=0, le=30)

@@ -7,8 +7,11 @@ ProvisiondError            500 unless a subclass says; code, message, hint
 │   ├── InvalidTransition  event not allowed from the machine's state
 │   ├── ConcurrentChange   another writer changed the row first
 │   ├── MachineLocked      another operation holds the machine lock
-│   └── BmcNotConfigured   the machine has no usable BMC address or password
-│                          (kept in machines.bmc_access; not a BMC's own failure)
+│   ├── OverBudget         powering on would pass the rack's power budget
+│   │                      (kept in power_budget; an admin may force it)
+│   ├── BmcNotConfigured   the machine has no usable BMC address or password
+│   │                      (kept in machines.bmc_access; not a BMC's own failure)
+│   └── PduNotConfigured   the PDU has no driver, address or SNMP secret (pdus.access)
 ├── ValidationFailed       422, with a list of problems (path, line, message)
 ├── BadRequest             400, a body that cannot be parsed
 │   └── DiskImageRefused   not a usable whole-disk image (netboot.disk_convert)
@@ -27,6 +30,14 @@ ProvisiondError            500 unless a subclass says; code, message, hint
 │                          (kept in rack.guest_files, the rack's own tooling)
 ├── DiskImageError         500, the virtual rack's Debian disk image cannot be built
 │                          (kept in rack.disk_layout, the rack's own tooling)
+├── PduError               502, a PDU failed or refused (kept in drivers.pdu.base)
+│   ├── PduFatalError      retrying cannot help
+│   │   ├── PduAuthError   SNMPv3 user unknown or key wrong
+│   │   ├── PduUnsupported no such outlet or object; a SET refused
+│   │   ├── PduBadReply    a malformed SNMP answer, or one for other objects
+│   │   └── PduNotConfirmed  switched, but the read-back disagrees
+│   └── PduRetryableError  back off and try again
+│       └── PduUnreachable no answer (address, port, v2c community, PDU down)
 └── BmcError                           502, a BMC failed or refused (drivers/power)
     ├── BmcFatalError                  retrying cannot help
     │   ├── BmcAuthError               credentials rejected

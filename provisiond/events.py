@@ -45,6 +45,8 @@ class EventKind(StrEnum):
     ALLOCATION = "allocation"
     #: Who changed what in the inventory, tokens or credentials.
     AUDIT = "audit"
+    #: A NIC's cabling verdict changed (LLDP against its planned port), or a hold it set.
+    CABLING = "cabling"
 
 
 def _row(

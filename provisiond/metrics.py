@@ -30,6 +30,32 @@ class Metrics:
             "Power states found changed outside provisiond",
             registry=registry,
         )
+        # Rack power (provisiond.power_budget): per rack, not per machine (10,000 series
+        # a scrape); the machines' readings go into one histogram instead.
+        self.rack_measured_watts = Gauge(
+            "provisiond_rack_measured_watts",
+            "A rack's draw: its machines' last readings, declared watts where none",
+            ["rack"],
+            registry=registry,
+        )
+        self.rack_budget_watts = Gauge(
+            "provisiond_rack_budget_watts",
+            "A rack's power budget (racks with one)",
+            ["rack"],
+            registry=registry,
+        )
+        self.racks_over_budget = Gauge(
+            "provisiond_racks_over_budget",
+            "Racks whose draw is over 90% (over_90) or over 100% (over_100) of budget",
+            ["level"],
+            registry=registry,
+        )
+        self.machine_measured_watts = Histogram(
+            "provisiond_machine_measured_watts",
+            "Machines' power readings (BMC or PDU outlet), one per machine per power sync",
+            buckets=(0, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000),
+            registry=registry,
+        )
         self.boot_phase_seconds = Histogram(
             "provisiond_boot_phase_seconds",
             "Seconds from a deploy's or inspection's power-cycle to each boot phase",
@@ -89,5 +115,17 @@ class Metrics:
             "provisiond_dnsmasq_up",
             "1 while the network's dnsmasq runs, 0 while it is down or restarting",
             ["network"],
+            registry=registry,
+        )
+        # Cabling (provisiond.cabling): set from the stored verdicts after each check.
+        self.cabling_ports = Gauge(
+            "provisiond_cabling_ports",
+            "NIC ports by their last cabling verdict (pass, fail, n/a)",
+            ["result"],
+            registry=registry,
+        )
+        self.cabling_failing_ports = Gauge(
+            "provisiond_cabling_failing_ports",
+            "NIC ports whose last cabling check failed (another switch or port than planned)",
             registry=registry,
         )

@@ -7,6 +7,7 @@ APT_PACKAGES=(
   postgresql-15      # PostgreSQL tests: a throwaway cluster per test run
   util-linux         # runuser, to start PostgreSQL as the postgres user
   ipmitool           # the reference IPMI client the tests and benchmarks compare with
+  snmp               # snmpget: the PDU benchmark's baseline, and the tests' outside SNMP peer
   openipmi           # ipmi_sim: an outside IPMI peer for the ipmi driver tests
   dnsmasq-base       # DHCP/TFTP engine (binary only: no system service on host interfaces)
   busybox-static     # udhcpc, the tests' PXE client; busybox sh for the wipe script's test

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from provisiond.rack.scenario import Scenario, ScenarioError
 
@@ -102,6 +103,37 @@ def summary(sc: Scenario, allocations: list[dict[str, Any]]) -> tuple[Table, boo
     return table, ok
 
 
+def physical_truth(sc: Scenario) -> Table:
+    """Each machine's cabling verdict (LLDP against the plan) and the rack's measured
+    draw against its budget, as `provisiond cabling check` and `racks power` show them."""
+    with sc.api() as api:
+        cabling = api.get("/cabling").json()
+        power = api.get(f"/racks/{sc.name}/power").json()
+    table = Table(title="physical truth: cabling and power", title_justify="left")
+    for title in ("machine", "nic", "planned port", "LLDP saw", "cabling", "watts", "from"):
+        table.add_column(title)
+    draws = {m["name"]: m for m in power["machines"]}
+    for port in cabling["ports"]:
+        if not port["expected_port"]:
+            continue
+        draw = draws.get(port["machine"], {})
+        cells = (
+            port["machine"],
+            port["nic"],
+            f"{port['expected_switch']}/{port['expected_port']}",
+            f"{port['seen_system_name'] or '-'}/{port['seen_port_id'] or '-'}",
+            port["result"] + (f" ({port['reason']})" if port["reason"] else ""),
+            str(draw.get("watts", "-")),
+            str(draw.get("source", "-")),
+        )
+        table.add_row(*(Text(cell) for cell in cells))  # LLDP text is data, not markup
+    budget = power["budget_watts"]
+    table.caption = f"rack {power['rack']}: {power['measured_watts']} W measured of a " + (
+        f"{budget} W budget ({power['budget_status']})" if budget else "budget not set"
+    )
+    return table
+
+
 def main() -> int:
     oneshot = os.environ.get("DEMO_ONESHOT") == "1"
     if DATA.exists():
@@ -116,7 +148,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sc = Scenario(
-        RACK, COUNT, DATA, api_port=PORT, log=step, ram_mib=1024, disk_mib=3072, disk_image=IMAGE
+        RACK,
+        COUNT,
+        DATA,
+        api_port=PORT,
+        log=step,
+        ram_mib=1024,
+        disk_mib=3072,
+        disk_image=IMAGE,
+        extra_config="power_sync_interval_s = 5\n",
     )
     try:
         step(
@@ -146,6 +186,7 @@ def main() -> int:
         allocations = sc.wait_allocations(ids, timeout=900)
         table, ok = summary(sc, allocations)
         console.print(table)
+        console.print(physical_truth(sc))
         for alloc in allocations:
             if alloc["state"] == "failed":
                 console.print(f"[red]{alloc['machine']}: {alloc['failure_reason']}[/]")

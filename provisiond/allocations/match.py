@@ -115,6 +115,7 @@ def claim(
 
     def where() -> list[ColumnElement[bool]]:
         out = [c for _, c in conditions(constraints, dialect, excluded=excluded)]
+        out.append(col(Machine.hold_reason) == "")  # never a held machine (see _held)
         if unless_pending:
             out.append(~exists(select(1).where(col(Allocation.state) == "pending")))
         return out
@@ -200,6 +201,29 @@ def impossible(session: Session, constraints: dict[str, Any], dialect: str) -> N
                 hint="relax this constraint; 'provisiond machines list' shows the inventory",
             )
         applied.append(name)
+    _held(session, base, "constraints.names" if constraints.get("names") else "constraints")
+
+
+def _held(session: Session, where: list[ColumnElement[bool]], path: str) -> None:
+    """Raise a 422 naming the holds when every machine that could fit is held (a hold
+    is set by a check such as the cabling check and cleared when it passes again)."""
+    free = select(col(Machine.id)).where(*where, col(Machine.hold_reason) == "").limit(1)
+    if session.execute(free).first() is not None:
+        return
+    held = session.execute(
+        select(col(Machine.name), col(Machine.hold_reason))
+        .where(*where)
+        .order_by(col(Machine.name))
+        .limit(5)
+    ).all()
+    if not held:
+        return
+    which = "; ".join(f"{name} is held ({reason})" for name, reason in held)
+    raise ValidationFailed(
+        [Problem(path, f"every machine that fits is held out of allocation: {which}")],
+        hint="a cabling hold clears when the check passes: fix the cabling (or the plan, "
+        "'provisiond cabling import'), re-inspect or run 'provisiond cabling check'",
+    )
 
 
 def _alone_fits(session: Session, name: str, constraints: dict[str, Any], dialect: str) -> bool:

@@ -11,13 +11,16 @@ from provisiond import __version__
 from provisiond.cli import (
     admin,
     allocate,
+    cabling,
     credentials,
     discover,
     events,
     images,
     inventory,
     machines,
+    pdus,
     rack,
+    racks,
     sim,
 )
 
@@ -58,10 +61,13 @@ app.add_typer(credentials.app, name="credentials")
 app.command("discover")(discover.discover)
 app.add_typer(sim.app, name="sim")
 app.add_typer(rack.app, name="rack")
+app.add_typer(pdus.app, name="pdus")
 app.add_typer(images.app, name="images")
 app.command("allocate")(allocate.allocate)
 app.command("release")(allocate.release)
 app.add_typer(allocate.app, name="allocations")
+app.add_typer(racks.app, name="racks")
+app.add_typer(cabling.app, name="cabling")
 
 
 def main() -> None:

@@ -216,14 +216,22 @@ POWER_ACTIONS = ("status", "on", "off", "soft_off", "cycle", "reset")
 def power(
     name: Annotated[str, typer.Argument(help="Machine name or uuid")],
     action: Annotated[str, typer.Argument(help="status, on, off, soft_off, cycle or reset")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Power on even over the rack's power budget (admins only)"),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Read or change power through the machine's BMC; actions are confirmed by read-back."""
+    """Read or change power through the machine's BMC; actions are confirmed by read-back.
+
+    Powering on a machine whose rack would pass its power budget is refused, with the
+    rack's figures; an admin can --force it."""
     if action not in POWER_ACTIONS:
         fail(f"unknown power action {action!r}", hint=f"use one of: {', '.join(POWER_ACTIONS)}")
     path = f"/machines/{quote(name, safe='')}/power"
+    body: dict[str, Any] = {"action": action, **({"force": True} if force else {})}
     with api() as client:
-        outcome = client.get(path) if action == "status" else client.post(path, {"action": action})
+        outcome = client.get(path) if action == "status" else client.post(path, body)
     if as_json:
         emit(outcome, True)
     elif outcome.get("manual"):

@@ -16,6 +16,13 @@ import typer
 
 from provisiond.cli.common import JsonFlag, console, emit, err_console, handled
 from provisiond.rack import vrack
+from provisiond.rack.vrack_files import (
+    DEFAULT_POWER_BUDGET_W,
+    PDU_COMMUNITY_FILE,
+    pdu_name,
+    switch_chassis_mac,
+    switch_name,
+)
 
 app = typer.Typer(help="The virtual rack: QEMU guests behind simulated IPMI BMCs.")
 
@@ -51,6 +58,28 @@ def rack_up(
             "their second.",
         ),
     ] = 0,
+    swap_cables: Annotated[
+        str | None,
+        typer.Option(
+            "--swap-cables",
+            metavar="VMA,VMB",
+            help="A cabling fault: the switch announces each of these two guests' planned "
+            "port (LLDP) to the other, e.g. vm1,vm2.",
+        ),
+    ] = None,
+    pdu_miswire: Annotated[
+        str | None,
+        typer.Option(
+            "--pdu-miswire",
+            metavar="VMA,VMB",
+            help="An inventory fault: inventory.yaml puts each of these two guests on the "
+            "other's PDU outlet (the PDU's real wiring stays right), e.g. vm1,vm2.",
+        ),
+    ] = None,
+    power_budget: Annotated[
+        int,
+        typer.Option("--power-budget", min=0, help="The rack's power budget in watts."),
+    ] = DEFAULT_POWER_BUDGET_W,
 ) -> None:
     """Create the namespace, bridge, taps, disks and BMCs; the guests stay off.
 
@@ -66,6 +95,9 @@ def rack_up(
             http_port=http_port,
             uefi=uefi,
             two_nics=two_nics,
+            swap_cables=swap_cables.split(",") if swap_cables else None,
+            pdu_miswire=pdu_miswire.split(",") if pdu_miswire else None,
+            power_budget_watts=power_budget,
         )
     emit(
         [
@@ -75,15 +107,25 @@ def rack_up(
                 "IP": g.ip,
                 "BMC": f"{g.bmc_address}:{g.bmc_port}",
                 "firmware": g.firmware,
+                "switch port": g.switch_port,
                 "uncabled NIC": g.unwired_mac or "-",
             }
             for g in rack.guests
         ],
         False,
-        columns=("machine", "MAC", "IP", "BMC", "firmware")
+        columns=("machine", "MAC", "IP", "BMC", "firmware", "switch port")
         + (("uncabled NIC",) if two_nics else ()),
         title=f"rack {rack.name}: namespace {rack.netns}, {rack.bridge} {rack.boot_address}",
     )
+    switch = f"switch:    {switch_name(rack.name)} ({switch_chassis_mac(rack.name)}), LLDP"
+    if rack.swap_cables:
+        switch += f" with the cables of {' and '.join(rack.swap_cables)} swapped"
+    console.print(switch, highlight=False)
+    pdu = f"PDU:       {pdu_name(rack.name)} on 127.0.0.1:{rack.pdu_port} (SNMP v2c, apc_snmp)"
+    if rack.pdu_miswire:
+        pdu += f"; the inventory swaps the outlets of {' and '.join(rack.pdu_miswire)}"
+    console.print(pdu, highlight=False)
+    console.print(f"budget:    {rack.power_budget_watts} W", highlight=False)
     console.print(f"inventory: {rack.inventory_file}", highlight=False)
     console.print(f"network:   {rack.network_file}", highlight=False)
     if os.environ.get(vrack.PASSWORD_ENV):
@@ -93,6 +135,13 @@ def rack_up(
             f"BMC user {rack.bmc_username}; before 'provisiond inventory apply': "
             f"export {vrack.PASSWORD_ENV}=password",
             highlight=False,
+        )
+    community = Path(rack.state_dir) / PDU_COMMUNITY_FILE
+    if os.environ.get(vrack.PDU_COMMUNITY_ENV):
+        console.print(f"PDU community from ${vrack.PDU_COMMUNITY_ENV}", highlight=False)
+    else:
+        console.print(
+            f"PDU community: export {vrack.PDU_COMMUNITY_ENV}=$(cat {community})", highlight=False
         )
 
 

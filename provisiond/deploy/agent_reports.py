@@ -19,7 +19,8 @@ What a report does depends on the lifecycle state, always through
   ``maintenance`` (an operator may be working on it), ``deploy_failed`` (kept up for
   debugging until released) or ``releasing`` (the deploy engine drives it).
 
-Hardware facts (CPUs, RAM, disks, DMI) are updated from every inventory. NICs follow
+Hardware facts (CPUs, RAM, disks, DMI) are updated from every inventory, and the LLDP
+neighbours go to the cabling check (:mod:`provisiond.cabling.service`). NICs follow
 :mod:`provisiond.deploy.nic_reports`: planned NICs (inventory, API) are updated only
 when the report agrees with them (a reported physical MAC the machine does not have,
 or a stored PXE MAC missing from the report, becomes a ``mac_mismatch`` event for an
@@ -38,6 +39,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from provisiond import events
+from provisiond.cabling import service as cabling
 from provisiond.config import Settings
 from provisiond.deploy import nic_reports
 from provisiond.deploy import telemetry as boot_telemetry
@@ -214,6 +216,9 @@ def record_inventory(
         },
     )
     session.flush()
+    named = {n.name: n.mac for n in report.nics if n.name}  # for agents that send no MAC
+    cabling.record_report(session, machine, report.lldp, named,
+                          policy=settings.cabling_policy, metrics=metrics, actor=ACTOR)  # fmt: skip
     action = None
     if machine.state == State.INSPECTING:
         boot_telemetry.record_phase(session, machine, "inventory", metrics=metrics, actor=ACTOR)

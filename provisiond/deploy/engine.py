@@ -275,6 +275,7 @@ class DeployEngine:
             )
             state = await power.get_power(executor, driver, policy)
             action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
+            await machine_power.admit_power_on(self.services, item.name, action, actor=ACTOR)
             await power.power(executor, driver, action, policy)
         except BmcManualAction as exc:
             await asyncio.to_thread(

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from provisiond.errors import Problem
+from provisiond.inventory import pdu_settings
 from provisiond.inventory.placement import Placed, check_rack
 from provisiond.inventory.spec import Document, Entry, Loc
 from provisiond.inventory.state import Current, split_ref
@@ -81,6 +82,7 @@ class Checker:
         self.nics()
         self.outlets()
         self.bmcs()
+        self.pdus()
         return self.problems
 
     def placed(self) -> list[Item]:
@@ -243,6 +245,13 @@ class Checker:
                 state = "is empty" if var in self.env else "is not set"
                 message = f"environment variable {var} {state} where the file was applied from"
                 self.at(item, ("bmc", "password_env"), message)
+
+    def pdus(self) -> None:
+        for item in self.items["pdu"].values():
+            if item.entry is not None:
+                given = item.entry.given
+                for key, message in pdu_settings.problems(item.form, given, self.env):
+                    self.at(item, (key,) if key in given else (), message)
 
 
 def prune_problems(current: Current, names: list[str], now: datetime) -> list[Problem]:

@@ -1,4 +1,8 @@
-"""PDUs and their outlets, placed in racks; an outlet feeds at most one machine."""
+"""PDUs and their outlets, placed in racks; an outlet feeds at most one machine.
+
+A PDU with a driver also carries SNMP settings; its community or v3 keys are
+write-only (:mod:`provisiond.pdus.access` encrypts them) and shown as ``secret_set``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from provisiond.errors import Conflict, Problem, ValidationFailed
 from provisiond.events import audit
 from provisiond.inventory.rack_units import place, replace
 from provisiond.models import Machine, Outlet, Pdu, Rack
+from provisiond.pdus.access import WRITE_ONLY, check_settings, store_secrets
 from provisiond.schemas.resources import OutletIn, PduIn, PduOut, PduPatch
+from provisiond.secrets import SecretBox
 
 
 def _find(session: Session, name: str) -> Pdu:
@@ -27,10 +33,17 @@ def to_out(session: Session, pdus: Sequence[Pdu]) -> list[PduOut]:
     return [
         PduOut.model_validate(
             {
-                **p.model_dump(exclude={"id", "rack_id"}),
+                **p.model_dump(exclude={"id", "rack_id", "secret_encrypted"}),
+                "secret_set": bool(p.secret_encrypted),
                 "rack": racks.get(p.rack_id),
                 "outlets": [
-                    {"number": o.number, "machine": machines.get(o.machine_id)} for o in p.outlets
+                    {
+                        "number": o.number,
+                        "machine": machines.get(o.machine_id),
+                        "state": o.state,
+                        "power_watts": o.power_watts,
+                    }
+                    for o in p.outlets
                 ],
             }
         )
@@ -89,7 +102,9 @@ def _set_outlets(session: Session, pdu: Pdu, specs: list[OutletIn]) -> None:
     pdu.outlets = outlets
 
 
-def create_pdu(session: Session, spec: PduIn, *, actor: str, request_id: str = "") -> PduOut:
+def create_pdu(
+    session: Session, box: SecretBox, spec: PduIn, *, actor: str, request_id: str = ""
+) -> PduOut:
     ensure_name_free(session, Pdu, spec.name, kind="PDU")
     rack_id = place(
         session,
@@ -99,7 +114,9 @@ def create_pdu(session: Session, spec: PduIn, *, actor: str, request_id: str = "
         u_position=spec.u_position,
         u_height=spec.u_height,
     )
-    pdu = Pdu(**spec.model_dump(exclude={"rack", "outlets"}), rack_id=rack_id)
+    pdu = Pdu(**spec.model_dump(exclude={"rack", "outlets", *WRITE_ONLY}), rack_id=rack_id)
+    check_settings(pdu)
+    store_secrets(pdu, dict(spec), box)
     _set_outlets(session, pdu, spec.outlets)
     session.add(pdu)
     session.flush()
@@ -108,13 +125,21 @@ def create_pdu(session: Session, spec: PduIn, *, actor: str, request_id: str = "
 
 
 def update_pdu(
-    session: Session, name: str, patch: PduPatch, *, actor: str, request_id: str = ""
+    session: Session,
+    box: SecretBox,
+    name: str,
+    patch: PduPatch,
+    *,
+    actor: str,
+    request_id: str = "",
 ) -> PduOut:
     pdu = _find(session, name)
     if patch.name and patch.name != pdu.name:
         ensure_name_free(session, Pdu, patch.name, kind="PDU")
     replace(session, pdu, "pdu", patch)
-    apply_patch(pdu, patch, skip=frozenset({"rack", "u_position", "outlets"}))
+    apply_patch(pdu, patch, skip=frozenset({"rack", "u_position", "outlets", *WRITE_ONLY}))
+    check_settings(pdu)
+    store_secrets(pdu, {k: getattr(patch, k) for k in patch.model_fields_set}, box)
     if patch.outlets is not None:
         _set_outlets(session, pdu, patch.outlets)
     session.add(pdu)

@@ -11,7 +11,9 @@ The file (``inventory/README.md`` has the full reference)::
         u_position: 42              # U1 is the bottom
         ports: [swp1, {name: swp2, vlan: 100}]
     pdus:
-      - {name: pdu1, rack: r1, capacity_watts: 10000, outlets: 24}   # or a list: [1, 2, 5]
+      - {name: pdu1, rack: r1, capacity_watts: 10000, outlets: 24,   # or a list: [1, 2, 5]
+         mgmt_address: 10.0.0.5, driver: apc_snmp, snmp_version: "2c",
+         snmp_community_env: PDU_COMMUNITY}
     machines:
       - name: node1
         rack: r1
@@ -37,6 +39,8 @@ not in an export. A BMC without ``password``/``password_env`` keeps its stored
 password, which is why an export re-applies as "unchanged". ``password_env`` names
 a variable of the *client's* environment; the CLI sends the variables a file names
 (JSON body ``{"yaml": ..., "env": {...}}``), since the daemon may run elsewhere.
+A PDU's SNMP secrets (``snmp_community``, ``snmp_auth_key``, ``snmp_priv_key``, or
+each as ``<key>_env: NAME``) are handled the same way (:mod:`.pdu_settings`).
 
 Nothing is deleted without ``prune``: then racks, switches, PDUs and machines that
 the file does not name are deleted, machines only when at rest and not active.
@@ -68,6 +72,7 @@ from provisiond.inventory import MAX_BYTES as MAX_BYTES  # where admission reads
 from provisiond.inventory import write as inventory_write
 from provisiond.inventory.check import Checker, Item, prune_problems
 from provisiond.inventory.gcpause import paused
+from provisiond.inventory.pdu_settings import secret_change
 from provisiond.inventory.spec import Document, parse
 from provisiond.inventory.state import (
     HIDDEN,
@@ -165,6 +170,8 @@ class Draft:
     passwords: dict[str, str]
     deletes: dict[str, list[str]]
     plan: Plan
+    #: PDU name -> the clear JSON of its SNMP secrets to store (only when they change)
+    pdu_secrets: dict[str, str] = field(default_factory=dict)
 
 
 def _password(item: Item, current: Current, env: dict[str, str], secrets: SecretBox) -> str | None:
@@ -218,6 +225,7 @@ def draft(
 
     changes: list[Change] = []
     passwords: dict[str, str] = {}
+    pdu_secrets: dict[str, str] = {}
     desired: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS}
     for kind in KINDS:
         for entry in doc.of(kind):
@@ -231,6 +239,14 @@ def draft(
                 was = HIDDEN if entry.name in current.secrets else None
                 if shown:
                     fields["bmc.password"] = {"from": was, "to": "(new, hidden)"}
+            if kind == "pdu":
+                token = current.pdu_secrets.get(entry.name)
+                new, keys = secret_change(entry.given, token, source.env, secrets)
+                if new is not None:
+                    pdu_secrets[entry.name] = new
+                for key, had in keys.items():
+                    if shown:
+                        fields[key] = {"from": HIDDEN if had else None, "to": "(new, hidden)"}
             action: Action = "create" if old is None else "update" if fields else "unchanged"
             desired[kind][entry.name] = item.form
             # Built from checked data: model_construct skips validating 10,000 of them again.
@@ -243,7 +259,7 @@ def draft(
         changes += [Change(action="delete", kind=kind, name=n) for n in deletes[kind]]
     summary = {a: sum(1 for c in changes if c.action == a) for a in ACTIONS}
     plan = Plan(changes=changes, summary=summary)
-    return Draft(doc, current, desired, passwords, deletes, plan)
+    return Draft(doc, current, desired, passwords, deletes, plan, pdu_secrets)
 
 
 def _rejected(problems: list[Problem]) -> ValidationFailed:
@@ -300,7 +316,8 @@ def apply(
 
 HEADER = (
     "# provisiond inventory (apply: provisiond inventory apply FILE [--dry-run] [--prune]).\n"
-    "# BMC passwords are never exported; a BMC without one keeps its stored password.\n"
+    "# BMC passwords and PDU SNMP secrets are never exported; without one in the file,\n"
+    "# a BMC or PDU keeps what is stored.\n"
 )
 
 

@@ -57,9 +57,17 @@ Text255 = Annotated[str, StringConstraints(max_length=255)]
 Text16 = Annotated[str, StringConstraints(max_length=16)]
 Word64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Community = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+SnmpKey = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+#: Keys whose values are never echoed in a problem (a secret may sit there).
+_SECRET_KEYS = frozenset({"bmc", "snmp_community", "snmp_auth_key", "snmp_priv_key"})
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]
+#: A MAC, or "" for none (a switch's chassis MAC).
+OptionalMac = Annotated[
+    str, StringConstraints(max_length=32), AfterValidator(lambda v: normalize_mac(v) if v else "")
+]
 #: A certificate fingerprint in any usual spelling, kept as ``sha256:AB:CD:..``.
 Pin = Annotated[str, StringConstraints(max_length=128), AfterValidator(canonical_fingerprint)]
 _PORT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/.+$"
@@ -110,6 +118,8 @@ class SwitchSpec(Spec):
     vendor: Text64 = ""
     model: Text64 = ""
     mgmt_address: Text255 = ""
+    #: The chassis MAC the switch sends as its LLDP chassis id (the cabling check).
+    chassis_mac: OptionalMac = ""
     ports: list[PortSpec] = []
 
 
@@ -120,7 +130,29 @@ class PduSpec(Spec):
     u_height: Annotated[int, Field(ge=0, le=60)] = 0
     capacity_watts: Count | None = None
     mgmt_address: Text255 = ""
+    #: The driver settings (provisiond.inventory.pdu_settings); driver "" = only recorded.
+    driver: Text32 = ""
+    snmp_port: Annotated[int, Field(ge=1, le=65535)] = 161
+    snmp_version: Literal["2c", "3"] = "2c"
+    snmp_username: Text64 = ""
+    snmp_auth_protocol: Literal["", "sha", "sha256"] = ""
+    snmp_priv_protocol: Literal["", "aes128", "aes256"] = ""
     outlets: list[Annotated[int, Field(ge=1, le=9999)]] = []
+    # Write-only, as a BMC's password: each in clear or as <key>_env; leaving both out
+    # keeps the stored one.
+    snmp_community: Community | None = None
+    snmp_community_env: EnvName | None = None
+    snmp_auth_key: SnmpKey | None = None
+    snmp_auth_key_env: EnvName | None = None
+    snmp_priv_key: SnmpKey | None = None
+    snmp_priv_key_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_each(self) -> PduSpec:
+        for key in ("snmp_community", "snmp_auth_key", "snmp_priv_key"):
+            if getattr(self, key) is not None and getattr(self, f"{key}_env") is not None:
+                raise ValueError(f"give {key} or {key}_env, not both")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -246,8 +278,9 @@ def _message(error: Any) -> str:
         return f"unknown key {loc[-1]!r}{did_you_mean(loc[-1])}"
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
-    # Values under bmc are never echoed: a password may sit where a mapping was expected.
-    got = "" if "bmc" in loc else f" (got {_shown(value)})"
+    # Values under bmc are never echoed: a password may sit where a mapping was expected;
+    # nor are a PDU's SNMP secrets.
+    got = "" if _SECRET_KEYS.intersection(map(str, loc)) else f" (got {_shown(value)})"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping{got}"
     if kind == "list_type":

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import select
 from sqlmodel import Session
 
+from provisiond.inventory.pdu_settings import WRITE_ONLY
 from provisiond.inventory.spec import (
     BmcSpec,
     Entry,
@@ -52,9 +53,14 @@ SECTION = {"rack": "racks", "switch": "switches", "pdu": "pdus", "machine": "mac
 FIELDS: dict[str, tuple[str, ...]] = {
     "rack": ("name", "site", "u_height", "power_budget_watts"),
     "switch": (
-        *("name", "rack", "u_position", "u_height", "vendor", "model", "mgmt_address", "ports"),
+        *("name", "rack", "u_position", "u_height", "vendor", "model", "mgmt_address"),
+        *("chassis_mac", "ports"),
     ),
-    "pdu": ("name", "rack", "u_position", "u_height", "capacity_watts", "mgmt_address", "outlets"),
+    "pdu": (
+        *("name", "rack", "u_position", "u_height", "capacity_watts", "mgmt_address", "driver"),
+        *("snmp_port", "snmp_version", "snmp_username", "snmp_auth_protocol"),
+        *("snmp_priv_protocol", "outlets"),
+    ),
     "machine": (
         *("name", "rack", "u_position", "u_height", "serial", "vendor", "model", "arch"),
         *("cpus", "ram_mib", "power_watts", "tags", "disks", "root_device", "nics", "bmc"),
@@ -151,6 +157,8 @@ class Current:
     credential_sets: dict[str, int] = field(default_factory=dict)
     #: machine name -> its BMC's encrypted password, when one is stored
     secrets: dict[str, str] = field(default_factory=dict)
+    #: PDU name -> its encrypted SNMP secrets, when stored (inventory.pdu_settings)
+    pdu_secrets: dict[str, str] = field(default_factory=dict)
     #: ``switch/port`` -> port id
     ports: dict[str, int] = field(default_factory=dict)
     #: ``pdu/number`` -> (outlet id, id of the machine plugged in or None)
@@ -187,6 +195,10 @@ def load_current(session: Session) -> Current:
         session, Bmc, "id", "machine_id", "secret_encrypted", "credential_set_id", *bmc_fields
     )
     set_names = dict(_rows(session, CredentialSet, "id", "name"))
+    pdus: Any = Pdu.__table__  # type: ignore[attr-defined]
+    secret = pdus.c.secret_encrypted
+    query = select(pdus.c.name, secret).where(secret.is_not(None))
+    current.pdu_secrets = {name: token for name, token in session.connection().execute(query)}
     current.credential_sets = {name: id_ for id_, name in set_names.items()}
 
     forms: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS}
@@ -267,6 +279,8 @@ def merge(entry: Entry, current: dict[str, Any] | None) -> dict[str, Any]:
             bmc = want[key] = {**(base["bmc"] or BMC_DEFAULTS), **fields}
             if bmc["port"] is None:
                 bmc["port"] = BMC_PORTS.get(bmc["driver"], 623)
+        elif key in WRITE_ONLY:
+            continue  # a PDU's SNMP secrets: stored apart, never in the form
         else:
             want[key] = value
     return normalize(kind, want)

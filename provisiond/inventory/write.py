@@ -190,10 +190,16 @@ class _Writer:
             values = {f: want[f] for f in plain}
             if kind != "rack":
                 values["rack_id"] = self.ids["rack"][want["rack"]] if want["rack"] else None
+            if kind == "pdu":  # every new row has the column: one executemany
+                secret = self.draft.pdu_secrets.get(name)
+                if secret is not None or old is None:
+                    values["secret_encrypted"] = secret and self.secrets.encrypt(secret)
             if old is None:
                 new.append({"name": name, **values, **self.created_columns(kind)})
                 continue
             diff = {f: values[f] for f in plain if values[f] != old[f]}
+            if "secret_encrypted" in values:
+                diff["secret_encrypted"] = values["secret_encrypted"]
             if kind != "rack" and want["rack"] != old["rack"]:
                 diff["rack_id"] = values["rack_id"]
             if kind == "machine":

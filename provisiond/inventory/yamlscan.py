@@ -1,4 +1,4 @@
-"""Reading one key's values from a YAML file without loading it: the CLI's ``password_env``.
+"""Reading keys' values from a YAML file without loading it: the CLI's ``password_env``.
 
 The CLI sends the daemon the environment variables an inventory file names. Finding
 them by building the whole document would cost as much as the daemon's own parse
@@ -27,25 +27,32 @@ from provisiond.inventory.yamlfile import STR_TAG, _Loader
 #: An environment variable's name (``password_env``).
 ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_NAME = re.compile(ENV_PATTERN)
+#: The keys that name one: a BMC's password, a PDU's SNMP secrets (inventory.pdu_settings).
+ENV_KEYS = frozenset(
+    {"password_env", "snmp_community_env", "snmp_auth_key_env", "snmp_priv_key_env"}
+)
 
 
 def env_names(text: str) -> list[str]:
-    """The ``password_env`` variables a file names, for the CLI to send; [] if it cannot tell.
+    """The variables a file names (:data:`ENV_KEYS`), for the CLI to send; [] if it cannot tell.
 
-    Every ``password_env`` value in the file counts, wherever it is written (one under
-    the wrong key is also reported by the daemon), so a BMC mapping reached through an
-    anchor and alias or a merge key is covered too."""
-    if "password_env" not in text:
+    Every ``password_env`` (or ``snmp_community_env``, ...) value in the file counts,
+    wherever it is written (one under the wrong key is also reported by the daemon), so
+    a BMC mapping reached through an anchor and alias or a merge key is covered too."""
+    keys = frozenset(key for key in ENV_KEYS if key in text)
+    if not keys:
         return []
     with paused():
-        found = values_of(text, "password_env")
+        found = values_of(text, keys)
     return sorted(name for name in found or () if _ENV_NAME.match(name))
 
 
-def values_of(text: str, key: str) -> set[str] | None:
-    """Every string value of a mapping key ``key`` anywhere in the document (an alias
-    to a scalar too), or None when the text is not YAML. It reads the parser's events
-    without building the document: a 10,000-machine file in ~0.3 s, not ~1 s."""
+def values_of(text: str, key: str | frozenset[str]) -> set[str] | None:
+    """Every string value of a mapping key ``key`` (or of any of a set of keys) anywhere
+    in the document (an alias to a scalar too), or None when the text is not YAML. It
+    reads the parser's events without building the document: a 10,000-machine file in
+    ~0.3 s, not ~1 s."""
+    keys = frozenset({key}) if isinstance(key, str) else key
     found: set[str] = set()
     anchored: dict[str, str | None] = {}
     stack: list[list[Any]] = []  # per open collection: [is a mapping, at a key, last key]
@@ -70,8 +77,8 @@ def values_of(text: str, key: str) -> set[str] | None:
                 top = stack[-1]
                 if top[1]:  # a key: only whether it is ``key`` matters
                     top[1] = False
-                    top[2] = kind is ScalarEvent and event.value == key and string(event) == key
-                    top[2] = top[2] or (kind is AliasEvent and anchored.get(event.anchor) == key)
+                    top[2] = kind is ScalarEvent and event.value in keys and string(event) in keys
+                    top[2] = top[2] or (kind is AliasEvent and anchored.get(event.anchor) in keys)
                 else:
                     top[1] = True
                     value = None

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from provisiond import events, locks
+from provisiond import events, locks, power_budget
 from provisiond.container import Services
 from provisiond.drivers.power.base import (
     BmcError,
@@ -40,6 +40,7 @@ from provisiond.machines.bmc_access import bmc_target
 from provisiond.machines.power_calls import PowerPolicy
 from provisiond.machines.power_sync import set_power_state
 from provisiond.machines.service import find
+from provisiond.pdus.power_path import power_via_outlet
 
 
 @dataclass
@@ -129,9 +130,39 @@ def _store_state(services: Services, machine_id: int, state: PowerState) -> None
         set_power_state(session, machine_id, state.value)
 
 
+async def admit_power_on(
+    services: Services,
+    ident: str,
+    action: PowerAction,
+    *,
+    actor: str,
+    request_id: str = "",
+    force: bool = False,
+) -> str:
+    """The rack power budget's word on ``action`` (:mod:`provisiond.power_budget`): raises
+    OverBudget (409) unless admitted or forced; "" or a note. Powering off always passes."""
+    if action in (PowerAction.OFF, PowerAction.SOFT_OFF):
+        return ""
+    admit = functools.partial(power_budget.admit_power_on, force=force, actor=actor)
+    return await asyncio.to_thread(admit, services, ident, request_id=request_id)
+
+
 async def power_machine(
-    services: Services, ident: str, action: PowerAction, *, actor: str, request_id: str = ""
+    services: Services,
+    ident: str,
+    action: PowerAction,
+    *,
+    actor: str,
+    request_id: str = "",
+    force: bool = False,
 ) -> PowerOutcome:
+    note = await admit_power_on(
+        services, ident, action, actor=actor, request_id=request_id, force=force
+    )
+    # No BMC (or a manual one) but an outlet on a PDU with a driver: power goes there.
+    via = await power_via_outlet(services, ident, action.value, actor=actor, request_id=request_id)
+    if via is not None:
+        return PowerOutcome(**via)
     machine_id, name, driver = await asyncio.to_thread(_driver, services, ident)
     owner = f"{services.instance}:power:{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(
@@ -172,6 +203,7 @@ async def power_machine(
         f"power {action.value}: {result.state.value}"
         + ("" if result.changed else " (already)")
         + f" after {result.attempts} BMC call(s) in {result.seconds:.2f}s"
+        + (f"; {note}" if note else "")
     )
     await asyncio.to_thread(
         _record,

@@ -95,6 +95,38 @@ async def get_power(
     return state
 
 
+@dataclass(frozen=True)
+class PowerReading:
+    """A power state and, where the driver reads it, the draw in watts."""
+
+    state: PowerState
+    watts: int | None = None
+    #: Why the draw could not be read although the state could (None if it was).
+    watts_error: BmcError | None = None
+
+
+async def read_power_and_watts(
+    executor: BlockingExecutor, driver: PowerDriver, policy: PowerPolicy | None = None
+) -> PowerReading:
+    """The state, then the draw right after it: one executor call, one BMC session.
+
+    A failed draw reading is reported in ``watts_error``, never as a failed state read.
+    """
+
+    def both() -> PowerReading:
+        state = driver.get_power()
+        if not driver.reads_watts:
+            return PowerReading(state)
+        try:
+            return PowerReading(state, driver.read_watts())
+        except BmcError as exc:
+            return PowerReading(state, None, exc)
+
+    policy = policy or PowerPolicy()
+    reading, _ = await _with_retries(executor, driver, both, "read power", policy, [])
+    return reading
+
+
 async def set_boot_device(
     executor: BlockingExecutor,
     driver: PowerDriver,

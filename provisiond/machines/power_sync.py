@@ -1,21 +1,32 @@
-"""Power sync: read every BMC's power state, record drift, track unreachable BMCs.
+"""Power sync: read every BMC's power state and draw, record drift, track unreachable BMCs.
 
 An idempotent reconciler: it skips machines locked by another operation, reads
 with bounded concurrency through the blocking executor (one session per BMC),
 and writes only what changed, in one transaction.
+
+Where the driver reads it (``PowerDriver.reads_watts``), the draw is read right
+after the state, in the same executor call on the same session (no second login):
+:func:`provisiond.machines.power_calls.read_power_and_watts`. A failed draw reading
+never fails the state read. The readings are written in the same transaction as
+the states, by one executemany UPDATE (``Machine.measured_watts``, ``measured_source``
+"bmc", ``measured_at``), except over a PDU outlet reading of the machine that is
+still fresh: an outlet meters everything behind it and wins (:mod:`provisiond.power_budget`).
+Then every rack's draw is summed against its budget (:func:`power_budget.update_racks`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, bindparam, not_, or_, update
 from sqlmodel import Session, col, select
 
-from provisiond import events
+from provisiond import events, power_budget
 from provisiond.container import Services
 from provisiond.drivers.power.base import BmcError, BmcTarget, PowerState
 from provisiond.errors import ProvisiondError
@@ -23,7 +34,7 @@ from provisiond.events import EventKind
 from provisiond.logging import get_logger
 from provisiond.machines import power_calls as power
 from provisiond.machines.bmc_access import bmc_target
-from provisiond.machines.power_calls import PowerPolicy
+from provisiond.machines.power_calls import PowerPolicy, PowerReading
 from provisiond.models import Bmc, Machine, utcnow
 
 log = get_logger(__name__)
@@ -37,6 +48,9 @@ class SyncReport:
     unreachable: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     skipped_locked: int = 0
+    #: Machines whose draw was read (a BMC without a power meter reads none).
+    watts_read: int = 0
+    racks: list[power_budget.RackDraw] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -97,19 +111,25 @@ async def sync_power(services: Services) -> SyncReport:
     report = SyncReport(skipped_locked=locked)
     policy = PowerPolicy(call_timeout=settings.power_call_timeout_s, backoff=())
     limit = asyncio.Semaphore(settings.power_sync_concurrency)
-    results: dict[int, PowerState | BmcError] = {}
+    results: dict[int, PowerReading | BmcError] = {}
+    errors = services.metrics.bmc_errors
 
     async def read(job: _Job) -> None:
         async with limit:
             driver = services.drivers.get(job.driver, job.target)
             try:
-                results[job.machine_id] = await power.get_power(services.executor, driver, policy)
+                reading = await power.read_power_and_watts(services.executor, driver, policy)
             except BmcError as exc:
                 results[job.machine_id] = exc
-                services.metrics.bmc_errors.labels(driver.target.endpoint, exc.code).inc()
+                errors.labels(driver.target.endpoint, exc.code).inc()
+                return
+            results[job.machine_id] = reading
+            if reading.watts_error is not None:
+                errors.labels(driver.target.endpoint, reading.watts_error.code).inc()
 
-    await asyncio.gather(*(read(job) for job in jobs))
+    await asyncio.gather(*(read(job) for job in jobs), *_pdu_polls(services))
     await asyncio.to_thread(_record, services, jobs, results, report)
+    report.racks = await asyncio.to_thread(power_budget.update_racks, services)
     report.read = len(jobs)
     report.seconds = time.monotonic() - started
     services.metrics.power_sync_seconds.observe(report.seconds)
@@ -132,11 +152,12 @@ async def sync_power(services: Services) -> SyncReport:
 def _record(
     services: Services,
     jobs: list[_Job],
-    results: dict[int, PowerState | BmcError],
+    results: dict[int, PowerReading | BmcError],
     report: SyncReport,
 ) -> None:
     """Write only rows whose power state or BMC health changed, with events, in one go."""
     threshold = services.settings.power_failure_threshold
+    readings: list[dict[str, Any]] = []
     with services.db.transaction() as session:
         noted: list[tuple[EventKind, str, dict[str, Any]]] = []  # one INSERT at the end
         for job in jobs:
@@ -156,7 +177,9 @@ def _record(
                     set_power_state(session, job.machine_id, PowerState.UNKNOWN.value)
                 session.add(bmc)
                 continue
-            state = result.value
+            state = result.state.value
+            if result.watts is not None:
+                readings.append({"mid": job.machine_id, "watts": result.watts})
             if job.failures or job.unreachable_reason:
                 bmc = session.exec(select(Bmc).where(Bmc.machine_id == job.machine_id)).one()
                 if bmc.unreachable_reason:
@@ -179,6 +202,48 @@ def _record(
                     )
                 set_power_state(session, job.machine_id, state)
         events.record_many(session, noted)
+        _store_readings(session, readings, power_budget.fresh_s(services))
+    report.watts_read = len(readings)
+
+
+#: One UPDATE for every reading of a sync (executemany), built once.
+_READING = (
+    update(Machine.__table__)  # type: ignore[attr-defined]
+    .where(Machine.__table__.c.id == bindparam("mid"))  # type: ignore[attr-defined]
+    .values(measured_watts=bindparam("watts"), measured_source="bmc", measured_at=bindparam("at"))
+)
+
+
+def _store_readings(session: Session, readings: list[dict[str, Any]], pdu_fresh_s: float) -> None:
+    """The BMC readings, in one executemany; a machine's fresh PDU outlet reading is kept."""
+    if not readings:
+        return
+    now = utcnow()
+    table = Machine.__table__  # type: ignore[attr-defined]
+    pdu_fresh = and_(
+        table.c.measured_source == "pdu",
+        table.c.measured_at >= now - timedelta(seconds=pdu_fresh_s),
+    )
+    statement = _READING.where(not_(pdu_fresh))
+    session.connection().execute(statement, [{**row, "at": now} for row in readings])
+
+
+def _pdu_polls(services: Services) -> list[Awaitable[None]]:
+    """PDU outlet readings, polled alongside the BMCs: the one call site of the PDU poll.
+
+    Its outlet readings win over the BMCs' (see :func:`_store_readings` and
+    :func:`provisiond.power_budget.update_racks`), whichever is written first.
+    """
+    # Imported here: provisiond.pdus.outlets imports this module (set_power_state).
+    from provisiond.pdus.poll import poll_pdus
+
+    async def poll() -> None:
+        try:
+            await poll_pdus(services)
+        except Exception:  # logged; the BMC readings and rack sums go on without PDUs
+            log.exception("pdu_poll_failed")
+
+    return [poll()]
 
 
 def set_power_state(session: Session, machine_id: int, state: str) -> None:

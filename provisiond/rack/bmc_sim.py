@@ -32,7 +32,13 @@ from typing import Any, TypeVar
 
 from provisiond.rack.ipmi_bmc import DEFAULT_PASSWORD, DEFAULT_USERNAME, SimBmc
 from provisiond.rack.ipmi_faults import FaultRule, Faults, faults_for
-from provisiond.rack.ipmi_machine import BmcIdentity, BootDevice, InMemoryMachine, MachineBackend
+from provisiond.rack.ipmi_machine import (
+    BmcIdentity,
+    BootDevice,
+    InMemoryMachine,
+    MachineBackend,
+    PowerMeter,
+)
 from provisiond.rack.ipmi_transport import (
     Endpoint,
     bind_range,
@@ -273,6 +279,13 @@ class BmcFarm:
         return self._farm
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The farm's loop: other simulators (PDUs) run on it to drive the same machines."""
+        if self._loop is None:
+            raise RuntimeError("the farm is not running; use it in a with block")
+        return self._loop
+
+    @property
     def address(self) -> str:
         return self.farm.address
 
@@ -328,6 +341,15 @@ class BmcFarm:
     def reset(self, index: int, seconds: float) -> None:
         """Reboot one BMC: no answers for ``seconds``, sessions lost, power kept."""
         self.call(lambda: self.farm.bmcs[index].reset(seconds))
+
+    def set_meter(self, index: int | None, meter: PowerMeter) -> None:
+        """What one machine (or, with ``index=None``, every one) draws while on."""
+
+        def apply() -> None:
+            for bmc in self.farm.bmcs if index is None else [self.farm.bmcs[index]]:
+                bmc.meter = meter
+
+        self.call(apply)
 
     def set_power(self, index: int, on: bool) -> None:
         """Change power behind the BMC's back (a person at the power button)."""

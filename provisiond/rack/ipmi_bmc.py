@@ -9,7 +9,7 @@ Get Self Test (6,4), Get System GUID (6,0x37), Get Channel Auth Capabilities (6,
 Get Channel Access/Info (6,0x41/0x42), Get Channel Cipher Suites (6,0x54), Get Chassis Status
 (0,1), Chassis Control (0,2), Set/Get System Boot Options (0,8/9), Get FRU Inventory
 Area Info (0xA,0x10), Read FRU Data (0xA,0x11), Get LAN Configuration Parameters
-(0xC,2). Anything else answers 0xC1 ("invalid command").
+(0xC,2), DCMI Get Power Reading (0x2C,2; :attr:`SimBmc.meter`). Anything else answers 0xC1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 
-from provisiond.rack import ipmi_records
+from provisiond.rack import ipmi_machine, ipmi_records
 from provisiond.rack.ipmi_faults import Faults
 from provisiond.rack.ipmi_machine import BOOT_DEVICES, BmcIdentity, BootDevice, MachineBackend
 from provisiond.rack.ipmi_session import (
@@ -118,6 +118,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             5: bytearray(5),
         }
         self._fru = ipmi_records.fru_image(identity)
+        self.meter = ipmi_machine.PowerMeter()  # what DCMI Get Power Reading reports
         self._rng = rng or random.Random()  # noqa: S311 - drop decisions, not secrets
         self._clock = clock
         self._started = clock()
@@ -373,6 +374,11 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         value = ipmi_records.lan_parameter(self.identity, data[1])
         return (CC_OK, [0x11, *value]) if value is not None else (CC_PARAM_UNSUPPORTED, [])
 
+    def _dcmi_power(self, data: bytearray) -> tuple[int, list[int]]:
+        if self.faults.no_dcmi:
+            return CC_INVALID_COMMAND, []
+        return ipmi_records.dcmi_get_power_reading(data, self.meter.watts(self.machine.is_on()))
+
     _handlers: dict[tuple[int, int], Callable[[SimBmc, bytearray], tuple[int, list[int]]]] = {
         (6, 0x01): _device_id,
         (6, 0x02): _bmc_reset,
@@ -390,4 +396,5 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         (0x0A, 0x10): _fru_info,
         (0x0A, 0x11): _fru_read,
         (0x0C, 0x02): _lan_parameter,
+        (0x2C, 0x02): _dcmi_power,
     }

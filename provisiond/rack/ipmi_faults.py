@@ -14,13 +14,14 @@ A SPEC is ``KIND[=VALUE][@TARGETS]``:
   need more than the session holds answer 0xD4 ("insufficient privilege").
 - ``reset=SECONDS[/PERIOD]``: unreachable for SECONDS from start, and again at the
   start of every PERIOD seconds if PERIOD is given; sessions are lost, power is kept.
+- ``no-dcmi``: a BMC without DCMI: Get Power Reading answers 0xC1 ("invalid command").
 
 TARGETS are BMC indexes counted from 0, e.g. ``@3`` or ``@0-9,42``; without them the
 fault applies to every BMC. Later specs override earlier ones field by field:
 
     >>> rules = [parse_fault("latency=50"), parse_fault("drop=1@2")]
     >>> faults_for(2, rules)
-    Faults(latency_ms=50.0, drop=1.0, wrong_password=False, no_resources=False, busy=False, reset_s=0.0, reset_period_s=0.0, privilege=4)
+    Faults(latency_ms=50.0, drop=1.0, wrong_password=False, no_resources=False, busy=False, reset_s=0.0, reset_period_s=0.0, privilege=4, no_dcmi=False)
 """  # noqa: E501
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["FaultRule", "FaultSpecError", "Faults", "faults_for", "parse_fault"]
+__all__ = ["FaultRule", "FaultSpecError", "Faults", "faults_for", "parse_fault", "parse_load"]
 
 FAIL_SPEC_HELP = (
     "Inject a fault: KIND[=VALUE][@TARGETS]. Kinds: latency=MS, drop=FRACTION, "
     "wrong-password, no-resources (RMCP+ status 0x01), busy (completion code 0xC0), "
     "reset=SECONDS[/PERIOD] (unreachable, power kept), privilege=user|operator (the most "
-    "the BMC user may hold). TARGETS are BMC indexes from 0, "
+    "the BMC user may hold), no-dcmi (no power reading). TARGETS are BMC indexes from 0, "
     "e.g. @3 or @0-9,42; default every BMC. Repeatable; later specs win."
 )
 
@@ -61,6 +62,8 @@ class Faults:
     reset_period_s: float = 0.0
     #: The highest IPMI privilege level the BMC user may hold (4: administrator).
     privilege: int = 4
+    #: No DCMI: Get Power Reading answers 0xC1, as on BMCs that lack it.
+    no_dcmi: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def parse_fault(spec: str) -> FaultRule:
         changes = {"no_resources": _flag(kind, value)}
     elif kind == "busy":
         changes = {"busy": _flag(kind, value)}
+    elif kind == "no-dcmi":
+        changes = {"no_dcmi": _flag(kind, value)}
     elif kind == "privilege":
         if value is None or value.lower() not in PRIVILEGE_LEVELS:
             raise FaultSpecError(
@@ -153,6 +158,14 @@ def parse_fault(spec: str) -> FaultRule:
     else:
         raise FaultSpecError(
             f"unknown fault {kind!r}; expected latency, drop, wrong-password, "
-            "no-resources, busy, reset or privilege"
+            "no-resources, busy, reset, privilege or no-dcmi"
         )
     return FaultRule(changes, _targets(target_text) if at else None)
+
+
+def parse_load(spec: str) -> tuple[float, frozenset[int] | None]:
+    """``FRACTION[@TARGETS]`` (``provisiond sim bmc --load``): how loaded those machines are."""
+    body, at, target_text = spec.strip().partition("@")
+    return _number("load", body.strip() or None, low=0, high=1), (
+        _targets(target_text) if at else None
+    )

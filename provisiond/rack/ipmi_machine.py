@@ -14,6 +14,9 @@ backend can start ``qemu-system-x86_64 -boot n`` for PXE without asking back:
 
 Backend methods run on the farm's event loop: they must return quickly (start or
 signal a process; never wait for it).
+
+What the machine draws is the BMC's :class:`PowerMeter` (DCMI Get Power Reading): 0 W
+while off; ``idle_watts`` plus ``load`` (0-1) of the way to ``load_watts`` while on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "BootDevice",
     "InMemoryMachine",
     "MachineBackend",
+    "PowerMeter",
 ]
 
 # Boot device selector of boot flags byte 2, bits 5:2 (IPMI 2.0 table 28-14).
@@ -96,6 +100,22 @@ class InMemoryMachine:
     def reset(self, boot: BootDevice) -> None:
         self.on = True
         self.boots.append(boot)
+
+
+@dataclass(frozen=True)
+class PowerMeter:
+    """The draw a simulated BMC reports: 0 W off, ``idle_watts`` to ``load_watts`` on."""
+
+    idle_watts: int = 120
+    load_watts: int = 350
+    #: 0 (idle) to 1 (full load).
+    load: float = 0.0
+
+    def watts(self, on: bool) -> int:
+        if not on:
+            return 0
+        load = min(1.0, max(0.0, self.load))
+        return round(self.idle_watts + load * (self.load_watts - self.idle_watts))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Byte layouts a simulated BMC returns: FRU image, Get Device ID, LAN parameters.
+"""Byte layouts a simulated BMC returns: FRU image, Get Device ID, LAN parameters, DCMI.
 
 Pure functions of a :class:`BmcIdentity`, so they are tested without a network.
 References are to the IPMI 2.0 spec and the Platform Management FRU Information
@@ -8,10 +8,21 @@ Storage Definition 1.0 ("FRU spec").
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from provisiond.rack.ipmi_machine import BmcIdentity
 
-__all__ = ["channel_info", "device_id", "fru_image", "lan_parameter"]
+__all__ = [
+    "channel_info",
+    "dcmi_get_power_reading",
+    "dcmi_power_reading",
+    "device_id",
+    "fru_image",
+    "lan_parameter",
+]
+
+#: DCMI's group extension id, the first byte of every DCMI request and response.
+DCMI_GROUP = 0xDC
 
 MANUFACTURER_ID = 0x000000  # IANA "reserved": no pyghmi or ipmitool OEM quirks apply
 PRODUCT_ID = 0x0001
@@ -134,3 +145,27 @@ def lan_parameter(identity: BmcIdentity, parameter: int) -> list[int] | None:
         24: [0, 0x04, 0, 0, 0, 0, 0, 0, 0],  # suite 3 up to administrator
     }
     return values.get(parameter)
+
+
+def dcmi_power_reading(watts: int, *, at: float, period_ms: int = 1000) -> list[int]:
+    """DCMI 1.5 Get Power Reading, mode 1 (system power statistics), after the completion code.
+
+    Group id; current, minimum, maximum and average watts (16-bit LE each; one sample,
+    so all four are the current one); the IPMI timestamp (32-bit LE seconds); the
+    statistics period (32-bit LE ms); the state byte, bit 6 "power measurement active".
+    """
+    value = max(0, min(0xFFFF, int(watts))).to_bytes(2, "little")
+    return [
+        DCMI_GROUP,
+        *value * 4,
+        *(int(at) & 0xFFFFFFFF).to_bytes(4, "little"),
+        *period_ms.to_bytes(4, "little"),
+        0x40,
+    ]
+
+
+def dcmi_get_power_reading(request: bytes | bytearray, watts: int) -> tuple[int, list[int]]:
+    """(completion code, data) for a Get Power Reading request; only mode 1 is simulated."""
+    if len(request) < 4 or request[0] != DCMI_GROUP or request[1] != 1:
+        return 0xCC, []  # invalid data field: not DCMI, or mode 2 (enhanced)
+    return 0x00, dcmi_power_reading(watts, at=time.time())

@@ -36,14 +36,13 @@ be opened by one QEMU at a time, and a power cycle starts the next one at once.
     backend.is_on()                          # True
     backend.power_off()                      # SIGKILL, reaped
 
-:func:`serve_farm` is the body of a rack's BMC farm process: one BMC per guest on
-127.0.0.1, serving until SIGTERM, then every guest off.
+:func:`serve_farm` is the body of a rack's BMC farm process: one BMC per guest and the
+rack's PDU on 127.0.0.1, serving until SIGTERM, then every guest off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -54,8 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisiond.errors import ConfigError
-from provisiond.rack.bmc_sim import DEFAULT_LATENCY_MS, Farm, run_farm
-from provisiond.rack.ipmi_machine import BmcIdentity, BootDevice, MachineBackend
+from provisiond.rack.ipmi_machine import BootDevice
 
 __all__ = [
     "ACCELERATORS",
@@ -259,33 +257,27 @@ def serve_farm(
     base_port: int,
     username: str,
     password: str,
+    pdu_name: str,
+    community: str,
     ready_file: Path,
 ) -> None:
-    """Serve a BMC per guest on 127.0.0.1 until SIGTERM/SIGINT/SIGHUP; then power all off.
+    """Serve a BMC per guest and the rack's PDU on 127.0.0.1 until SIGTERM/SIGINT/SIGHUP;
+    then power all off (:func:`provisiond.rack.rack_farm.run_rack_farm`).
 
-    Once every port is bound, ``ready_file`` gets ``{"pid": ..., "base_port": ...}``
-    (written atomically); guest ``i`` (0-based) has its BMC on ``base_port + i``.
+    Once every port is bound, ``ready_file`` gets ``{"pid", "base_port", "pdu_port"}``
+    (written atomically); guest ``i`` (0-based) has its BMC on ``base_port + i`` and
+    is fed by the PDU's outlet ``i + 1``.
     """
+    from provisiond.rack.rack_farm import run_rack_farm  # it imports the SNMP stack
+
     backends = [QemuBackend(guest, netns, accel) for guest in guests]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda _sig, _frame: stop.set())
-
-    def factory(index: int, _identity: BmcIdentity) -> MachineBackend:
-        return backends[index]
-
-    def ready(farm: Farm, _loop: object) -> None:
-        tmp = ready_file.with_name(ready_file.name + ".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "base_port": farm.base_port}))
-        tmp.replace(ready_file)
-        print(
-            f"{len(farm.bmcs)} BMCs on {farm.address}:{farm.base_port}-{farm.last_port}", flush=True
-        )
-
     try:
-        run_farm(
-            len(backends), "127.0.0.1", base_port, username, password, DEFAULT_LATENCY_MS, (),
-            stop, backend_factory=factory, on_ready=ready,
+        run_rack_farm(
+            backends, base_port=base_port, username=username, password=password,
+            pdu_name=pdu_name, community=community, ready_file=ready_file, stop=stop,
         )  # fmt: skip
     finally:
         for backend in backends:

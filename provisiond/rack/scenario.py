@@ -69,6 +69,12 @@ class Scenario:
     #: boot from their second (the first ones).
     uefi: int = 0
     two_nics: int = 0
+    #: A cabling fault: the rack's switch announces these two guests' ports crossed.
+    swap_cables: tuple[str, str] | None = None
+    #: An inventory fault: these two guests on each other's PDU outlet (the real wiring
+    #: is right); and the rack's power budget.
+    pdu_miswire: tuple[str, str] | None = None
+    power_budget_watts: int = vrack.DEFAULT_POWER_BUDGET_W
     #: Extra provisiond.toml lines (e.g. shorter timeouts in tests).
     extra_config: str = ""
     image: GuestImage | None = None
@@ -76,6 +82,7 @@ class Scenario:
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
     bmc_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    pdu_community: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
     # --- paths and environment --------------------------------------------------
 
@@ -94,13 +101,13 @@ class Scenario:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIOND_")}
-        env.update(
-            PROVISIOND_CONFIG=str(self.config_file),
-            PROVISIOND_URL=self.url,
-            PROVISIOND_TOKEN=self.token,
-            PROVISIOND_RACK_BMC_PASSWORD=self.bmc_password,
-        )
-        return env
+        env.update(PROVISIOND_CONFIG=str(self.config_file), PROVISIOND_URL=self.url)
+        return {**env, "PROVISIOND_TOKEN": self.token, **self.secret_env}
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        """What the rack's inventory names: the BMC password and the PDU community."""
+        return {vrack.PASSWORD_ENV: self.bmc_password, vrack.PDU_COMMUNITY_ENV: self.pdu_community}
 
     def cli(self, *args: str, timeout: float = 120, stdin: str | None = None) -> str:
         result = subprocess.run(
@@ -138,6 +145,8 @@ class Scenario:
             self.count, name=self.name, state_dir=self.workdir / "rack", subnet=self.subnet,
             ipv6_prefix=self.ipv6_prefix, ram_mib=self.ram_mib, disk_mib=self.disk_mib,
             password=self.bmc_password, uefi=self.uefi, two_nics=self.two_nics,
+            swap_cables=self.swap_cables, pdu_community=self.pdu_community,
+            pdu_miswire=self.pdu_miswire, power_budget_watts=self.power_budget_watts,
         )  # fmt: skip
         uefi = f" ({self.uefi} UEFI)" if self.uefi else ""
         self.log(f"rack {self.name}: {self.count} guests{uefi} in netns {self.rack.netns}")
@@ -153,18 +162,9 @@ class Scenario:
         self.start_daemon()
         for name, kind in ((INSPECT_IMAGE, "inspection"), (DEPLOY_IMAGE, "deploy")):
             self.cli(
-                "images",
-                "add",
-                name,
-                "--kernel",
-                str(self.image.kernel),
-                "--initrd",
-                str(self.image.initrd),
-                "--kind",
-                "live",
-                "--kernel-args",
-                self.image.kernel_args,
-            )
+                "images", "add", name, "--kernel", str(self.image.kernel), "--initrd",
+                str(self.image.initrd), "--kind", "live", "--kernel-args", self.image.kernel_args,
+            )  # fmt: skip
             self.log(f"image {name} registered ({kind})")
         if self.disk_image:
             started = time.monotonic()
@@ -178,7 +178,7 @@ class Scenario:
         with self.api() as api:
             r = api.post(
                 "/inventory/apply",
-                json={"yaml": inventory, "env": {vrack.PASSWORD_ENV: self.bmc_password}},
+                json={"yaml": inventory, "env": self.secret_env},
             )
             if r.status_code != 200:
                 raise ScenarioError(f"inventory apply failed: {r.text}")

@@ -15,10 +15,13 @@
 - one detached BMC farm process (``python -m provisiond.rack.vrack serve-bmcs``):
   an IPMI BMC per guest on 127.0.0.1, whose power commands start and kill the
   guest's QEMU (:mod:`provisiond.rack.qemu`). Guests are off after ``up``; power
-  goes only through the BMCs. On SIGTERM the farm kills its QEMUs and exits;
+  goes only through the BMCs. On SIGTERM the farm kills its QEMUs and exits. The farm
+  also runs the rack's switch, an LLDP speaker on the taps (:mod:`.lldp_switch`), and
+  its PDU, an SNMP agent on 127.0.0.1 whose outlet K feeds guest K (:mod:`.rack_farm`);
 - in the state folder (:mod:`provisiond.rack.vrack_files`): ``rack.json``
   (:class:`RackState`), ``inventory.yaml`` for ``provisiond inventory apply`` (BMC
-  password from ``$PROVISIOND_RACK_BMC_PASSWORD``) and ``network.toml``, a
+  password from ``$PROVISIOND_RACK_BMC_PASSWORD``, PDU community from
+  ``$PROVISIOND_RACK_PDU_COMMUNITY``, kept in ``pdu.community``) and ``network.toml``, a
   ``[[networks]]`` entry of the daemon's config (:class:`ProvisioningNetwork`).
 
 ``down`` works from whatever is left after a crash: a missing or partial state
@@ -38,19 +41,20 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
+import secrets
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from provisiond.errors import BadRequest, ConfigError, Conflict, NotFound, ProvisiondError
+from provisiond.errors import BadRequest, Conflict, NotFound, ProvisiondError
+from provisiond.rack import lldp_switch
 from provisiond.rack.ipmi_bmc import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from provisiond.rack.qemu import (
-    OVMF_CODE,
     OVMF_VARS,
     QEMU,
     QemuBackend,
@@ -60,32 +64,47 @@ from provisiond.rack.qemu import (
     pid_command,
     serve_farm,
 )
+from provisiond.rack.vrack_args import (
+    MAX_GUESTS,
+    NAME,
+    check_args,
+    check_budget,
+    check_firmware_and_nics,
+    check_miswire,
+)
 from provisiond.rack.vrack_files import (
+    DEFAULT_POWER_BUDGET_W,
     FARM_LOG,
     FILL,
     GUEST_FILES,
     INVENTORY_FILE,
     NETWORK_FILE,
     PASSWORD_ENV,
+    PDU_COMMUNITY_ENV,
+    PDU_COMMUNITY_FILE,
     READY_FILE,
     STATE_FILE,
     GuestState,
     RackState,
     guest_mac,
     inventory_yaml,
+    last_line,
     make_disk,
     network_toml,
+    pdu_name,
     read_json,
     write_atomic,
 )
 from provisiond.rack.vrack_net import BRIDGE, build_network, delete_netns, netns_exists, netns_pids
 
 __all__ = [  # includes names re-exported from vrack_files
+    "DEFAULT_POWER_BUDGET_W",
     "FILL",
     "INVENTORY_FILE",
     "MAX_GUESTS",
     "NETWORK_FILE",
     "PASSWORD_ENV",
+    "PDU_COMMUNITY_ENV",
     "GuestState",
     "GuestStatus",
     "RackState",
@@ -98,9 +117,6 @@ __all__ = [  # includes names re-exported from vrack_files
     "up",
 ]
 
-MAX_GUESTS = 42  # one per U of a 42U rack; addresses .11-.52 stay below the DHCP range
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # as ProvisioningNetwork.name
-_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-B]|[=>c])")
 _FARM_READY_S, _FARM_STOP_S = 30.0, 10.0
 
 
@@ -141,32 +157,6 @@ def _args(name: str, state_dir: Path) -> str:
 # -- helpers -------------------------------------------------------------------------
 
 
-def _check_args(name: str, count: int, ram_mib: int, cpus: int, disk_mib: int) -> None:
-    if not _NAME.match(name):
-        raise BadRequest(
-            f"rack name {name!r} is not lower-case letters, digits and '-' (max 32)",
-            hint="e.g. --name vrack",
-        )
-    for what, value, low, high in (
-        ("count", count, 1, MAX_GUESTS),
-        ("ram", ram_mib, 64, 65536),
-        ("cpus", cpus, 1, 64),
-        ("disk", disk_mib, 4, 1 << 20),
-    ):
-        if not low <= value <= high:
-            raise BadRequest(f"{what} {value} is outside {low}-{high}", hint=f"pick {low}-{high}")
-    missing = [t for t in ("ip", QEMU) if shutil.which(t) is None]
-    if missing:
-        raise ConfigError(
-            f"missing: {', '.join(missing)}",
-            hint="apt-get install iproute2 qemu-system-x86 ipxe-qemu",
-        )
-    if os.geteuid() != 0:
-        raise ConfigError(
-            "the virtual rack needs root", hint="network namespaces and taps are root's"
-        )
-
-
 def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
     pid = data.get("farm_pid") or read_json(state_dir / READY_FILE).get("pid")
     if isinstance(pid, int) and pid_alive(pid) and "provisiond" in pid_command(pid):
@@ -175,20 +165,6 @@ def _farm_running(data: dict[str, Any], state_dir: Path) -> int | None:
 
 
 # -- up ------------------------------------------------------------------------------
-
-
-def _check_firmware_and_nics(count: int, uefi: int, two_nics: int) -> None:
-    for option, value, which in (("uefi", uefi, "last"), ("two-nics", two_nics, "first")):
-        if not 0 <= value <= count:
-            raise BadRequest(
-                f"--{option} {value} with {count} guest(s)",
-                hint=f"give 0 to {count}: that many of the guests (the {which} ones)",
-            )
-    if uefi and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
-        raise ConfigError(
-            f"UEFI guests need OVMF ({OVMF_CODE}, {OVMF_VARS}), which is missing",
-            hint="apt-get install ovmf (scripts/bootstrap.sh installs it)",
-        )
 
 
 def up(
@@ -207,15 +183,25 @@ def up(
     password: str | None = None,
     uefi: int = 0,
     two_nics: int = 0,
+    swap_cables: Sequence[str] | None = None,
+    pdu_community: str | None = None,
+    pdu_miswire: Sequence[str] | None = None,
+    power_budget_watts: int = DEFAULT_POWER_BUDGET_W,
 ) -> RackState:
     """Build the rack and start its BMC farm; the guests stay off. See the module doc.
 
     ``password`` defaults to ``$PROVISIOND_RACK_BMC_PASSWORD``, else ``password``.
     The last ``uefi`` guests boot OVMF (UEFI) instead of SeaBIOS; the first
-    ``two_nics`` guests have an uncabled first NIC and boot from their second.
+    ``two_nics`` guests have an uncabled first NIC and boot from their second. The
+    switch announces the ``swap_cables`` guests' ports crossed (:mod:`.lldp_switch`).
+    The PDU's community is ``pdu_community``, else ``$PROVISIOND_RACK_PDU_COMMUNITY``,
+    else random; the inventory swaps the ``pdu_miswire`` guests' outlets.
     """
-    _check_args(name, count, ram_mib, cpus, disk_mib)
-    _check_firmware_and_nics(count, uefi, two_nics)
+    check_args(name, count, ram_mib, cpus, disk_mib)
+    check_firmware_and_nics(count, uefi, two_nics)
+    swap = lldp_switch.check_swap(swap_cables, count)
+    miswire = check_miswire(pdu_miswire, count)
+    check_budget(power_budget_watts)
     net = ipaddress.IPv4Network(subnet)
     v6 = ipaddress.IPv6Network(ipv6_prefix)
     if net.prefixlen > 24 or v6.prefixlen != 64:
@@ -253,6 +239,9 @@ def up(
         http_port=http_port,
         accel=accel,
         bmc_username=username,
+        swap_cables=swap,
+        pdu_miswire=miswire,
+        power_budget_watts=power_budget_watts,
     )
     for k in range(1, count + 1):
         rack.guests.append(
@@ -275,6 +264,7 @@ def up(
             )
         )
     password = password or os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD
+    community = pdu_community or os.environ.get(PDU_COMMUNITY_ENV) or secrets.token_urlsafe(16)
     try:
         build_network(rack)
         for guest in rack.guests:
@@ -282,7 +272,9 @@ def up(
             if guest.firmware == "uefi":
                 shutil.copyfile(OVMF_VARS, guest.qemu_guest().vars_file)
         write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
-        rack.farm_pid, base_port = _start_farm(state_dir, bmc_base_port, password)
+        write_atomic(state_dir / PDU_COMMUNITY_FILE, community + "\n", mode=0o600)
+        secret_env = {PASSWORD_ENV: password, PDU_COMMUNITY_ENV: community}
+        rack.farm_pid, base_port, rack.pdu_port = _start_farm(state_dir, bmc_base_port, secret_env)
         for guest in rack.guests:
             guest.bmc_port = base_port + guest.index - 1
         write_atomic(state_dir / STATE_FILE, json.dumps(rack.to_dict(), indent=2))
@@ -294,8 +286,9 @@ def up(
     return rack
 
 
-def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, int]:
-    """Spawn the detached farm; wait (bounded) for its ready file: (pid, base port)."""
+def _start_farm(state_dir: Path, base_port: int, env: dict[str, str]) -> tuple[int, int, int]:
+    """Spawn the detached farm with the secrets in ``env``; wait (bounded) for its ready
+    file: (pid, BMC base port, PDU port)."""
     (state_dir / READY_FILE).unlink(missing_ok=True)
     cmd = [
         sys.executable,
@@ -313,7 +306,7 @@ def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, in
     pid = os.posix_spawn(
         sys.executable,
         cmd,
-        {**os.environ, PASSWORD_ENV: password},
+        {**os.environ, **env},
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
@@ -324,8 +317,9 @@ def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, in
     deadline = time.monotonic() + _FARM_READY_S
     while time.monotonic() < deadline:
         ready = read_json(state_dir / READY_FILE)
-        if ready.get("pid") == pid and isinstance(ready.get("base_port"), int):
-            return pid, ready["base_port"]
+        ports = ready.get("base_port"), ready.get("pdu_port")
+        if ready.get("pid") == pid and all(isinstance(port, int) for port in ports):
+            return pid, ready["base_port"], ready["pdu_port"]
         if not pid_alive(pid):
             break
         time.sleep(0.05)
@@ -343,7 +337,7 @@ def _start_farm(state_dir: Path, base_port: int, password: str) -> tuple[int, in
 
 def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
     """Stop and remove the rack, or whatever a crash left of it; what was removed."""
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise BadRequest(f"rack name {name!r} is not valid", hint="e.g. --name vrack")
     state_dir = Path(state_dir or default_state_dir(name)).absolute()
     data = read_json(state_dir / STATE_FILE)
@@ -379,6 +373,7 @@ def down(name: str = "vrack", state_dir: Path | None = None) -> list[str]:
         FARM_LOG,
         INVENTORY_FILE,
         NETWORK_FILE,
+        PDU_COMMUNITY_FILE,
         "*.tmp",
         *GUEST_FILES,
     )
@@ -404,17 +399,6 @@ def load(name: str = "vrack", state_dir: Path | None = None) -> RackState:
         ) from None
 
 
-def _last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
-            tail = log.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [_ANSI.sub("", line).strip() for line in re.split(r"[\r\n]", tail)]
-    return next((line for line in reversed(lines) if line), "")
-
-
 def status(name: str = "vrack", state_dir: Path | None = None) -> RackStatus:
     rack = load(name, state_dir)
     guests = []
@@ -422,7 +406,7 @@ def status(name: str = "vrack", state_dir: Path | None = None) -> RackStatus:
         pid = QemuBackend(g.qemu_guest(), rack.netns, rack.accel).pid()
         guests.append(
             GuestStatus(
-                g.name, "on" if pid else "off", pid, g.bmc_port, _last_line(Path(g.serial_log))
+                g.name, "on" if pid else "off", pid, g.bmc_port, last_line(Path(g.serial_log))
             )
         )
     farm = _farm_running(rack.to_dict(), Path(rack.state_dir)) is not None
@@ -440,15 +424,18 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--base-port", type=int, default=0)
     args = parser.parse_args(argv)
     rack = RackState.from_dict(read_json(args.state))
-    serve_farm(
-        [g.qemu_guest() for g in rack.guests],
-        rack.netns,
-        rack.accel,
-        base_port=args.base_port,
-        username=rack.bmc_username,
-        password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
-        ready_file=args.state.with_name(READY_FILE),
-    )
+    with lldp_switch.speaking(rack):  # the rack's switch lives and dies with the farm
+        serve_farm(
+            [g.qemu_guest() for g in rack.guests],
+            rack.netns,
+            rack.accel,
+            base_port=args.base_port,
+            username=rack.bmc_username,
+            password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
+            pdu_name=pdu_name(rack.name),
+            community=os.environ.get(PDU_COMMUNITY_ENV) or secrets.token_urlsafe(16),
+            ready_file=args.state.with_name(READY_FILE),
+        )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,15 @@
   farm's;
 - ``inventory.yaml`` (:func:`inventory_yaml`) for ``provisiond inventory apply``: one
   machine per guest with its IPMI BMC, the password read from ``$PASSWORD_ENV``, and
-  its NICs (a two-NIC guest's uncabled ``eth0`` too, its cabled ``eth1`` the PXE one);
+  its NICs (a two-NIC guest's uncabled ``eth0`` too, its cabled ``eth1`` the PXE one),
+  and the top-of-rack switch ``<rack>-sw1`` (:func:`switch_name`, chassis MAC
+  :func:`switch_chassis_mac`) whose port ``swpK`` is planned for guest K's cabled NIC,
+  as :mod:`provisiond.rack.lldp_switch` announces it; and the PDU ``<rack>-pdu1``
+  (:func:`pdu_name`, SNMP v2c on ``127.0.0.1:pdu_port``, its community read from
+  ``$PDU_COMMUNITY_ENV``) whose outlet K feeds guest K (:mod:`provisiond.rack.rack_farm`)
+  unless ``pdu_miswire`` says otherwise, and the rack's ``power_budget_watts``;
+- ``pdu.community`` (mode 0600): the PDU's SNMP community, random per rack unless
+  given, to export as ``$PDU_COMMUNITY_ENV`` before ``provisiond inventory apply``;
 - ``network.toml`` (:func:`network_toml`): a ``[[networks]]`` entry of the daemon's
   config (:class:`ProvisioningNetwork`) for the rack's bridge and namespace;
 - ``vmK.disk`` (:func:`make_disk`): sparse, first and last MiB :data:`FILL`, so a
@@ -21,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,10 +40,14 @@ import yaml
 from provisiond.rack.qemu import QemuGuest
 
 PASSWORD_ENV = "PROVISIOND_RACK_BMC_PASSWORD"  # noqa: S105 - a variable name
+PDU_COMMUNITY_ENV = "PROVISIOND_RACK_PDU_COMMUNITY"
+PDU_COMMUNITY_FILE = "pdu.community"
+DEFAULT_POWER_BUDGET_W = 2000
 STATE_FILE, READY_FILE, FARM_LOG = "rack.json", "bmc.ready", "bmc.log"
 INVENTORY_FILE, NETWORK_FILE = "inventory.yaml", "network.toml"
 GUEST_FILES = ("vm*.disk", "vm*.vars", "vm*.pid", "vm*.tmp", "vm*.serial.log")
 FILL = b"\xa5" * (1 << 20)
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-B]|[=>c])")
 
 
 @dataclass
@@ -63,10 +77,18 @@ class GuestState:
             unwired_mac=g.unwired_mac,
         )  # fmt: skip
 
-    def nics(self) -> list[dict[str, Any]]:
-        """The guest's NICs as ops would plan them: the cabled one is the PXE NIC."""
+    @property
+    def switch_port(self) -> str:
+        """The port of the rack's switch planned for this guest's cabled NIC."""
+        return f"swp{self.index}"
+
+    def nics(self, switch: str = "") -> list[dict[str, Any]]:
+        """The guest's NICs as ops would plan them: the cabled one is the PXE NIC (on
+        ``switch``'s port for this guest, when given)."""
         name = "eth1" if self.unwired_mac else "eth0"
         cabled = {"mac": self.mac, "name": name, "ip_address": self.ip, "pxe": True}
+        if switch:
+            cabled["switch_port"] = f"{switch}/{self.switch_port}"
         if not self.unwired_mac:
             return [cabled]
         return [{"mac": self.unwired_mac, "name": "eth0", "pxe": False}, cabled]
@@ -89,6 +111,13 @@ class RackState:
     bmc_username: str
     farm_pid: int | None = None
     guests: list[GuestState] = field(default_factory=list)
+    #: A cabling fault: two guest names whose switch ports are swapped (lldp_switch).
+    swap_cables: list[str] = field(default_factory=list)
+    #: The PDU's SNMP port on 127.0.0.1 (rack_farm); 0 until the farm is up.
+    pdu_port: int = 0
+    #: An inventory fault: two guest names whose PDU outlets the inventory swaps.
+    pdu_miswire: list[str] = field(default_factory=list)
+    power_budget_watts: int = DEFAULT_POWER_BUDGET_W
 
     @property
     def inventory_file(self) -> Path:
@@ -113,6 +142,32 @@ def guest_mac(rack: str, index: int) -> str:
     for a two-NIC guest's uncabled first NIC)."""
     h = hashlib.sha256(rack.encode()).digest()
     return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{index:02x}"
+
+
+def switch_name(rack: str) -> str:
+    """The rack's top-of-rack switch, named as inventory/example.yaml names them."""
+    return f"{rack}-sw1"
+
+
+def switch_chassis_mac(rack: str) -> str:
+    """``02:..``: a locally administered unicast MAC, the same for every rack of this name."""
+    h = hashlib.sha256(f"switch:{rack}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+def pdu_name(rack: str) -> str:
+    """The rack's PDU, named as the switch is."""
+    return f"{rack}-pdu1"
+
+
+def pdu_outlets(rack: RackState) -> dict[str, int]:
+    """Guest name -> the PDU outlet the inventory says feeds it (``pdu_miswire`` swapped;
+    the simulator's wiring is always outlet K to guest K)."""
+    outlets = {g.name: g.index for g in rack.guests}
+    if len(rack.pdu_miswire) == 2 and set(rack.pdu_miswire) <= set(outlets):
+        first, second = rack.pdu_miswire
+        outlets[first], outlets[second] = outlets[second], outlets[first]
+    return outlets
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -140,6 +195,7 @@ def make_disk(path: Path, size_mib: int) -> None:
 
 
 def inventory_yaml(rack: RackState) -> str:
+    outlets = pdu_outlets(rack)
     machines = [
         {
             "name": g.name,
@@ -149,7 +205,8 @@ def inventory_yaml(rack: RackState) -> str:
             "cpus": g.cpus,
             "ram_mib": g.ram_mib,
             "tags": ["virtual"],
-            "nics": g.nics(),
+            "nics": g.nics(switch_name(rack.name)),
+            "outlets": [f"{pdu_name(rack.name)}/{outlets[g.name]}"],
             "bmc": {
                 "driver": "ipmi",
                 "address": g.bmc_address,
@@ -160,16 +217,53 @@ def inventory_yaml(rack: RackState) -> str:
         }
         for g in rack.guests
     ]
+    switch = {
+        "name": switch_name(rack.name),
+        "rack": rack.name,
+        "vendor": "virtual",
+        "model": "provisiond-lldp",
+        "mgmt_address": rack.boot_address,
+        "chassis_mac": switch_chassis_mac(rack.name),
+        "ports": [{"name": g.switch_port, "description": g.name} for g in rack.guests],
+    }
+    pdu = {
+        "name": pdu_name(rack.name),
+        "rack": rack.name,
+        "capacity_watts": 3680,  # 16 A at 230 V
+        "mgmt_address": "127.0.0.1",
+        "driver": "apc_snmp",
+        "snmp_port": rack.pdu_port,
+        "snmp_version": "2c",
+        "snmp_community_env": PDU_COMMUNITY_ENV,
+        "outlets": len(rack.guests),
+    }
     doc = {
         "version": 1,
-        "racks": [{"name": rack.name, "site": "virtual", "u_height": 42}],
+        "racks": [
+            {"name": rack.name, "site": "virtual", "u_height": 42,
+             "power_budget_watts": rack.power_budget_watts}
+        ],
+        "switches": [switch],
+        "pdus": [pdu],
         "machines": machines,
-    }
+    }  # fmt: skip
     head = (
-        f"# Virtual rack {rack.name!r} (provisiond rack up); BMC password from ${PASSWORD_ENV}.\n"
+        f"# Virtual rack {rack.name!r} (provisiond rack up); BMC password from ${PASSWORD_ENV},\n"
+        f"# PDU community from ${PDU_COMMUNITY_ENV} (its value: {PDU_COMMUNITY_FILE}).\n"
         f"#   provisiond inventory apply {rack.inventory_file}\n"
     )
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+
+
+def last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [_ANSI.sub("", line).strip() for line in re.split(r"[\r\n]", tail)]
+    return next((line for line in reversed(lines) if line), "")
 
 
 def network_toml(rack: RackState) -> str:

@@ -34,7 +34,29 @@ from provisiond.schemas.base import (
     Text,
     _unique,
 )
+from provisiond.schemas.cabling import ChassisMac
 from provisiond.schemas.disks import Hints, check_disk
+from provisiond.schemas.pdus import (  # re-exported: their home is schemas.pdus
+    OutletIn as OutletIn,
+)
+from provisiond.schemas.pdus import (
+    OutletOut as OutletOut,
+)
+from provisiond.schemas.pdus import (
+    OutletPowerIn as OutletPowerIn,
+)
+from provisiond.schemas.pdus import (
+    PduIn as PduIn,
+)
+from provisiond.schemas.pdus import (
+    PduOut as PduOut,
+)
+from provisiond.schemas.pdus import (
+    PduPatch as PduPatch,
+)
+from provisiond.schemas.pdus import (
+    PduVerifyIn as PduVerifyIn,
+)
 
 # --- racks -------------------------------------------------------------------
 
@@ -59,6 +81,13 @@ class RackOut(Out):
     site: str
     u_height: int
     power_budget_watts: int | None
+    #: The draw the last power sync summed (readings; declared watts where none).
+    measured_watts: int | None = None
+    measured_at: datetime | None = None
+    #: The nameplate: the sum of the machines' declared power_watts.
+    declared_watts: int = 0
+    #: "" (no budget or not summed yet) | ok | over_90 | over_100
+    budget_status: str = ""
     created_at: datetime
 
 
@@ -80,6 +109,11 @@ class NicOut(Out):
     pxe: bool
     ip_address: str
     switch_port: str | None
+    #: Last LLDP neighbour seen; cabling verdict ("" | pass | fail | n/a) and its detail.
+    lldp: dict[str, Any] = {}
+    lldp_seen_at: datetime | None = None
+    cabling: str = ""
+    cabling_detail: dict[str, Any] = {}
 
 
 BmcDriver = Literal["ipmi", "redfish", "manual"]
@@ -215,6 +249,7 @@ class MachineOut(Out):
     ssh_host_key: str = ""
     last_heartbeat_at: datetime | None = None
     agent_version: str = ""
+    hold_reason: str = ""  # why allocation skips it ("" when it does not)
     nics: list[NicOut]
     bmc: BmcOut | None
     created_at: datetime
@@ -256,6 +291,7 @@ class _SwitchFields(Strict):
     vendor: str = Field(default="", max_length=64)
     model: str = Field(default="", max_length=64)
     mgmt_address: Address = ""
+    chassis_mac: ChassisMac = ""  # its LLDP chassis id (the cabling check)
 
     @field_validator("ports", check_fields=False)
     @classmethod
@@ -289,54 +325,8 @@ class SwitchOut(Out):
     vendor: str
     model: str
     mgmt_address: str
+    chassis_mac: str = ""
     ports: list[PortOut]
 
 
-class OutletIn(Strict):
-    number: int = Field(ge=1, le=1024)
-    machine: Name | None = None
-
-
-class OutletOut(Out):
-    number: int
-    machine: str | None
-
-
-class _PduFields(Strict):
-    rack: Name | None = None
-    u_position: int | None = Field(default=None, ge=1, le=60)
-    capacity_watts: int | None = Field(default=None, ge=0, le=INT_MAX)
-    mgmt_address: Address = ""
-
-    @field_validator("outlets", check_fields=False)
-    @classmethod
-    def _outlets(cls, value: list[OutletIn] | None) -> list[OutletIn] | None:
-        if value is not None:
-            _unique([str(o.number) for o in value], "outlet")
-        return value
-
-
-class PduIn(_PduFields):
-    name: Name
-    u_height: int = Field(default=0, ge=0, le=60)
-    outlets: list[OutletIn] = Field(default_factory=list, max_length=1024)
-
-
-class PduPatch(_PduFields, Patch):
-    """``outlets`` replaces the outlet list; an outlet feeding a machine cannot move to another."""
-
-    nullable = frozenset({"rack", "u_position", "capacity_watts"})
-
-    name: Name | None = None
-    u_height: int | None = Field(default=None, ge=0, le=60)
-    outlets: list[OutletIn] | None = Field(default=None, max_length=1024)
-
-
-class PduOut(Out):
-    name: str
-    rack: str | None
-    u_position: int | None
-    u_height: int
-    capacity_watts: int | None
-    mgmt_address: str
-    outlets: list[OutletOut]
+# OutletIn, PduIn, PduPatch, PduOut, ...: provisiond.schemas.pdus (imported above).

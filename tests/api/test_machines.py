@@ -73,6 +73,10 @@ def test_create_enrolls_and_reads_back_by_name_and_uuid(api: Api, services: Serv
             "pxe": True,
             "ip_address": "",
             "switch_port": None,
+            "lldp": {},
+            "lldp_seen_at": None,
+            "cabling": "",
+            "cabling_detail": {},
         }
     ]
     assert body["bmc"] == {

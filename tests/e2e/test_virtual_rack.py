@@ -95,6 +95,17 @@ def test_discover_and_inspect(rack: Scenario) -> None:
                       "seed", "os_callback", "inventory"):  # fmt: skip
             assert phase in phases, (phase, phases)
         e2e.wait_unlocked(rack, guest.name)
+    # Each guest is cabled as planned: its agent heard the rack switch's LLDP on the
+    # planned port (vm2's UEFI ramdisk and vm1's BIOS one alike).
+    with rack.api() as api:
+        cabling = api.get("/cabling").json()
+    verdicts = {p["machine"]: p for p in cabling["ports"] if p["expected_port"]}
+    for guest in rack.rack.guests:
+        port = verdicts[guest.name]
+        assert port["result"] == "pass", port
+        assert port["seen_port_id"] == port["expected_port"] == f"swp{guest.index}", port
+        assert not rack.machine(guest.name)["hold_reason"]
+    assert cabling["counts"].get("fail", 0) == 0, cabling
 
 
 def test_deploy_concurrently_ssh_and_release(rack: Scenario, keypair: tuple[str, str]) -> None:

@@ -8,6 +8,8 @@ Every rack is torn down by ``down`` in a finalizer, even when a test fails.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import secrets
 import signal
@@ -25,18 +27,24 @@ from typer.testing import CliRunner
 from provisiond.cli import app
 from provisiond.config import load_settings
 from provisiond.db import Database
+from provisiond.drivers.pdu.apc_snmp import ApcSnmpPdu
+from provisiond.drivers.pdu.base import PduTarget
+from provisiond.drivers.pdu.snmp import SnmpClient
 from provisiond.errors import Conflict
 from provisiond.inventory.plan import Source, apply
-from provisiond.models import Machine
+from provisiond.models import Machine, Pdu, Rack, Switch
 from provisiond.networks import ProvisioningNetwork
+from provisiond.pdus.access import pdu_target
 from provisiond.rack import vrack
 from provisiond.rack.qemu import pid_alive, pid_command
+from provisiond.rack.vrack_files import switch_chassis_mac
 from provisiond.secrets import SecretBox
 from tests.support.netns import require
 
 pytestmark = pytest.mark.slow  # QEMU guests: not in `make test-fast`
 
 PASSWORD = "rack-secret"  # the simulated BMCs' password
+COMMUNITY = "rack-pdu-community"  # the rack PDU's SNMP community
 BOOT_S = 30
 
 
@@ -46,18 +54,21 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vrack.RackState]:
     name = f"t{secrets.token_hex(3)}"
     state_dir = tmp_path_factory.mktemp("vrack") / name
     try:
-        yield vrack.up(2, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=8)
+        yield vrack.up(
+            2, name=name, state_dir=state_dir, password=PASSWORD, disk_mib=8,
+            pdu_community=COMMUNITY,
+        )  # fmt: skip
     finally:
         vrack.down(name, state_dir)
     assert not Path("/run/netns", f"pvd-{name}").exists()
 
 
-def ipmi(port: int, *args: str) -> str:
+def ipmi(port: int, *args: str, check: bool = True) -> str:
     cmd = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port),
            "-U", "admin", "-P", PASSWORD, "-C", "3", *args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    assert proc.returncode == 0 or not check, proc.stderr
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def ns(rack: vrack.RackState, *cmd: str) -> str:
@@ -156,16 +167,17 @@ def test_inventory_applies_to_a_fresh_database(
     box = SecretBox.from_key_file(tmp_path / "secret.key")
     text = rack.inventory_file.read_text()
     told: list[tuple[list[str], list[str]]] = []
+    source = Source(text, {vrack.PASSWORD_ENV: PASSWORD, vrack.PDU_COMMUNITY_ENV: COMMUNITY})
     with sqlite_db.transaction() as session:
         plan = apply(
             session,
-            Source(text, {vrack.PASSWORD_ENV: PASSWORD}),
+            source,
             secrets=box,
             actor="test",
             hosts_changed=lambda names, removed=(): told.append((list(names), list(removed))),
         )
         assert told == []  # only once the transaction commits
-    assert plan.summary["create"] == 3, plan  # the rack and two machines
+    assert plan.summary["create"] == 5, plan  # the rack, its switch, its PDU, two machines
     assert told == [(["vm1", "vm2"], [])]
     with sqlite_db.read_session() as session:
         machines = {m.name: m for m in session.exec(select(Machine))}
@@ -178,6 +190,64 @@ def test_inventory_applies_to_a_fresh_database(
             "ipmi", "127.0.0.1", rack.guests[1].bmc_port)  # fmt: skip
         assert vm2.bmc.secret_encrypted is not None
         assert box.decrypt(vm2.bmc.secret_encrypted) == PASSWORD
+        switch = session.exec(select(Switch)).one()
+        assert (switch.name, switch.chassis_mac) == (
+            f"{rack.name}-sw1", switch_chassis_mac(rack.name))  # fmt: skip
+        pdu = session.exec(select(Pdu)).one()
+        assert (pdu.name, pdu.driver, pdu.mgmt_address, pdu.snmp_port, pdu.snmp_version) == (
+            f"{rack.name}-pdu1", "apc_snmp", "127.0.0.1", rack.pdu_port, "2c")  # fmt: skip
+        assert pdu.secret_encrypted and COMMUNITY not in pdu.secret_encrypted
+        assert pdu_target(pdu, box, timeout=1).community == COMMUNITY  # encrypted, not plain
+        plugged = {o.number: o.machine_id for o in pdu.outlets}
+        assert plugged == {1: machines["vm1"].id, 2: vm2.id}
+        assert session.exec(select(Rack)).one().power_budget_watts == 2000
+    with sqlite_db.transaction() as session:  # the same file again changes nothing
+        again = apply(
+            session, source, secrets=box, actor="test", hosts_changed=lambda *a, **k: None
+        )
+    assert again.summary["unchanged"] == 5, again
+
+
+def test_the_farm_pdu_answers_snmp_and_cuts_the_right_bmc(rack: vrack.RackState) -> None:
+    """Outlet K of the rack's PDU feeds guest K's BMC: off, the BMC goes silent (the
+    guest stays off: nothing boots)."""
+    target = PduTarget(f"{rack.name}-pdu1", "127.0.0.1", rack.pdu_port, community=COMMUNITY,
+                       timeout=1.0, retries=1)  # fmt: skip
+
+    async def switch(outlet: int, on: bool) -> bool:
+        client = await SnmpClient.open()
+        try:
+            return await ApcSnmpPdu(target, client).set_outlet(outlet, on)
+        finally:
+            client.close()
+
+    vm1, vm2 = (g.bmc_port for g in rack.guests)
+    assert ipmi(vm2, "power", "status") == "Chassis Power is off"
+    try:
+        assert asyncio.run(switch(2, False)) is True
+        assert ipmi(vm2, "-N", "1", "-R", "1", "power", "status", check=False) == ""
+        assert ipmi(vm1, "power", "status") == "Chassis Power is off"  # still answers
+    finally:
+        assert asyncio.run(switch(2, True)) is True
+    deadline = time.monotonic() + 10  # its BMC boots again
+    while time.monotonic() < deadline and not ipmi(vm2, "power", "status", check=False):
+        time.sleep(0.2)
+    assert ipmi(vm2, "power", "status") == "Chassis Power is off"
+    assert not Path(rack.guests[1].pidfile).exists()  # no QEMU started
+
+
+def test_pdu_miswire_swaps_the_inventory_outlets_only(rack: vrack.RackState) -> None:
+    assert (Path(rack.state_dir) / "pdu.community").read_text().strip() == COMMUNITY
+    assert (Path(rack.state_dir) / "pdu.community").stat().st_mode & 0o077 == 0
+    doc = yaml.safe_load(rack.inventory_file.read_text())
+    assert [m["outlets"] for m in doc["machines"]] == [
+        [f"{rack.name}-pdu1/1"], [f"{rack.name}-pdu1/2"]]  # fmt: skip
+    assert COMMUNITY not in rack.inventory_file.read_text()
+    crossed = dataclasses.replace(rack, pdu_miswire=["vm1", "vm2"])
+    doc = yaml.safe_load(vrack.inventory_yaml(crossed))
+    assert [m["outlets"] for m in doc["machines"]] == [
+        [f"{rack.name}-pdu1/2"], [f"{rack.name}-pdu1/1"]]  # fmt: skip
+    assert doc["pdus"][0]["snmp_community_env"] == vrack.PDU_COMMUNITY_ENV
 
 
 def test_network_toml_is_a_provisioning_network(rack: vrack.RackState, tmp_path: Path) -> None:
@@ -211,6 +281,9 @@ def test_cli_status_json_and_bad_input(rack: vrack.RackState) -> None:
     result = runner.invoke(app, ["rack", "up", "2", "--uefi", "3", "--name", "uefibad"])
     assert result.exit_code == 1 and "give 0 to 2" in result.output, result.output
     assert not Path("/run/netns/pvd-uefibad").exists()
+    result = runner.invoke(app, ["rack", "up", "2", "--pdu-miswire", "vm1,vm3", "--name", "pdubad"])
+    assert result.exit_code == 1 and "--pdu-miswire vm1,vm2" in result.output, result.output
+    assert "Traceback" not in result.output and not Path("/run/netns/pvd-pdubad").exists()
 
 
 def test_crashed_rack_is_cleaned_by_up_and_down(tmp_path: Path) -> None:
@@ -267,9 +340,11 @@ def test_two_nic_guests_boot_from_their_cabled_second_nic(tmp_path: Path) -> Non
             {"mac": bios.unwired_mac, "name": "eth0", "pxe": False},
             {"mac": bios.mac, "name": "eth1", "ip_address": bios.ip, "pxe": True},
         ]
+        # The cabled NIC on the rack switch's port for vm1 (lldp_switch announces it).
         assert yaml.safe_load(rack.inventory_file.read_text())["machines"][0]["nics"] == (
-            bios.nics()
+            bios.nics(f"{name}-sw1")
         )
+        assert bios.nics(f"{name}-sw1")[1]["switch_port"] == f"{name}-sw1/swp1"
         started = time.monotonic()
         for guest in rack.guests:
             ipmi(guest.bmc_port, "chassis", "bootdev", "pxe")

@@ -14,7 +14,12 @@ script, for three test-only reasons:
   "Continuous"), so the launcher records the Boot PATCH bodies it receives to a
   JSON-lines file, which is how tests see one-time versus persistent;
 - sushy-tools keeps fake state in a shared ``/tmp/sushy-emulator`` unless
-  ``SUSHY_EMULATOR_STATE_DIR`` is set, so each emulator gets its own.
+  ``SUSHY_EMULATOR_STATE_DIR`` is set, so each emulator gets its own;
+- sushy-tools serves no power reading, so the launcher adds both shapes a BMC may
+  have: ``Chassis/{id}/EnvironmentMetrics`` (``PowerWatts.Reading``) and the older
+  ``Chassis/{id}/Power`` (``PowerControl[0].PowerConsumedWatts``), linked from the
+  chassis. Which of them exist, and the watts while on (0 while off), come from
+  ``meter.json``, read on every request: :meth:`RedfishEmulator.set_meter`.
 
 It is otherwise sushy-tools' own ``main()`` with ``--fake``.
 """
@@ -53,10 +58,11 @@ SYSTEM_URL = f"/redfish/v1/Systems/{SYSTEM_UUID}"
 
 _LAUNCHER = """
 import io, json, sys
+import flask
 from sushy_tools.emulator import main as emu
 from sushy_tools.emulator.resources.systems import fakedriver
 
-delay, log_path = int(sys.argv[1]), sys.argv[2]
+delay, log_path, meter_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 class _FixedDelay:
     def randint(self, a, b):
@@ -79,8 +85,53 @@ class _Recorder:
                                   "body": body.decode("utf-8", "replace")}) + "\\n")
         return self.app(env, start_response)
 
+def _meter():
+    with open(meter_path) as f:
+        meter = json.load(f)
+    systems = emu.app.systems.systems
+    on = bool(systems) and emu.app.systems.get_power_state(systems[0]) == "On"
+    return meter["shapes"], (meter["watts"] if on else 0)
+
+def _chassis_link(identity, name):
+    return {"@odata.id": "/redfish/v1/Chassis/%s/%s" % (identity, name)}
+
+@emu.app.route("/redfish/v1/Chassis/<identity>/EnvironmentMetrics")
+def _environment_metrics(identity):
+    shapes, watts = _meter()
+    if "environment" not in shapes:
+        return "not found", 404
+    return {"@odata.id": _chassis_link(identity, "EnvironmentMetrics")["@odata.id"],
+            "@odata.type": "#EnvironmentMetrics.v1_3_0.EnvironmentMetrics",
+            "Id": "EnvironmentMetrics", "Name": "Chassis Environment Metrics",
+            "PowerWatts": {"DataSourceUri": "/redfish/v1/Chassis/%s/Sensors/Power" % identity,
+                           "Reading": watts}}
+
+@emu.app.route("/redfish/v1/Chassis/<identity>/Power")
+def _power(identity):
+    shapes, watts = _meter()
+    if "power" not in shapes:
+        return "not found", 404
+    return {"@odata.id": _chassis_link(identity, "Power")["@odata.id"],
+            "@odata.type": "#Power.v1_5_0.Power", "Id": "Power", "Name": "Power",
+            "PowerControl": [{"MemberId": "0", "Name": "System Power Control",
+                              "PowerConsumedWatts": watts, "PowerCapacityWatts": 800}]}
+
+@emu.app.after_request
+def _link_meters(response):
+    parts = flask.request.path.rstrip("/").split("/")
+    if (flask.request.method == "GET" and response.status_code == 200 and len(parts) == 5
+            and parts[3] == "Chassis"):
+        shapes, _ = _meter()
+        body = json.loads(response.get_data())
+        if "environment" in shapes:
+            body["EnvironmentMetrics"] = _chassis_link(parts[4], "EnvironmentMetrics")
+        if "power" in shapes:
+            body["Power"] = _chassis_link(parts[4], "Power")
+        response.set_data(json.dumps(body))
+    return response
+
 emu.app.wsgi_app = _Recorder(emu.app.wsgi_app)
-sys.argv = ["sushy-emulator", *sys.argv[3:]]
+sys.argv = ["sushy-emulator", *sys.argv[4:]]
 sys.exit(emu.main())
 """
 
@@ -142,12 +193,26 @@ class RedfishEmulator:
     password: str = "password"
     #: Seconds after which a power change lands (the fake driver's own is random 1-11).
     power_delay: int = 1
+    #: Power reading shapes served ("environment", "power") and the watts while on.
+    meter_shapes: tuple[str, ...] = ("environment", "power")
+    meter_watts: int = 280
     fingerprint: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def log_path(self) -> Path:
         return self.root / "requests.jsonl"
+
+    @property
+    def meter_path(self) -> Path:
+        return self.root / "meter.json"
+
+    def set_meter(self, shapes: tuple[str, ...], watts: int) -> None:
+        """Which power reading shapes the emulator serves from now on, and the watts on."""
+        self.meter_shapes, self.meter_watts = shapes, watts
+        tmp = self.meter_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"shapes": list(shapes), "watts": watts}))
+        tmp.replace(self.meter_path)  # atomic: a request never reads half a file
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -163,6 +228,7 @@ class RedfishEmulator:
             f"SUSHY_EMULATOR_STATE_DIR = {str(self.root / 'state')!r}\n"
         )
         self.log_path.touch()
+        self.set_meter(self.meter_shapes, self.meter_watts)
         log = (self.root / "emulator.log").open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUSHY_EMULATOR_")}
         self.proc = subprocess.Popen(
@@ -172,6 +238,7 @@ class RedfishEmulator:
                 _LAUNCHER,
                 str(self.power_delay),
                 str(self.log_path),
+                str(self.meter_path),
                 "--fake",
                 "--config",
                 str(config),

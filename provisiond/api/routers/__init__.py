@@ -7,6 +7,7 @@ from provisiond.api.routers import (
     agent,
     allocations,
     boot,
+    cabling,
     credentials,
     deployments,
     discovery,
@@ -38,6 +39,7 @@ ROUTERS: list[APIRouter] = [
     boot.router,
     deployments.router,
     allocations.router,
+    cabling.router,
     agent.router,
 ]
 

@@ -128,10 +128,12 @@ class Identity:
 
 
 class PowerDriver(ABC):
-    """Three calls drive a machine's power; identity is optional."""
+    """Three calls drive a machine's power; identity and the power reading are optional."""
 
     name: ClassVar[str]
     settings: ClassVar[tuple[Setting, ...]]
+    #: Whether :meth:`read_watts` may answer; the power sync asks only drivers that say so.
+    reads_watts: ClassVar[bool] = False
 
     def __init__(self, target: BmcTarget) -> None:
         self.target = target
@@ -156,6 +158,17 @@ class PowerDriver(ABC):
         raise BmcUnsupported(
             f"the {self.name} driver cannot read machine identity",
             hint="enter serial, vendor and model in the inventory instead",
+        )
+
+    def read_watts(self) -> int | None:
+        """The machine's power draw as its BMC measures it now, in watts.
+
+        None when this BMC has no power meter (or it is not measuring); a driver that
+        knows its BMC lacks one remembers that and stops asking it.
+        """
+        raise BmcUnsupported(
+            f"the {self.name} driver cannot read the power draw",
+            hint="declare the machine's power_watts in the inventory, or meter its PDU outlet",
         )
 
     @contextmanager

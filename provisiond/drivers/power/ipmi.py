@@ -65,7 +65,7 @@ from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi import command as ipmi_command
 from pyghmi.ipmi.private import session as pyghmi_session
 
-from provisiond.drivers.power import ipmi_identity, pyghmi_patch
+from provisiond.drivers.power import ipmi_dcmi, ipmi_identity, pyghmi_patch
 from provisiond.drivers.power.base import (
     BmcAuthError,
     BmcBusy,
@@ -246,10 +246,12 @@ class IpmiPower(PowerDriver):
         Setting("username", "BMC user", required=True),
         Setting("password", "BMC password", required=True, secret=True),
     )
+    reads_watts = True
 
     def __init__(self, target: BmcTarget) -> None:
         super().__init__(target)
         self._command: Any = None
+        self._dcmi = True  # until the BMC says it has no DCMI power reading
         # One login however many threads ask at once: concurrent Commands to one BMC
         # race inside pyghmi's session table. Per driver, so other BMCs never wait.
         self._login = threading.RLock()
@@ -333,6 +335,18 @@ class IpmiPower(PowerDriver):
             persist=persistent,
             uefiboot=uefi,
         )
+
+    def read_watts(self) -> int | None:
+        """DCMI Get Power Reading (:mod:`.ipmi_dcmi`); a BMC without DCMI is not asked again."""
+        if not self._dcmi:
+            return None
+        try:
+            response = self._run("read the power draw (DCMI)", ipmi_dcmi.request)
+        except ipmi_dcmi.NoDcmi as exc:
+            self._dcmi = False
+            log.info("bmc_without_dcmi", bmc=self.target.endpoint, answer=str(exc))
+            return None
+        return ipmi_dcmi.current_watts(response.get("data", b""))
 
     def read_identity(self) -> Identity:
         """Vendor, firmware, serial, model, GUID and BMC MAC: 3-5 IPMI round trips.

@@ -41,6 +41,7 @@ from typing import Any
 from pyghmi.redfish import command as redfish_command
 from pyghmi.util import webclient
 
+from provisiond.drivers.power import redfish_meter
 from provisiond.drivers.power.base import (
     BmcCertificateMismatch,
     BmcError,
@@ -100,10 +101,13 @@ class RedfishPower(PowerDriver):
         Setting("system", "Redfish system id, only for BMCs that manage several"),
         Setting("timeout", "seconds per HTTPS request", default=10),
     )
+    reads_watts = True
 
     def __init__(self, target: BmcTarget) -> None:
         super().__init__(target)
         self._command: Any = None
+        #: (url, shape) of the chassis power reading once found (:mod:`.redfish_meter`).
+        self._meter: tuple[str, str] | None = None
 
     # -- connection -----------------------------------------------------------------
 
@@ -307,6 +311,24 @@ class RedfishPower(PowerDriver):
                 "event log",
                 code="boot_device_not_confirmed",
             )
+
+    def read_watts(self) -> int | None:
+        """The chassis power reading (:mod:`.redfish_meter`): found once, then one GET each."""
+        doing = "read the power draw"
+
+        def get(url: str) -> Any:
+            return self._request(doing, "GET", url)
+
+        if self._meter is None:
+            self._meter = redfish_meter.find(self._system(doing), get)
+        url, shape = self._meter
+        if not url:
+            return None
+        try:
+            return redfish_meter.watts(get(url), shape)
+        except BmcError:
+            self._meter = None  # moved or failed: look for it afresh next time
+            raise
 
     def read_identity(self) -> Identity:
         system = self._system("read system identity")
