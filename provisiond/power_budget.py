@@ -1,18 +1,22 @@
-"""Rack power budgets: each rack's draw against its budget, and the power-on check.
+"""Rack power budgets: each rack's draw against its budget.
 
 **A rack's draw** is the sum, over its machines, of one figure each:
 
-==========  ================================================================
-source      the figure
-==========  ================================================================
-``pdu``     the machine's PDU outlets (summed: a machine may have two PSUs),
-            when their PDU was read within :func:`fresh_s`; an outlet meters
-            everything behind it, so it wins over the BMC's own estimate
-``bmc``     the BMC's last reading (DCMI or Redfish, stored by the power sync)
-``off``     no reading, and the machine is known to be off: 0 W
-``declared``  no reading: the declared ``Machine.power_watts`` (0 W when none
-            is declared; :class:`MachineDraw` says which)
-==========  ================================================================
+============  ==============================================================
+source        the figure, the first that applies
+============  ==============================================================
+``reserved``  a power-on admitted within :func:`fresh_s` and not yet read on:
+              the draw it reserved, whatever the machine reads
+``off``       the machine is known to be off: 0 W, whatever it drew before
+``pdu``       the machine's PDU outlets (summed: a machine may have two PSUs),
+              when *every* outlet of it on a PDU with a driver was read within
+              :func:`fresh_s` and metered; an outlet meters everything behind
+              it, so it wins over the BMC's own estimate
+``bmc``       the BMC's last reading (DCMI or Redfish, stored by the power
+              sync), when taken within :func:`fresh_s`
+``declared``  no usable reading: the declared ``Machine.power_watts`` (0 W
+              when none is declared; :class:`MachineDraw` says which)
+============  ==============================================================
 
 The nameplate (``declared_watts``) is the sum of every machine's declared
 ``power_watts``, whatever it draws now. A rack's verdict is ``ok``, ``over_90``
@@ -21,15 +25,8 @@ The nameplate (``declared_watts``) is the sum of every machine's declared
 ``Rack.measured_watts`` / ``measured_at`` / ``budget_status``, records one event
 per verdict that changed and sets the metrics.
 
-**Powering on** a machine that is not on (:func:`admit_power_on`) adds its
-expected draw, the larger of its declared ``power_watts`` and its last reading,
-to its rack's. When that would pass the budget, the power-on is refused
-(:class:`OverBudget`, 409) unless an admin forces it. The admission is one
-conditional UPDATE that also adds the draw to ``Rack.measured_watts``, so two
-power-ons racing for the last headroom cannot both pass; the reservation lasts
-until the next recompute replaces it with what the meters then read. The deploy
-engine's power step goes through the same check: a deploy whose power-on is
-refused fails with that reason (allocation itself does not look at budgets).
+**Powering on** a machine is checked against its rack's budget by
+:mod:`provisiond.power_admission`; the draw it admits counts as ``reserved`` (above).
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Gauge
-from sqlalchemy import case, func, or_, update
+from sqlalchemy import and_, case, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -51,6 +48,8 @@ from provisiond.metrics import Metrics
 from provisiond.models import Machine, Outlet, Pdu, Rack, utcnow
 
 OVER_90 = 0.9
+#: ``Machine.measured_source`` of a power-on's reserved draw (see admit_power_on).
+RESERVED = "reserved"
 #: The machine fields every draw figure is made from, in this order.
 _COLUMNS = [
     col(Machine.id),
@@ -69,7 +68,7 @@ class OverBudget(Conflict):
 
 
 def fresh_s(services: Services) -> float:
-    """How old a PDU reading may be and still win: three power syncs."""
+    """How old a reading (or a reservation) may be and still count: three power syncs."""
     return 3 * services.settings.power_sync_interval_s
 
 
@@ -86,7 +85,7 @@ class MachineDraw:
     name: str
     power_state: str
     watts: int
-    #: pdu | bmc | off | declared (see the module docstring)
+    #: reserved | off | pdu | bmc | declared (see the module docstring)
     source: str
     declared_watts: int | None
     measured_at: datetime | None
@@ -122,13 +121,23 @@ class RackDraw:
 
 
 def outlet_readings(session: Session, since: datetime) -> dict[int, tuple[int, datetime]]:
-    """machine id -> (watts over its metered outlets, when read), of PDUs read since ``since``."""
+    """machine id -> (watts over its outlets, when read), for machines whose every outlet
+    on a PDU with a driver was read since ``since`` and metered.
+
+    A machine with two PSUs on two PDUs, one of them down (or one outlet unmetered), has
+    no figure here: half its draw is not its draw (it counts by its BMC, or as declared).
+    """
+    metered = and_(col(Outlet.power_watts).is_not(None), col(Pdu.power_read_at) >= since)
     rows = session.exec(
-        select(Outlet.machine_id, func.sum(Outlet.power_watts), func.min(Pdu.power_read_at))
+        select(
+            Outlet.machine_id,
+            func.sum(Outlet.power_watts),
+            func.min(Pdu.power_read_at),
+        )
         .join(Pdu, col(Pdu.id) == col(Outlet.pdu_id))
-        .where(col(Outlet.machine_id).is_not(None), col(Outlet.power_watts).is_not(None))
-        .where(col(Pdu.power_read_at) >= since)
+        .where(col(Outlet.machine_id).is_not(None), col(Pdu.driver) != "")
         .group_by(col(Outlet.machine_id))
+        .having(func.count() == func.sum(case((metered, 1), else_=0)))
     ).all()
     return {
         int(mid): (int(watts), at)
@@ -137,14 +146,20 @@ def outlet_readings(session: Session, since: datetime) -> dict[int, tuple[int, d
     }
 
 
-def _draw(row: Any, outlet: tuple[int, datetime] | None) -> MachineDraw:
+def _draw(row: Any, outlet: tuple[int, datetime] | None, since: datetime) -> MachineDraw:
+    """One machine's figure: a live power-on reservation; off (0 W); its PDU outlets; its
+    reading if fresh (a copied outlet reading only while its outlets still all read);
+    else what it declares. A reading older than ``since`` says nothing about now."""
     _, name, _, power_state, declared, measured, source, at = row
-    if outlet is not None:
-        return MachineDraw(name, power_state, outlet[0], "pdu", declared, outlet[1])
-    if measured is not None:
-        return MachineDraw(name, power_state, measured, source or "bmc", declared, at)
+    fresh = measured is not None and at is not None and at >= since
+    if fresh and source == RESERVED:  # counts while the power-on is on its way
+        return MachineDraw(name, power_state, measured, RESERVED, declared, at)
     if power_state == "off":
         return MachineDraw(name, power_state, 0, "off", declared, None)
+    if outlet is not None:
+        return MachineDraw(name, power_state, outlet[0], "pdu", declared, outlet[1])
+    if fresh and source not in ("pdu", RESERVED):
+        return MachineDraw(name, power_state, measured, source or "bmc", declared, at)
     return MachineDraw(name, power_state, declared or 0, "declared", declared, None)
 
 
@@ -159,7 +174,7 @@ def rack_draws(session: Session, since: datetime, rack_id: int | None = None) ->
     outlets = outlet_readings(session, since)
     for row in session.execute(machines.order_by(col(Machine.name))).all():
         if row[2] in racks:
-            racks[row[2]].add(_draw(row, outlets.get(row[0])))
+            racks[row[2]].add(_draw(row, outlets.get(row[0]), since))
     return list(racks.values())
 
 
@@ -169,7 +184,7 @@ def update_racks(services: Services, now: datetime | None = None) -> list[RackDr
     since = now - timedelta(seconds=fresh_s(services))
     with services.db.transaction() as session:
         outlets = outlet_readings(session, since)
-        _store_outlet_readings(session, outlets)
+        _store_outlet_readings(session, outlets, since)
         before = {
             rack_id: (name, status)
             for rack_id, name, status in session.exec(
@@ -199,17 +214,29 @@ def update_racks(services: Services, now: datetime | None = None) -> list[RackDr
     return draws
 
 
-def _store_outlet_readings(session: Session, outlets: dict[int, tuple[int, datetime]]) -> None:
-    """Outlet readings become the machines' readings (source ``pdu``), where they differ."""
+def _store_outlet_readings(
+    session: Session, outlets: dict[int, tuple[int, datetime]], since: datetime
+) -> None:
+    """Outlet readings become the machines' readings (source ``pdu``), where they differ.
+
+    A live reservation stays until the machine is on and its outlets were read after it.
+    """
     if not outlets:
         return
-    current = session.exec(
-        select(
-            Machine.id, Machine.measured_watts, Machine.measured_source, Machine.measured_at
+    current = session.execute(
+        sa_select(
+            col(Machine.id),
+            col(Machine.power_state),
+            col(Machine.measured_watts),
+            col(Machine.measured_source),
+            col(Machine.measured_at),
         ).where(col(Machine.id).in_(list(outlets)))
     ).all()
-    for mid, watts, source, at in current:
+    for mid, power_state, watts, source, at in current:
         new_watts, new_at = outlets[mid or 0]
+        live = source == RESERVED and at is not None and at >= since
+        if live and (power_state != "on" or new_at < at):
+            continue
         if (watts, source, at) != (new_watts, "pdu", new_at):
             session.execute(
                 update(Machine)
@@ -260,103 +287,6 @@ def publish(metrics: Metrics, draws: list[RackDraw]) -> None:
 
 def _labels(gauge: Gauge) -> set[str]:
     return {sample.labels["rack"] for metric in gauge.collect() for sample in metric.samples}
-
-
-# --- the power-on check -----------------------------------------------------------
-
-
-def admit_power_on(
-    services: Services, ident: str, *, force: bool, actor: str, request_id: str = ""
-) -> str:
-    """Admit powering on machine ``ident`` (name or uuid) against its rack's budget.
-
-    Returns a note ("" when there is nothing to say); raises :class:`OverBudget` when
-    the rack would pass its budget and ``force`` is not set. A machine already on, or
-    in a rack without a budget, is always admitted.
-    """
-    now = utcnow()
-    since = now - timedelta(seconds=fresh_s(services))
-    with services.db.transaction() as session:
-        named = or_(col(Machine.name) == ident, col(Machine.uuid) == ident)
-        machine = session.exec(select(Machine).where(named)).first()
-        if machine is None or machine.rack_id is None or machine.power_state == "on":
-            return ""
-        rack = session.get(Rack, machine.rack_id)
-        if rack is None or rack.power_budget_watts is None:
-            return ""
-        budget, rack_name, name = rack.power_budget_watts, rack.name, machine.name
-        machine_id = machine.id
-        draw = rack_draws(session, since, rack.id)[0]
-        own = next(m for m in draw.machines if m.name == name)
-        adds = max(machine.power_watts or 0, machine.measured_watts or 0)
-        extra = max(0, adds - own.watts)
-        live = draw.measured_watts
-        stored = func.coalesce(col(Rack.measured_watts), 0)
-        base = case((stored > live, stored), else_=live)
-        reserve = update(Rack).where(col(Rack.id) == rack.id)
-        if not force:  # checked and reserved in one statement: racing power-ons queue here
-            reserve = reserve.where(base + extra <= col(Rack.power_budget_watts))
-        admitted = session.execute(
-            reserve.values(measured_watts=base + extra, measured_at=now).execution_options(
-                synchronize_session=False
-            )
-        )
-        projected = max(live, rack.measured_watts or 0) + extra
-        why = _reason(rack_name, budget, projected, draw, name, adds, machine.power_watts)
-        won = admitted.rowcount == 1  # type: ignore[attr-defined]
-        if won and projected <= budget:
-            return ""
-        if won:  # forced
-            events.record(
-                session,
-                EventKind.POWER,
-                "power_on_over_budget_forced",
-                machine=machine,
-                actor=actor,
-                request_id=request_id,
-                message=f"forced: {why}",
-                details={"rack": rack_name, "projected_watts": projected, "budget_watts": budget},
-            )
-            return f"forced over the rack budget: {why}"
-    with services.db.transaction() as session:
-        events.record(
-            session,
-            EventKind.POWER,
-            "power_on_refused_over_budget",
-            machine_id=machine_id,
-            machine_name=name,
-            actor=actor,
-            request_id=request_id,
-            message=why,
-            details={"rack": rack_name, "projected_watts": projected, "budget_watts": budget},
-        )
-    raise OverBudget(
-        f"power-on refused: {why}",
-        hint=f"power off something in rack {rack_name}, or raise its power_budget_watts; "
-        f"an admin can force it with force=true (CLI: machines power {name} on --force)",
-    )
-
-
-def _reason(
-    rack: str,
-    budget: int,
-    projected: int,
-    draw: RackDraw,
-    machine: str,
-    adds: int,
-    declared: int | None,
-) -> str:
-    counted = ", ".join(f"{n} {source}" for source, n in sorted(draw.counted.items()))
-    how = (
-        "its declared power_watts"
-        if declared is not None and adds == declared
-        else ("its last reading" if adds else "no declared power_watts or reading: 0 W")
-    )
-    return (
-        f"rack {rack} would draw {projected} W of its {budget} W budget "
-        f"(now {draw.measured_watts} W: machines counted {counted}; "
-        f"{machine} adds {adds} W, {how})"
-    )
 
 
 # --- views ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from provisiond import events
 from provisiond.cabling import lldp
-from provisiond.cabling.check import FAIL, Outcome, Result, check
+from provisiond.cabling.check import FAIL, PASS, Outcome, Result, check
 from provisiond.cabling.load import Fabric, Row, fabric, nics, others
 from provisiond.crud import get_by_name
 from provisiond.events import EventKind
@@ -156,16 +156,16 @@ def _check_rows(
     everything = rows + (nics(session, col(Machine.id).in_(extra), net) if extra else [])
     outcome = check([r.planned for r in everything], net.switches)
     batch = events.Batch()
-    held: dict[int, list[Result]] = {}
+    pxe: dict[int, list[Result]] = {}  # the checked PXE NICs' results, per machine
     for row, result in zip(everything, outcome.results, strict=True):
         _write(row, result, batch, actor=actor, request_id=request_id)
         session.add(row.nic)
-        held.setdefault(row.machine.id or 0, [])
-        if result.result == FAIL and row.nic.pxe:
-            held[row.machine.id or 0].append(result)
+        pxe.setdefault(row.machine.id or 0, [])
+        if result.result and row.nic.pxe:
+            pxe[row.machine.id or 0].append(result)
     machines = {row.machine.id: row.machine for row in everything}
-    for mid, failing in held.items():
-        _hold(machines[mid], failing, policy, batch, actor=actor, request_id=request_id)
+    for mid, results in pxe.items():
+        _hold(machines[mid], results, policy, batch, actor=actor, request_id=request_id)
         session.add(machines[mid])
     session.flush()
     batch.write(session)
@@ -209,20 +209,26 @@ def _write(row: Row, result: Result, batch: events.Batch, *, actor: str, request
 
 def _hold(
     machine: Machine,
-    failing: list[Result],
+    pxe: list[Result],
     policy: str,
     batch: events.Batch,
     *,
     actor: str,
     request_id: str,
 ) -> None:
+    """Set, change or clear the machine's cabling hold from its PXE NICs' results: a
+    fail holds it (policy "hold"); only a pass clears the hold (``n/a``, a pulled cable
+    or a switch that says nothing, proves nothing); policy "warn" holds nothing."""
     current = machine.hold_reason or ""
     if current and not current.startswith(HOLD_PREFIX):
         return  # another check's hold: not ours to change
+    failing = [r for r in pxe if r.result == FAIL]
     wanted = ""
     if policy == "hold" and failing:
         parts = [f"{r.nic.nic or r.nic.mac} {r.detail.get('reason', '')}" for r in failing]
         wanted = (HOLD_PREFIX + "; ".join(parts))[:HOLD_MAX]
+    elif policy == "hold" and current and not (pxe and all(r.result == PASS for r in pxe)):
+        return  # held until the PXE NIC passes
     if wanted == current:
         return
     machine.hold_reason = wanted

@@ -85,6 +85,16 @@ class _Edge:
     nic: str
 
 
+#: A file stops being checked after this many problems (each costs a fuzzy name search).
+MAX_PROBLEMS = 50
+
+
+def _stopped(problems: Sequence[Problem]) -> str:
+    if len(problems) < MAX_PROBLEMS:
+        return ""
+    return f" (checking stopped at {MAX_PROBLEMS} problems: fix these and import again)"
+
+
 def _close(word: str, names: Sequence[str], what: str) -> str:
     near = difflib.get_close_matches(word, list(names), n=3)
     return f"did you mean {', '.join(near)}?" if near else f"no {what} has a similar name"
@@ -110,6 +120,8 @@ def parse(text: str) -> list[tuple[int, str, str, str, str]]:
             if "->" in line or "digraph" in line:
                 why = "a directed graph or edge; PTM topologies are 'graph G {' with -- edges"
             problems.append(Problem(f"line {number}", f"{why}: {line.strip()[:120]}", number))
+            if len(problems) >= MAX_PROBLEMS:
+                break
             continue
         g = match.groups()
         edges.append(
@@ -122,7 +134,7 @@ def parse(text: str) -> list[tuple[int, str, str, str, str]]:
             )
         )
     if problems:
-        raise ValidationFailed(problems, hint=HINT)
+        raise ValidationFailed(problems, hint=HINT + _stopped(problems))
     return edges
 
 
@@ -137,15 +149,19 @@ def import_dot(
     ).all()
     machines = {m.name for _, m in rows}
     by_key: dict[tuple[str, str], list[Nic]] = {}
+    keys_of: dict[str, set[str]] = {}
     for nic, machine in rows:
         for key in {nic.name, nic.mac}:
             if key:
                 by_key.setdefault((machine.name, key), []).append(nic)
+                keys_of.setdefault(machine.name, set()).add(key)
     problems: list[Problem] = []
     wanted: dict[int, tuple[_Edge, int]] = {}
     port_of: dict[int, _Edge] = {}
     skipped: list[str] = []
     for number, a, pa, b, pb in parse(text):
+        if len(problems) >= MAX_PROBLEMS:
+            break
         where = f"line {number}"
         if a not in net.switches and b in net.switches:
             a, pa, b, pb = b, pb, a, pa
@@ -166,7 +182,7 @@ def import_dot(
             continue
         found = by_key.get((b, pb)) or by_key.get((b, as_mac(pb) or pb), [])
         if len(found) != 1:
-            nic_names = sorted({k for (m, k) in by_key if m == b})
+            nic_names = sorted(keys_of.get(b, ()))
             why = (
                 "has two NICs of that name; name it by MAC"
                 if found
@@ -193,7 +209,9 @@ def import_dot(
         port_of[port_id] = edge
         wanted[nic.id or 0] = (edge, port_id)
     if problems:
-        raise ValidationFailed(problems, hint=HINT + "; names are those of the inventory")
+        raise ValidationFailed(
+            problems, hint=HINT + "; names are those of the inventory" + _stopped(problems)
+        )
     return _apply(session, rows, wanted, port_of, skipped, net.port_ref, actor, request_id)
 
 

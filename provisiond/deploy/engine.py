@@ -49,18 +49,17 @@ from provisiond.deploy.agent_reports import issue_agent_token
 from provisiond.deploy.disk_deploy import DiskSteps
 from provisiond.deploy.lock_guard import LockGuard
 from provisiond.deploy.lost_boot import is_lost
+from provisiond.deploy.power_on import failure, network_boot
 from provisiond.deploy.release import ACTOR, Releaser, add_event
 from provisiond.deploy.remote_ops import install_agent
 from provisiond.deploy.ssh import HostKeyMismatch, SshError
 from provisiond.deploy.steps import Work, step_for
 from provisiond.deploy.succession import Succession
-from provisiond.drivers.power.base import BmcError, BmcManualAction, BootDevice, PowerAction
-from provisiond.drivers.power.base import PowerState as PS
+from provisiond.drivers.power.base import BmcManualAction
 from provisiond.errors import ConcurrentChange, Conflict, InvalidTransition, ProvisiondError
 from provisiond.lifecycle import State
 from provisiond.logging import get_logger
 from provisiond.machines import power as machine_power
-from provisiond.machines import power_calls as power
 from provisiond.machines.power_calls import PowerPolicy
 from provisiond.models import Deployment, Machine, utcnow
 from provisiond.reconciler import run_loop
@@ -268,29 +267,17 @@ class DeployEngine:
             )
             await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
             return
-        executor, policy = self.services.executor, self.power_policy()
         try:
-            await power.set_boot_device(
-                executor, driver, BootDevice.PXE, persistent=False, policy=policy
-            )
-            state = await power.get_power(executor, driver, policy)
-            action = PowerAction.CYCLE if state is PS.ON else PowerAction.ON
-            await machine_power.admit_power_on(self.services, item.name, action, actor=ACTOR)
-            await power.power(executor, driver, action, policy)
+            policy = self.power_policy()
+            action = await network_boot(self.services, item.name, driver, policy, actor=ACTOR)
         except BmcManualAction as exc:
             await asyncio.to_thread(
                 self.record_event, item.machine_id, item.name, "manual_power_cycle", exc.message
             )
             await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
             return
-        except (BmcError, ProvisiondError) as exc:
-            hint = getattr(exc, "hint", "")
-            await asyncio.to_thread(
-                self._fail,
-                item.machine_id,
-                f"BMC power-cycle failed: {exc.message}" + (f" ({hint})" if hint else ""),
-                expect=expect,
-            )
+        except ProvisiondError as exc:  # the BMC's errors, the rack budget's OverBudget
+            await asyncio.to_thread(self._fail, item.machine_id, failure(exc), expect=expect)
             return
         await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", action=action.value)
 

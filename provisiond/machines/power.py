@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from provisiond import events, locks, power_budget
+from provisiond import events, locks, power_admission
 from provisiond.container import Services
 from provisiond.drivers.power.base import (
     BmcError,
@@ -138,12 +138,17 @@ async def admit_power_on(
     actor: str,
     request_id: str = "",
     force: bool = False,
+    state: PowerState | None = None,
 ) -> str:
-    """The rack power budget's word on ``action`` (:mod:`provisiond.power_budget`): raises
-    OverBudget (409) unless admitted or forced; "" or a note. Powering off always passes."""
-    if action in (PowerAction.OFF, PowerAction.SOFT_OFF):
+    """The rack power budget's word on ``action`` (:mod:`provisiond.power_admission`): raises
+    OverBudget (409) unless admitted or forced; "" or a note. Powering off always passes,
+    and so does anything on a machine the caller has just read (``state``) as on."""
+    if action in (PowerAction.OFF, PowerAction.SOFT_OFF) or state is PowerState.ON:
         return ""
-    admit = functools.partial(power_budget.admit_power_on, force=force, actor=actor)
+    read_state = state.value if state is not None else ""
+    admit = functools.partial(
+        power_admission.admit_power_on, force=force, actor=actor, read_state=read_state
+    )
     return await asyncio.to_thread(admit, services, ident, request_id=request_id)
 
 

@@ -40,6 +40,8 @@ class PowerPolicy:
     backoff: Sequence[float] = DEFAULT_BACKOFF
     confirm_timeout: float = 30.0
     confirm_interval: float = 0.5
+    #: The draw reading's own time limit (0: ``call_timeout``); see read_power_and_watts.
+    watts_timeout: float = 0.0
 
 
 @dataclass
@@ -108,23 +110,40 @@ class PowerReading:
 async def read_power_and_watts(
     executor: BlockingExecutor, driver: PowerDriver, policy: PowerPolicy | None = None
 ) -> PowerReading:
-    """The state, then the draw right after it: one executor call, one BMC session.
+    """The state, then the draw right after it, on the driver's one BMC session.
 
-    A failed draw reading is reported in ``watts_error``, never as a failed state read.
+    They are two executor calls, each with its own time limit: a slow or broken meter
+    never turns the state read into a failure (BmcUnreachable, and in the end a BMC
+    marked unreachable). Whatever goes wrong with the draw (a timeout, a BMC error, a
+    reply in a shape no parser expected) is reported in ``watts_error``, never raised.
     """
-
-    def both() -> PowerReading:
-        state = driver.get_power()
-        if not driver.reads_watts:
-            return PowerReading(state)
-        try:
-            return PowerReading(state, driver.read_watts())
-        except BmcError as exc:
-            return PowerReading(state, None, exc)
-
     policy = policy or PowerPolicy()
-    reading, _ = await _with_retries(executor, driver, both, "read power", policy, [])
-    return reading
+    state, _ = await _with_retries(executor, driver, driver.get_power, "read power", policy, [])
+    if not driver.reads_watts:
+        return PowerReading(state)
+    timeout = policy.watts_timeout or policy.call_timeout
+    try:
+        watts = await executor.run(
+            driver.read_watts, timeout=timeout, key=_key(driver), what="read power draw"
+        )
+    except CallTimeout as exc:
+        late = BmcUnreachable(
+            f"BMC {driver.target.endpoint} did not read its power draw within {timeout:g}s",
+            hint=f"its power meter is slow; the state read is unaffected; {exc.hint}",
+        )
+        return PowerReading(state, None, late)
+    except BmcError as exc:
+        return PowerReading(state, None, exc)
+    except Exception as exc:  # a driver bug or a reply no parser expected: not a power failure
+        error = BmcError(
+            f"BMC {driver.target.endpoint} sent a power reading that could not be read "
+            f"({type(exc).__name__}: {exc})"[:400],
+            hint="the BMC's power meter answers in an unexpected shape; the machine counts "
+            "at its declared power_watts until it reads again",
+            code="bmc_meter_unreadable",
+        )
+        return PowerReading(state, None, error)
+    return PowerReading(state, watts)
 
 
 async def set_boot_device(

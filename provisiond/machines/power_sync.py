@@ -5,12 +5,15 @@ with bounded concurrency through the blocking executor (one session per BMC),
 and writes only what changed, in one transaction.
 
 Where the driver reads it (``PowerDriver.reads_watts``), the draw is read right
-after the state, in the same executor call on the same session (no second login):
-:func:`provisiond.machines.power_calls.read_power_and_watts`. A failed draw reading
-never fails the state read. The readings are written in the same transaction as
-the states, by one executemany UPDATE (``Machine.measured_watts``, ``measured_source``
-"bmc", ``measured_at``), except over a PDU outlet reading of the machine that is
-still fresh: an outlet meters everything behind it and wins (:mod:`provisiond.power_budget`).
+after the state, on the same session (no second login) but in its own executor call
+with its own time limit: :func:`provisiond.machines.power_calls.read_power_and_watts`.
+A failed, slow or malformed draw reading never fails the state read, and one
+machine's failure (even a driver bug) never stops the others being recorded. The
+readings are written in the same transaction as the states (``Machine.measured_watts``,
+``measured_source`` "bmc", ``measured_at``); a machine read off gets 0 W (a DCMI meter
+reads "not measuring" then, which would leave its last draw standing), except over a
+live power-on reservation. A machine whose every PDU outlet was read fresh keeps that
+figure: an outlet meters everything behind it and wins (:mod:`provisiond.power_budget`).
 Then every rack's draw is summed against its budget (:func:`power_budget.update_racks`).
 """
 
@@ -123,11 +126,21 @@ async def sync_power(services: Services) -> SyncReport:
                 results[job.machine_id] = exc
                 errors.labels(driver.target.endpoint, exc.code).inc()
                 return
+            except Exception as exc:  # a driver bug: this machine fails, the sync goes on
+                log.exception("power_read_failed", machine=job.name)
+                results[job.machine_id] = BmcError(
+                    f"reading the power state failed: {type(exc).__name__}: {exc}"[:400],
+                    hint="a fault in provisiond's BMC driver; see the daemon's log",
+                )
+                return
             results[job.machine_id] = reading
             if reading.watts_error is not None:
                 errors.labels(driver.target.endpoint, reading.watts_error.code).inc()
 
-    await asyncio.gather(*(read(job) for job in jobs), *_pdu_polls(services))
+    # return_exceptions: whatever one read raises, every other machine is still recorded.
+    await asyncio.gather(
+        *(read(job) for job in jobs), *_pdu_polls(services), return_exceptions=True
+    )
     await asyncio.to_thread(_record, services, jobs, results, report)
     report.racks = await asyncio.to_thread(power_budget.update_racks, services)
     report.read = len(jobs)
@@ -178,8 +191,11 @@ def _record(
                 session.add(bmc)
                 continue
             state = result.state.value
+            off = result.state is PowerState.OFF
             if result.watts is not None:
-                readings.append({"mid": job.machine_id, "watts": result.watts})
+                report.watts_read += 1
+            if result.watts is not None or off:  # off: 0 W, though DCMI reads "not measuring"
+                readings.append({"mid": job.machine_id, "watts": result.watts or 0, "off": off})
             if job.failures or job.unreachable_reason:
                 bmc = session.exec(select(Bmc).where(Bmc.machine_id == job.machine_id)).one()
                 if bmc.unreachable_reason:
@@ -203,7 +219,6 @@ def _record(
                 set_power_state(session, job.machine_id, state)
         events.record_many(session, noted)
         _store_readings(session, readings, power_budget.fresh_s(services))
-    report.watts_read = len(readings)
 
 
 #: One UPDATE for every reading of a sync (executemany), built once.
@@ -214,18 +229,28 @@ _READING = (
 )
 
 
-def _store_readings(session: Session, readings: list[dict[str, Any]], pdu_fresh_s: float) -> None:
-    """The BMC readings, in one executemany; a machine's fresh PDU outlet reading is kept."""
+def _store_readings(session: Session, readings: list[dict[str, Any]], fresh_s: float) -> None:
+    """The BMC readings, in one executemany each for machines read on and off.
+
+    A machine's PDU outlets, when all of them were read fresh, meter it better: their
+    figure is kept. A machine read off keeps a power-on's live reservation (source
+    ``reserved``, :func:`provisiond.power_admission.admit_power_on`): the power-on may still
+    be on its way. A machine read on replaces it with what its BMC reads.
+    """
     if not readings:
         return
     now = utcnow()
+    since = now - timedelta(seconds=fresh_s)
+    metered = power_budget.outlet_readings(session, since)
     table = Machine.__table__  # type: ignore[attr-defined]
-    pdu_fresh = and_(
-        table.c.measured_source == "pdu",
-        table.c.measured_at >= now - timedelta(seconds=pdu_fresh_s),
-    )
-    statement = _READING.where(not_(pdu_fresh))
-    session.connection().execute(statement, [{**row, "at": now} for row in readings])
+    reserved = and_(table.c.measured_source == "reserved", table.c.measured_at >= since)
+    rows = [r for r in readings if r["mid"] not in metered]
+    on = [{"mid": r["mid"], "watts": r["watts"], "at": now} for r in rows if not r["off"]]
+    off = [{"mid": r["mid"], "watts": r["watts"], "at": now} for r in rows if r["off"]]
+    if on:
+        session.connection().execute(_READING, on)
+    if off:
+        session.connection().execute(_READING.where(not_(reserved)), off)
 
 
 def _pdu_polls(services: Services) -> list[Awaitable[None]]:

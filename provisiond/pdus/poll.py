@@ -17,9 +17,10 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import col, select
 
 from provisiond.container import Services
@@ -30,6 +31,7 @@ from provisiond.errors import Conflict, NotFound, ProvisiondError
 from provisiond.models import Machine, Outlet, Pdu
 from provisiond.models.base import utcnow
 from provisiond.pdus.outlets import target_of
+from provisiond.power_budget import fresh_s
 
 
 @dataclass
@@ -132,9 +134,18 @@ _PDU_READ = (
 _PDU_DOWN = (
     update(_PDUS).where(_PDUS.c.id == bindparam("pid")).values(unreachable_reason=bindparam("why"))
 )
+# A power-on's live reservation (provisiond.power_admission) is not overwritten by the
+# standby draw of a machine that does not read on yet: it holds the rack's headroom.
 _SET_DRAW = (
     update(_MACHINES)
     .where(_MACHINES.c.id == bindparam("mid"))
+    .where(
+        or_(
+            _MACHINES.c.measured_source != "reserved",
+            _MACHINES.c.measured_at < bindparam("fresh"),
+            _MACHINES.c.power_state == "on",
+        )
+    )
     .values(measured_watts=bindparam("watts"), measured_source="pdu", measured_at=bindparam("at"))
 )
 
@@ -172,7 +183,11 @@ def _store(services: Services, jobs: list[_Job], polls: list[PduPoll]) -> None:
         if down:
             conn.execute(_PDU_DOWN, down)
         if drawn:
-            conn.execute(_SET_DRAW, [{"mid": m, "watts": w, "at": now} for m, w in drawn.items()])
+            fresh = now - timedelta(seconds=fresh_s(services))
+            conn.execute(
+                _SET_DRAW,
+                [{"mid": m, "watts": w, "at": now, "fresh": fresh} for m, w in drawn.items()],
+            )
 
 
 async def poll_pdus(

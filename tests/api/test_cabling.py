@@ -145,6 +145,10 @@ def test_a_swap_holds_both_machines_until_it_is_mended(
     assert reason in r.json()["error"]["message"]
     assert "provisiond cabling" in r.json()["error"]["hint"]
 
+    # Nothing heard (a pulled cable, a quiet switch) proves nothing: the hold stays.
+    inventory(api, lab, "vm1", [])
+    assert ports(api)["vm1"]["result"] == "n/a"
+    assert api.ci.get("/api/v1/machines/vm1").json()["hold_reason"].startswith("cabling: ")
     inventory(api, lab, "vm1", [neighbour("vm1", "swp1")])
     assert api.ci.get("/api/v1/machines/vm1").json()["hold_reason"] == ""
     # vm2's side is checked again with vm1's report: no longer a swap, still wrong.

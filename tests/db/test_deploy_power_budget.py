@@ -17,7 +17,7 @@ from provisiond.deploy import records as deploy
 from provisiond.deploy.engine import DeployEngine
 from provisiond.deploy.steps import Work
 from provisiond.lifecycle import Ev, advance
-from provisiond.models import Bmc, Event, Machine, Rack
+from provisiond.models import Bmc, Event, Machine, Rack, utcnow
 from provisiond.rack import BmcFarm
 
 _addresses = itertools.count(random.randrange(0, 40_000))
@@ -36,7 +36,8 @@ def _deploying(services: Services, farm: BmcFarm, budget: int) -> int:
         rack = Rack(name="r1", power_budget_watts=budget)
         s.add(rack)
         s.flush()
-        other = Machine(name="busy", rack_id=rack.id, measured_watts=900, measured_source="bmc")
+        other = Machine(name="busy", rack_id=rack.id, measured_watts=900, measured_source="bmc",
+                        measured_at=utcnow(), power_state="on")  # fmt: skip
         advance(s, other, Ev.ENROLL, actor="test")
         m = Machine(name="m1", rack_id=rack.id, power_watts=400, power_state="off")
         advance(s, m, Ev.ENROLL, actor="test")
@@ -77,11 +78,13 @@ def test_a_deploy_whose_power_on_passes_the_budget_fails_with_the_reason(
     with services.db.read_session() as s:
         machine = s.get(Machine, machine_id)
         assert machine is not None and machine.last_error is not None
-        reason = str(machine.last_error)
+        reason = str(machine.last_error["reason"])
         refused = s.exec(
             select(Event).where(col(Event.event) == "power_on_refused_over_budget")
         ).all()
-    assert "power-on refused: rack r1 would draw 1300 W of its 1000 W budget" in reason
+    # Worded by what failed: the budget, not the BMC.
+    assert reason.startswith("power-on refused: rack r1 would draw 1300 W of its 1000 W budget")
+    assert "BMC" not in reason
     assert farm.state(0).power == "off"
     assert [e.machine_name for e in refused] == ["m1"]
 
@@ -93,3 +96,21 @@ def test_within_budget_the_deploy_powers_on(services: Services, farm: BmcFarm) -
     with services.db.read_session() as s:
         rack = s.exec(select(Rack)).one()
     assert rack.measured_watts == 1300  # 900 W + the 400 W reserved for m1 until the next sync
+
+
+def test_a_machine_the_engine_reads_on_is_cycled_whatever_the_budget(
+    services: Services, farm: BmcFarm
+) -> None:
+    """The DB says off (the last sync is old), the BMC says on: a cycle draws nothing more."""
+    machine_id = _deploying(services, farm, budget=1000)  # would be 1300 W if it were off
+    farm.set_power(0, True)
+    boots = len(farm.state(0).boots)
+    _power_step(services, machine_id)
+    with services.db.read_session() as s:
+        machine = s.get(Machine, machine_id)
+        refused = s.exec(
+            select(Event).where(col(Event.event) == "power_on_refused_over_budget")
+        ).all()
+    assert machine is not None and machine.last_error is None
+    assert refused == [] and farm.state(0).power == "on"
+    assert len(farm.state(0).boots) == boots + 1  # cycled, from the network

@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from provisiond import lifecycle
 from provisiond.container import Services
-from provisiond.drivers.power import BmcTarget, PowerState
+from provisiond.drivers.power import BmcTarget, BmcUnreachable, PowerState
 from provisiond.drivers.power.ipmi import IpmiPower
 from provisiond.drivers.power.manual import ManualPower
 from provisiond.drivers.power.redfish import RedfishPower, format_fingerprint
@@ -24,7 +24,7 @@ from provisiond.executor import BlockingExecutor
 from provisiond.lifecycle import Ev
 from provisiond.machines import power_calls
 from provisiond.machines.power_sync import sync_power
-from provisiond.models import Bmc, Machine, Rack, utcnow
+from provisiond.models import Bmc, Machine, Outlet, Pdu, Rack, utcnow
 from provisiond.rack import BmcFarm, Faults
 from provisiond.rack.ipmi_machine import PowerMeter
 from tests.support.ipmisim import IpmiSim
@@ -197,12 +197,19 @@ def test_power_sync_stores_readings_and_keeps_a_fresh_pdu_reading(
         assert rack.id is not None
         rack_id = rack.id
     ids = [_enroll(services, f"m{i}", farm.endpoint(i)[1], farm.address, rack_id) for i in range(3)]
-    # m1 has a fresh outlet reading from its PDU: that one stands.
+    # m1's one outlet was read fresh from its PDU (not configured for polling: its last
+    # reading stands): that figure wins over the BMC's.
     with services.db.transaction() as session:
+        read_at = utcnow() - timedelta(seconds=5)
+        pdu = Pdu(name="p1", rack_id=rack_id, driver="apc_snmp", power_read_at=read_at)
+        session.add(pdu)
+        session.flush()
+        assert pdu.id is not None
+        session.add(Outlet(pdu_id=pdu.id, number=1, machine_id=ids[1], power_watts=333))
         pdu_fed = session.get(Machine, ids[1])
         assert pdu_fed is not None
         pdu_fed.measured_watts, pdu_fed.measured_source = 333, "pdu"
-        pdu_fed.measured_at = utcnow() - timedelta(seconds=5)
+        pdu_fed.measured_at = read_at
         session.add(pdu_fed)
 
     report = asyncio.run(sync_power(services))
@@ -224,3 +231,91 @@ def test_power_sync_stores_readings_and_keeps_a_fresh_pdu_reading(
     with services.db.read_session() as session:
         m0 = session.get(Machine, ids[0])
         assert m0 is not None and m0.measured_watts == 0 and m0.power_state == "off"
+
+
+# --- a malformed or slow Redfish meter ---------------------------------------------------
+
+MALFORMED = [
+    {"PowerControl": {"PowerConsumedWatts": 5}, "PowerWatts": 7},  # a dict, a bare number
+    ["not", "an", "object"],
+    {"PowerControl": ["x"], "PowerWatts": {"Reading": "12"}},
+    {"PowerControl": [{"PowerConsumedWatts": None}], "PowerWatts": {"Reading": float("nan")}},
+    {"PowerWatts": {"Reading": 1e30}},  # no one machine's, and too big for the column
+]
+
+
+def test_a_malformed_redfish_meter_reads_none(emulator: RedfishEmulator) -> None:
+    emulator.set_power("On")
+    driver = _redfish(emulator)
+    _wait_power(driver, PowerState.ON)
+    for body in MALFORMED:
+        emulator.set_meter(("environment", "power"), 280, raw=body)
+        driver._meter = None  # looked for afresh
+        assert driver.read_watts() is None, body
+    emulator.set_meter(("environment", "power"), 280)
+    driver._meter = None
+    assert driver.read_watts() == 280
+    emulator.set_meter(("environment", "power"), 280, raw=MALFORMED[0])
+    assert driver.read_watts() is None  # the meter found goes bad
+
+
+def test_a_slow_meter_never_fails_the_state_read(emulator: RedfishEmulator) -> None:
+    emulator.set_power("On")
+    driver = _redfish(emulator)
+    _wait_power(driver, PowerState.ON)
+    assert driver.read_watts() == 280
+    emulator.set_meter(("environment", "power"), 280, slow_s=3)
+    executor = BlockingExecutor(2)
+    policy = power_calls.PowerPolicy(call_timeout=2, backoff=())
+    try:
+        reading = asyncio.run(power_calls.read_power_and_watts(executor, driver, policy))
+    finally:
+        executor.shutdown(wait=True)
+    assert reading.state is PowerState.ON and reading.watts is None
+    assert isinstance(reading.watts_error, BmcUnreachable)
+    assert "did not read its power draw within 2s" in reading.watts_error.message
+
+
+def test_power_sync_records_every_machine_whatever_one_meter_sends(
+    services: Services, farm: BmcFarm, emulator: RedfishEmulator
+) -> None:
+    emulator.set_meter(("power",), 280, raw={"PowerControl": {"PowerConsumedWatts": 5}})
+    emulator.set_power("On")
+    _wait_power(_redfish(emulator), PowerState.ON)
+    farm.set_meter(None, PowerMeter(idle_watts=200, load_watts=400, load=0.5))
+    farm.set_power(0, True)
+    with services.db.transaction() as session:
+        rack = Rack(name="r1", power_budget_watts=5000)
+        session.add(rack)
+        session.flush()
+        assert rack.id is not None
+        rack_id = rack.id
+    ids = [_enroll(services, f"m{i}", farm.endpoint(i)[1], farm.address, rack_id) for i in range(2)]
+    with services.db.transaction() as session:
+        machine = Machine(name="rf", rack_id=rack_id, power_watts=450)
+        lifecycle.advance(session, machine, Ev.ENROLL, actor="test")
+        assert machine.id is not None
+        session.add(
+            Bmc(
+                machine_id=machine.id,
+                driver="redfish",
+                address="127.0.0.1",
+                port=emulator.port,
+                username=emulator.username,
+                secret_encrypted=services.secrets.encrypt(emulator.password),
+                cert_fingerprint=format_fingerprint(emulator.fingerprint),
+            )
+        )
+
+    report = asyncio.run(sync_power(services))
+    assert report.failed == {} and report.read == 3
+    with services.db.read_session() as session:
+        rows = {m.name: m for m in session.exec(select(Machine))}
+        stored = session.get(Rack, rack_id)
+    assert [rows[n].power_state for n in ("m0", "m1", "rf")] == ["on", "off", "on"]
+    assert (rows["m0"].measured_watts, rows["m0"].measured_source) == (300, "bmc")
+    assert rows["rf"].measured_watts is None  # nothing it sent is a reading
+    # 300 (bmc) + 0 (off) + 450 declared for the Redfish machine without a reading.
+    assert stored is not None and stored.measured_watts == 750
+    assert [r.counted for r in report.racks] == [{"bmc": 1, "off": 1, "declared": 1}]
+    assert rows["m1"].id == ids[1] and rows["m1"].measured_watts == 0  # read off: 0 W

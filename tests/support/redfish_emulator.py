@@ -19,7 +19,8 @@ script, for three test-only reasons:
   have: ``Chassis/{id}/EnvironmentMetrics`` (``PowerWatts.Reading``) and the older
   ``Chassis/{id}/Power`` (``PowerControl[0].PowerConsumedWatts``), linked from the
   chassis. Which of them exist, and the watts while on (0 while off), come from
-  ``meter.json``, read on every request: :meth:`RedfishEmulator.set_meter`.
+  ``meter.json``, read on every request: :meth:`RedfishEmulator.set_meter`, which can
+  also make both serve a given (malformed) body instead.
 
 It is otherwise sushy-tools' own ``main()`` with ``--fake``.
 """
@@ -57,7 +58,7 @@ SYSTEM_UUID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
 SYSTEM_URL = f"/redfish/v1/Systems/{SYSTEM_UUID}"
 
 _LAUNCHER = """
-import io, json, sys
+import io, json, sys, time
 import flask
 from sushy_tools.emulator import main as emu
 from sushy_tools.emulator.resources.systems import fakedriver
@@ -92,11 +93,24 @@ def _meter():
     on = bool(systems) and emu.app.systems.get_power_state(systems[0]) == "On"
     return meter["shapes"], (meter["watts"] if on else 0)
 
+def _raw():
+    # The body a test set to serve as-is, whatever its shape; None when it set none.
+    # A meter set slow answers (either way) only after that many seconds.
+    with open(meter_path) as f:
+        meter = json.load(f)
+    time.sleep(meter.get("slow_s", 0))
+    if "raw" in meter:
+        return flask.Response(json.dumps(meter["raw"]), mimetype="application/json")
+    return None
+
 def _chassis_link(identity, name):
     return {"@odata.id": "/redfish/v1/Chassis/%s/%s" % (identity, name)}
 
 @emu.app.route("/redfish/v1/Chassis/<identity>/EnvironmentMetrics")
 def _environment_metrics(identity):
+    raw = _raw()
+    if raw is not None:
+        return raw
     shapes, watts = _meter()
     if "environment" not in shapes:
         return "not found", 404
@@ -108,6 +122,9 @@ def _environment_metrics(identity):
 
 @emu.app.route("/redfish/v1/Chassis/<identity>/Power")
 def _power(identity):
+    raw = _raw()
+    if raw is not None:
+        return raw
     shapes, watts = _meter()
     if "power" not in shapes:
         return "not found", 404
@@ -207,11 +224,18 @@ class RedfishEmulator:
     def meter_path(self) -> Path:
         return self.root / "meter.json"
 
-    def set_meter(self, shapes: tuple[str, ...], watts: int) -> None:
-        """Which power reading shapes the emulator serves from now on, and the watts on."""
+    def set_meter(
+        self, shapes: tuple[str, ...], watts: int, raw: Any = None, slow_s: float = 0
+    ) -> None:
+        """Which power reading shapes the emulator serves from now on, and the watts on;
+        with ``raw``, both meter URLs serve that JSON as-is (a malformed meter); with
+        ``slow_s``, they answer only after that many seconds."""
         self.meter_shapes, self.meter_watts = shapes, watts
         tmp = self.meter_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"shapes": list(shapes), "watts": watts}))
+        meter: dict[str, Any] = {"shapes": list(shapes), "watts": watts, "slow_s": slow_s}
+        if raw is not None:
+            meter["raw"] = raw
+        tmp.write_text(json.dumps(meter))
         tmp.replace(self.meter_path)  # atomic: a request never reads half a file
 
     def start(self) -> None:

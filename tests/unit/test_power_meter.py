@@ -1,11 +1,15 @@
 """Pure parts of power readings: the simulated meter, the DCMI record both ways, the
-``--load`` spec, and the budget verdict at its edges."""
+``--load`` spec, the budget verdict at its edges, and the Redfish meter parser on
+whatever shape a BMC sends."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
-from provisiond.drivers.power import ipmi_dcmi
+from provisiond.drivers.power import ipmi_dcmi, redfish_meter
 from provisiond.power_budget import status_for
 from provisiond.rack.ipmi_faults import FaultSpecError, parse_load
 from provisiond.rack.ipmi_machine import PowerMeter
@@ -46,3 +50,41 @@ def test_load_spec() -> None:
 )  # fmt: skip
 def test_budget_verdict_edges(draw: int, budget: int | None, status: str) -> None:
     assert status_for(draw, budget) == status
+
+
+@pytest.mark.parametrize(
+    ("system", "collection", "url"),
+    [
+        ({"Links": None}, {"Members": [{"@odata.id": "/c/1"}]}, "/c/1"),
+        ({"Links": "x"}, {"Members": ["/c/1"]}, ""),
+        ({"Links": {"Chassis": {"@odata.id": "/c/2"}}}, {"Members": None}, ""),
+        ({"Links": {"Chassis": ["/c/2"]}}, ["not", "an", "object"], ""),
+        ({"Links": {"Chassis": [{"@odata.id": 7}]}}, {"Members": [{"@odata.id": "/c/1"}]}, "/c/1"),
+        ({"Links": {"Chassis": [{"@odata.id": "/c/2"}]}}, None, "/c/2"),
+    ],
+)
+def test_chassis_url_takes_any_shape_the_bmc_sends(
+    system: dict[str, Any], collection: Any, url: str
+) -> None:
+    assert redfish_meter.chassis_url(system, lambda _url: collection) == url
+
+
+@pytest.mark.parametrize(
+    ("body", "shape", "watts"),
+    [
+        ({"PowerControl": {"PowerConsumedWatts": 5}}, redfish_meter.POWER, None),
+        ({"PowerControl": []}, redfish_meter.POWER, None),
+        ({"PowerControl": "x"}, redfish_meter.POWER, None),
+        ({"PowerControl": [{"PowerConsumedWatts": 312.6}]}, redfish_meter.POWER, 313),
+        ({"PowerWatts": 7}, redfish_meter.ENVIRONMENT, None),
+        ({"PowerWatts": {"Reading": "12"}}, redfish_meter.ENVIRONMENT, None),
+        ({"PowerWatts": {"Reading": math.inf}}, redfish_meter.ENVIRONMENT, None),
+        ({"PowerWatts": {"Reading": 10**9}}, redfish_meter.ENVIRONMENT, None),
+        ({"PowerWatts": {"Reading": True}}, redfish_meter.ENVIRONMENT, None),
+        ({"PowerWatts": {"Reading": 280}}, redfish_meter.ENVIRONMENT, 280),
+    ],
+)
+def test_meter_body_in_any_shape_reads_a_number_or_none(
+    body: Any, shape: str, watts: int | None
+) -> None:
+    assert redfish_meter.watts(body, shape) == watts

@@ -14,6 +14,7 @@ first that gives a number is remembered by the driver, so a reading is one GET.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ ENVIRONMENT = "environment"
 POWER = "power"
 #: A BMC with no power meter: (no url, no shape); the driver then stops looking.
 NONE: tuple[str, str] = ("", "")
+#: No one machine draws more: a larger figure is a broken meter (and would not fit the column).
+MAX_WATTS = 100_000
 
 
 def _link(resource: Any, name: str) -> str:
@@ -31,11 +34,25 @@ def _link(resource: Any, name: str) -> str:
 
 
 def chassis_url(system: dict[str, Any], get: Callable[[str], Any]) -> str:
-    links = system.get("Links", {}).get("Chassis") or []
-    if links and isinstance(links[0], dict) and links[0].get("@odata.id"):
-        return str(links[0]["@odata.id"])
-    members = get("/redfish/v1/Chassis").get("Members") or []
-    return str(members[0].get("@odata.id") or "") if len(members) == 1 else ""
+    """The system's chassis URL, or "" when neither its links nor the collection say.
+
+    Any shape the BMC sends is taken: ``Links`` null or not an object, members that are
+    not objects... each only means "no chassis found" (then no meter), never an error.
+    """
+    links = system.get("Links")
+    chassis = links.get("Chassis") if isinstance(links, dict) else None
+    if isinstance(chassis, list) and chassis:
+        first = _id(chassis[0])
+        if first:
+            return first
+    collection = get("/redfish/v1/Chassis")
+    members = collection.get("Members") if isinstance(collection, dict) else None
+    return _id(members[0]) if isinstance(members, list) and len(members) == 1 else ""
+
+
+def _id(member: Any) -> str:
+    value = member.get("@odata.id") if isinstance(member, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def find(system: dict[str, Any], get: Callable[[str], Any]) -> tuple[str, str]:
@@ -66,15 +83,20 @@ def find(system: dict[str, Any], get: Callable[[str], Any]) -> tuple[str, str]:
 
 
 def watts(body: Any, shape: str) -> int | None:
-    """The reading in ``body`` of the given shape; None when it carries none."""
+    """The reading in ``body`` of the given shape; None when it carries none, or carries
+    it in a shape other than the schema's (a dict ``PowerControl``, a string reading...)."""
     if not isinstance(body, dict):
         return None
-    value: Any
+    value: Any = None
     if shape == ENVIRONMENT:
-        value = (body.get("PowerWatts") or {}).get("Reading")
+        reading = body.get("PowerWatts")
+        value = reading.get("Reading") if isinstance(reading, dict) else None
     else:
-        controls = body.get("PowerControl") or [{}]
-        value = controls[0].get("PowerConsumedWatts") if isinstance(controls[0], dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        controls = body.get("PowerControl")
+        first = controls[0] if isinstance(controls, list) and controls else None
+        value = first.get("PowerConsumedWatts") if isinstance(first, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (math.isfinite(value) and 0 <= value <= MAX_WATTS):  # NaN, or not one machine's
         return None
     return round(value)
