@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, bindparam, func, update
+from sqlalchemy import ColumnElement, Update, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from provisiond import events
@@ -226,9 +226,12 @@ CLAIM_CACHE_SIZE = 256
 
 
 def _claim_statement(conditions: Sequence[ColumnElement[bool]]) -> Update:
+    # Never a machine whose DB lock someone holds (an outlet cut by ``pdus verify``, a
+    # power action): it would be deployed while that work runs (provisiond.locks).
+    unlocked = or_(col(Machine.lock_owner).is_(None), col(Machine.lock_expires) < bindparam("now"))
     pick = (
         select(col(Machine.id))
-        .where(col(Machine.state) == S.AVAILABLE.value, *conditions)
+        .where(col(Machine.state) == S.AVAILABLE.value, unlocked, *conditions)
         .order_by(
             func.coalesce(col(Machine.cpus), 0),
             func.coalesce(col(Machine.ram_mib), 0),
@@ -283,8 +286,9 @@ def claim_available(
     rows other claimers hold; SQLite (which ignores FOR UPDATE) runs writers one at a
     time under ``BEGIN IMMEDIATE``, and the outer state check keeps the UPDATE
     conditional there too. The smallest machine that fits wins (best fit), leaving big
-    ones for big requests. The ``deploy`` transition Event goes into ``batch``; the
-    caller writes it and commits. Returns None when nothing matches.
+    ones for big requests. A machine under someone's unexpired DB lock is passed over
+    (a later pass of the queue takes it). The ``deploy`` transition Event goes into
+    ``batch``; the caller writes it and commits. Returns None when nothing matches.
 
     ``cache_key`` names the shape and values of the conditions (the same key, the same
     conditions): the built statement is kept and reused, and ``conditions`` is called

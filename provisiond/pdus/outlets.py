@@ -15,6 +15,7 @@ machine whose BMC hangs (:func:`machine_power` with ``hard=True``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,10 +32,13 @@ from provisiond.drivers.pdu.registry import make_pdu_driver
 from provisiond.drivers.pdu.snmp import SnmpClient
 from provisiond.errors import Conflict, NotFound
 from provisiond.events import EventKind, audit
+from provisiond.logging import get_logger
 from provisiond.machines.power_sync import set_power_state
 from provisiond.machines.service import find
 from provisiond.models import Machine, Outlet, Pdu
 from provisiond.pdus.access import pdu_target
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,17 +139,40 @@ def machine_feeds(session: Session, services: Services, machine: Machine) -> lis
 
 @asynccontextmanager
 async def machine_locked(services: Services, machine_id: int | None) -> AsyncIterator[None]:
-    """Hold the machine's DB lock for the block (no lock for an outlet feeding nothing)."""
+    """Hold the machine's DB lock for the block (no lock for an outlet feeding nothing).
+
+    Raises :class:`MachineLocked` when someone else holds it. The lock is renewed
+    every third of ``lock_ttl_s`` while the block runs (a ``pdus verify`` of one
+    outlet may wait ``settle_s`` + ``recover_s``, up to 12 minutes, longer than the
+    TTL), so it expires only when this daemon cannot reach the database.
+    """
     if machine_id is None:
         yield
         return
     owner = f"{services.instance}:pdu:{uuid.uuid4().hex[:8]}"
     ttl = services.settings.lock_ttl_s
     await asyncio.to_thread(locks.acquire, services.db, machine_id, owner, ttl_s=ttl)
+    renewer = asyncio.create_task(_renew(services, machine_id, owner, ttl))
     try:
         yield
     finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
         await asyncio.to_thread(locks.release, services.db, machine_id, owner)
+
+
+async def _renew(services: Services, machine_id: int, owner: str, ttl: float) -> None:
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            held = await asyncio.to_thread(locks.renew, services.db, machine_id, owner, ttl_s=ttl)
+        except Exception:  # the DB is away: try again next time
+            log.exception("outlet_lock_renew_failed", machine_id=machine_id, owner=owner)
+            continue
+        if not held:
+            log.warning("outlet_lock_lost", machine_id=machine_id, owner=owner)
+            return
 
 
 async def switch(driver: PduDriver, numbers: tuple[int, ...], action: OutletAction) -> bool:

@@ -2,18 +2,28 @@
 
 For every outlet of the PDU that the inventory maps to a machine, in outlet order:
 
-1. skip it (with the reason) when the machine is in use (allocated, deploying,
-   installing its agent, active, releasing, inspecting), has no BMC to watch, or its
-   BMC does not answer with the power on;
-2. under that machine's DB lock: switch the outlet off (confirmed by read-back),
-   watch the BMCs of every mapped machine that answered before, until the expected
-   one stops answering or ``settle_s`` passes;
-3. switch the outlet back on and wait (``recover_s``) for the BMCs it darkened to
-   answer again;
-4. pass when exactly the expected machine's BMC went dark, else fail saying what was
+1. skip it (with the reason) when the machine has no BMC to watch, its BMC does not
+   answer with the power on, or it is not idle (:data:`IDLE`: enrolled, available,
+   inspect_failed; a machine in maintenance, deploy_failed or release_failed may
+   have an operator or a user on it, and one allocated, deploying ... releasing,
+   inspecting runs work);
+2. take that machine's DB lock (skip it when someone else holds it), then read its
+   state again: the lock keeps the allocator off it from here on (a claim passes
+   over a locked machine), but it may have been claimed or put into maintenance
+   since the first read; skip it unless it is still idle;
+3. under the lock (renewed while it is held): switch the outlet off (confirmed by
+   read-back), watch the BMCs of every mapped machine that answered before, until
+   the expected one stops answering or ``settle_s`` passes;
+4. switch the outlet back on (:data:`RESTORE_TRIES` tries) and wait (``recover_s``)
+   for the BMCs it darkened to answer again;
+5. pass when exactly the expected machine's BMC went dark, else fail saying what was
    seen ("outlet 3 cut vm2's BMC, expected vm1").
 
 Every wait is bounded, and the outlet is switched back on even when a step fails.
+When it cannot be (the PDU refuses or stops answering), the outlet's verdict is a
+fail saying "outlet N left OFF", with a POWER event on its machine, and the next
+outlets are still checked. The verdicts, the outlets' states as last read and the
+audit event are written even when the run ends early.
 
 "Answers" is the sessionless probe discovery uses (:func:`ipmi_probe.sweep`: Get
 Channel Auth Caps plus an ASF ping) for IPMI BMCs, and a TCP connect to the HTTPS
@@ -32,24 +42,22 @@ from dataclasses import asdict, dataclass
 
 from sqlmodel import select
 
+from provisiond import events
 from provisiond.container import Services
+from provisiond.drivers.pdu.base import OutletState, PduDriver, PduError
 from provisiond.drivers.power.ipmi_probe import sweep
-from provisiond.errors import NotFound
-from provisiond.events import audit
+from provisiond.errors import MachineLocked, NotFound
+from provisiond.events import EventKind, audit
 from provisiond.lifecycle import State
+from provisiond.machines.power_sync import set_power_state
 from provisiond.models import Machine, Pdu
 from provisiond.pdus.outlets import Feed, machine_locked, pdu_driver, target_of
 
-IN_USE = frozenset(
-    {
-        State.ALLOCATED,
-        State.DEPLOYING,
-        State.INSTALLING_AGENT,
-        State.ACTIVE,
-        State.RELEASING,
-        State.INSPECTING,
-    }
-)
+#: The states in which a machine runs no work and no one uses it: the only ones cut.
+IDLE = frozenset({State.NEW, State.ENROLLED, State.AVAILABLE, State.INSPECT_FAILED})
+#: Tries to switch an outlet back on, and the pause between them.
+RESTORE_TRIES = 3
+RESTORE_PAUSE_S = 2.0
 
 
 @dataclass
@@ -123,6 +131,44 @@ def _names(machines: set[str]) -> str:
     return " and ".join(f"{m}'s" for m in listed) + (" BMCs" if len(listed) > 1 else " BMC")
 
 
+def _state_now(services: Services, machine_id: int) -> str | None:
+    """The machine's state read now, in a transaction of its own (None: it is gone)."""
+    with services.db.read_session() as session:
+        state = session.exec(select(Machine.state).where(Machine.id == machine_id)).first()
+        return None if state is None else str(state)
+
+
+def _not_idle(item: _Mapped, state: str | None) -> str:
+    """Why ``item``'s machine in ``state`` is not cut, or "" when it may be."""
+    if state is None:
+        return f"{item.machine} no longer exists"
+    if state in IDLE:
+        return ""
+    idle = ", ".join(sorted(s.value for s in IDLE - {State.NEW}))
+    return f"{item.machine} is {state}: only idle machines ({idle}) are checked"
+
+
+async def _restore(driver: PduDriver, outlet: int) -> str:
+    """Switch ``outlet`` back on, a bounded number of tries; "" when on, else why not."""
+    why = ""
+    for attempt in range(RESTORE_TRIES):
+        if attempt:
+            await asyncio.sleep(RESTORE_PAUSE_S)
+        try:
+            await driver.set_outlet(outlet, True)
+            return ""
+        except PduError as exc:
+            why = exc.message
+    return why
+
+
+async def _state_of(driver: PduDriver, outlet: int) -> OutletState:
+    try:
+        return await driver.outlet_state(outlet)
+    except PduError:
+        return OutletState.UNKNOWN
+
+
 async def _check_one(
     services: Services,
     feed: Feed,
@@ -132,24 +178,55 @@ async def _check_one(
     probe_s: float,
     settle_s: float,
     recover_s: float,
-) -> OutletVerdict:
+) -> tuple[OutletVerdict, OutletState]:
+    """The outlet's verdict, and its state when done (on, unless it was left off)."""
     dark: set[str] = set()
+    cut_failed = left_off = ""
+    state = OutletState.ON
     async with pdu_driver(feed.driver, feed.target) as driver:
-        await driver.set_outlet(item.outlet, False)
         try:
+            await driver.set_outlet(item.outlet, False)
             deadline = time.monotonic() + settle_s
             while True:
                 dark = await _probe(watched, probe_s)
                 if item.machine in dark or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.2)
+        except PduError as exc:
+            cut_failed = exc.message
         finally:
-            await driver.set_outlet(item.outlet, True)
+            left_off = await _restore(driver, item.outlet)
+            if left_off:
+                state = await _state_of(driver, item.outlet)
+                if state is OutletState.ON:  # it came on after all, late
+                    left_off = ""
+    if left_off:
+        tries = f"{RESTORE_TRIES} tries to switch it back on"
+        detail = f"outlet {item.outlet} left OFF: {left_off} ({tries})"
+        return OutletVerdict(item.outlet, item.machine, "fail", detail), state
+    if cut_failed:
+        detail = f"outlet {item.outlet} could not be switched off: {cut_failed}"
+        return OutletVerdict(item.outlet, item.machine, "fail", detail), state
+    back = await _recover(watched, dark, probe_s, recover_s)
+    return _judge(item, dark, back, settle_s=settle_s, recover_s=recover_s), state
+
+
+async def _recover(
+    watched: list[_Mapped], dark: set[str], probe_s: float, recover_s: float
+) -> set[str]:
+    """Wait (``recover_s``) for the BMCs in ``dark`` to answer; those that did not."""
     back = dark
     deadline = time.monotonic() + recover_s
     while back and time.monotonic() < deadline:
         await asyncio.sleep(0.3)
         back = await _probe([m for m in watched if m.machine in dark], probe_s)
+    return back
+
+
+def _judge(
+    item: _Mapped, dark: set[str], back: set[str], *, settle_s: float, recover_s: float
+) -> OutletVerdict:
+    """Pass when exactly ``item``'s BMC went dark; else fail saying what was seen."""
     late = f"; {_names(back)} did not answer again within {recover_s:g}s" if back else ""
     if dark == {item.machine}:
         return OutletVerdict(
@@ -180,37 +257,106 @@ async def verify_pdu(
     watched_all = [m for m in mapped if m.bmc is not None]
     dark_before = await _probe(watched_all, probe_s)
     watched = [m for m in watched_all if m.machine not in dark_before]
-    verdicts = []
-    for item in mapped:
-        skip = ""
-        if item.state in IN_USE:
-            skip = f"{item.machine} is {item.state}: only machines not in use are checked"
-        elif item.no_bmc:
-            skip = f"{item.machine} is not checked: {item.no_bmc}"
-        elif item.machine in dark_before:
-            skip = f"{item.machine}'s BMC does not answer with the outlet on; nothing to compare"
-        if skip:
-            verdicts.append(OutletVerdict(item.outlet, item.machine, "skipped", skip))
-            continue
-        async with machine_locked(services, item.machine_id):
-            verdict = await _check_one(
+    verdicts: list[OutletVerdict] = []
+    #: outlet -> its state when its check ended (outlets not switched are left out)
+    states: dict[int, OutletState] = {}
+    try:
+        for item in mapped:
+            skip = _not_idle(item, item.state)
+            if item.no_bmc:
+                skip = f"{item.machine} is not checked: {item.no_bmc}"
+            elif item.machine in dark_before:
+                skip = (
+                    f"{item.machine}'s BMC does not answer with the outlet on; nothing to compare"
+                )
+            if skip:
+                verdicts.append(OutletVerdict(item.outlet, item.machine, "skipped", skip))
+                continue
+            verdict, state = await _locked_check(
                 services, feed, item, watched,
                 probe_s=probe_s, settle_s=settle_s, recover_s=recover_s,
             )  # fmt: skip
-        verdicts.append(verdict)
-    await asyncio.to_thread(_record, services, pdu_name, verdicts, actor, request_id)
+            verdicts.append(verdict)
+            if state is not None:
+                states[item.outlet] = state
+            if state not in (None, OutletState.ON):  # left off: its BMC stays dark
+                watched = [m for m in watched if m.machine != item.machine]
+    finally:
+        by_outlet = {m.outlet: m for m in mapped}
+        await asyncio.to_thread(
+            _record, services, pdu_name, verdicts, states, by_outlet, actor, request_id
+        )
     return verdicts
 
 
+async def _locked_check(
+    services: Services,
+    feed: Feed,
+    item: _Mapped,
+    watched: list[_Mapped],
+    *,
+    probe_s: float,
+    settle_s: float,
+    recover_s: float,
+) -> tuple[OutletVerdict, OutletState | None]:
+    """:func:`_check_one` under the machine's lock, if it is still idle once locked."""
+    try:
+        async with machine_locked(services, item.machine_id):
+            # Read again under the lock: the first read may be stale by now.
+            state = await asyncio.to_thread(_state_now, services, item.machine_id)
+            skip = _not_idle(item, state)
+            if skip:
+                return OutletVerdict(item.outlet, item.machine, "skipped", skip), None
+            return await _check_one(
+                services, feed, item, watched,
+                probe_s=probe_s, settle_s=settle_s, recover_s=recover_s,
+            )  # fmt: skip
+    except (MachineLocked, NotFound) as exc:
+        why = f"{exc.message}: not checked"
+        return OutletVerdict(item.outlet, item.machine, "skipped", why), None
+
+
 def _record(
-    services: Services, pdu: str, verdicts: list[OutletVerdict], actor: str, request_id: str
+    services: Services,
+    pdu_name: str,
+    verdicts: list[OutletVerdict],
+    states: dict[int, OutletState],
+    mapped: dict[int, _Mapped],
+    actor: str,
+    request_id: str,
 ) -> None:
     counts = {r: sum(1 for v in verdicts if v.result == r) for r in ("pass", "fail", "skipped")}
     with services.db.transaction() as session:
+        pdu = session.exec(select(Pdu).where(Pdu.name == pdu_name)).first()
+        for outlet in pdu.outlets if pdu is not None else []:
+            state = states.get(outlet.number)
+            if state is not None:
+                outlet.state = state.value
+                if state is OutletState.OFF:
+                    outlet.power_watts = 0
+                session.add(outlet)
+        for verdict in verdicts:
+            item = mapped[verdict.outlet]
+            if states.get(verdict.outlet, OutletState.ON) is OutletState.ON:
+                continue
+            # Left off (or unknown): the machine has no power, and someone must know.
+            if states[verdict.outlet] is OutletState.OFF:
+                set_power_state(session, item.machine_id, OutletState.OFF.value)
+            events.record(
+                session,
+                EventKind.POWER,
+                "outlet_left_off",
+                machine_id=item.machine_id,
+                machine_name=item.machine,
+                actor=actor,
+                message=f"pdus verify: PDU {pdu_name} {verdict.detail}",
+                request_id=request_id,
+                details={"pdu": pdu_name, "outlets": [verdict.outlet]},
+            )
         audit(
             session,
             "pdu_verify",
-            f"verified the outlet map of PDU {pdu}: "
+            f"verified the outlet map of PDU {pdu_name}: "
             + ", ".join(f"{n} {r}" for r, n in counts.items()),
             actor=actor,
             request_id=request_id,

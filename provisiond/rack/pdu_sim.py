@@ -21,6 +21,7 @@ farm's loop (:func:`attach` does that for a :class:`BmcFarm`). For tests::
     with BmcFarm(3) as bmcs, PduSim.attached(bmcs, outlets=4) as pdus:
         host, port = pdus.endpoint(0)          # outlet k+1 feeds bmcs.bmc(k)
         pdus.pause(0, True)                    # the agent stops answering
+        pdus.refuse_on(0, 2)                   # outlet 2 refuses to switch on
 
 From a shell, standalone (no machines): ``provisiond sim pdu --count 50 --outlets 48``.
 """
@@ -111,6 +112,8 @@ class SimPdu:
     paused: bool = False
     #: Seconds an immediateReboot keeps the outlet off.
     reboot_s: float = 1.0
+    #: Outlets that refuse to switch on (resourceUnavailable), like a failed relay.
+    refuse_on: set[int] = field(default_factory=set)
     requests: int = 0
 
     def total_watts(self) -> int:
@@ -156,6 +159,8 @@ class _Instrum(instrum.AbstractMibInstrumController):  # type: ignore[misc]
                 raise smi_error.NotWritableError(name=name, idx=idx)
             if int(value) not in (1, 2, 3):
                 raise smi_error.WrongValueError(name=name, idx=idx)
+            if int(value) != 2 and outlet.number in pdu.refuse_on:
+                raise smi_error.ResourceUnavailableError(name=name, idx=idx)
             changes.append((outlet, int(value)))
         for outlet, command in changes:  # all or nothing, as SNMP SET demands
             outlet.power(command == 1)
@@ -339,6 +344,18 @@ class PduSim:
 
     def pause(self, index: int, paused: bool) -> None:
         self.call(lambda: setattr(self.pdu(index), "paused", paused))
+
+    def refuse_on(self, index: int, number: int, refuse: bool = True) -> None:
+        """Make outlet ``number`` of PDU ``index`` refuse (or accept again) to switch on."""
+
+        def change() -> None:
+            refused = self.pdu(index).refuse_on
+            if refuse:
+                refused.add(number)
+            else:
+                refused.discard(number)
+
+        self.call(change)
 
     def outlet_on(self, index: int, number: int) -> bool:
         return self.call(lambda: self.pdu(index).outlets[number].on)

@@ -90,7 +90,9 @@ class OutletPowerIn(Strict):
 
 class PduVerifyIn(Strict):
     """Bounds of ``pdus verify``, in seconds: one BMC probe, the wait for the expected
-    BMC to go dark, and the wait for it to answer again."""
+    BMC to go dark, and the wait for it to answer again. One outlet's check may take
+    longer than ``lock_ttl_s``: the machine's lock is renewed while it runs
+    (:func:`provisiond.pdus.outlets.machine_locked`)."""
 
     probe_s: float = Field(default=3.0, gt=0, le=30)
     settle_s: float = Field(default=10.0, gt=0, le=120)

@@ -7,17 +7,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlmodel import select
 
+from provisiond import events, lifecycle, locks
 from provisiond.container import Services
-from provisiond.models import Machine, Pdu
+from provisiond.lifecycle import Ev
+from provisiond.models import Machine, Pdu, utcnow
+from provisiond.pdus import verify
+from provisiond.pdus.outlets import machine_locked
 from provisiond.pdus.poll import poll_pdus
 from provisiond.rack.bmc_sim import BmcFarm
 from provisiond.rack.pdu_sim import PduSim
 from tests.conftest import Api
+from tests.support.allocations import add_machines, fire
 
 P, M = "/api/v1/pdus", "/api/v1/machines"
 COMMUNITY = "s3cret-community"
@@ -168,3 +174,86 @@ def test_verify_fails_a_swapped_map_naming_what_it_saw(
     assert [(v["outlet"], v["result"]) for v in verdicts] == [(1, "fail"), (2, "fail")]
     assert verdicts[0]["detail"].startswith("outlet 1 cut vm1's BMC, expected vm2"), verdicts
     assert pdus.outlet_on(0, 1) and pdus.outlet_on(0, 2)
+
+
+def test_verify_cuts_only_idle_machines_it_could_lock(
+    api: Api, services: Services, rack: tuple[BmcFarm, PduSim]
+) -> None:
+    farm, pdus = rack
+    _setup(api, farm, pdus, WIRED)
+    fire(services.db, "vm1", Ev.MANAGE)  # maintenance: an operator may be working on it
+    with services.db.read_session() as session:
+        vm2 = session.exec(select(Machine).where(Machine.name == "vm2")).one()
+    assert vm2.id is not None and vm2.state == "enrolled"
+    other = "host-b:99:20250101T000000Z:power"
+    assert locks.try_acquire(services.db, vm2.id, other, ttl_s=60)
+    verdicts = ok(api.operator.post(f"{P}/pdu1/verify", json=VERIFY))
+    by_outlet = {v["outlet"]: v for v in verdicts}
+    assert by_outlet[1]["result"] == "skipped", verdicts
+    assert "vm1 is maintenance: only idle machines" in by_outlet[1]["detail"]
+    assert by_outlet[2]["result"] == "skipped" and other in by_outlet[2]["detail"], verdicts
+    assert [pdus.pdu(0).outlets[n].switches for n in (1, 2)] == [0, 0]
+    with services.db.read_session() as session:  # verify left the other owner's lock alone
+        assert session.get(Machine, vm2.id).lock_owner == other  # type: ignore[union-attr]
+    locks.release(services.db, vm2.id, other)
+    verdicts = ok(api.operator.post(f"{P}/pdu1/verify", json=VERIFY))
+    assert verdicts[1]["result"] == "pass", verdicts
+
+
+def test_verify_reports_an_outlet_left_off_and_checks_the_rest(
+    api: Api, services: Services, rack: tuple[BmcFarm, PduSim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    farm, pdus = rack
+    _setup(api, farm, pdus, WIRED)
+    monkeypatch.setattr(verify, "RESTORE_PAUSE_S", 0.1)
+    pdus.refuse_on(0, 1)  # outlet 1 switches off, then its relay refuses to close
+    verdicts = ok(api.operator.post(f"{P}/pdu1/verify", json=VERIFY))
+    by_outlet = {v["outlet"]: v for v in verdicts}
+    assert by_outlet[1]["result"] == "fail", verdicts
+    assert by_outlet[1]["detail"].startswith("outlet 1 left OFF: "), verdicts
+    assert "refused" in by_outlet[1]["detail"] and "3 tries" in by_outlet[1]["detail"]
+    assert by_outlet[2]["result"] == "pass", verdicts  # the next outlet was still checked
+    assert not pdus.outlet_on(0, 1) and pdus.outlet_on(0, 2)
+    assert pdus.pdu(0).requests > 0
+    shown = ok(api.ci.get(f"{P}/pdu1"))
+    assert [o["state"] for o in shown["outlets"][:2]] == ["off", "on"]
+    assert ok(api.ci.get(f"{M}/vm1"))["power_state"] == "off"
+    listed = api.operator.get("/api/v1/events", params={"limit": 50}).text
+    assert "outlet_left_off" in listed and "pdu_verify" in listed and "1 fail" in listed
+
+
+def test_a_machine_under_a_lock_is_not_claimed(services: Services) -> None:
+    (machine_id,) = add_machines(services.db, [{"name": "m1"}])
+
+    def claim() -> lifecycle.Claimed | None:
+        with services.db.transaction() as session:
+            return lifecycle.claim_available(
+                session, list, actor="test", allocation_uuid="a1", batch=events.Batch(),
+                cache_key=("test_pdu_power", "locked"),
+            )  # fmt: skip
+
+    assert locks.try_acquire(services.db, machine_id, "verify:pdu", ttl_s=60)
+    assert claim() is None  # e.g. its outlet is cut by pdus verify right now
+    locks.release(services.db, machine_id, "verify:pdu")
+    long_ago = utcnow() - timedelta(minutes=5)
+    assert locks.try_acquire(services.db, machine_id, "dead:pdu", ttl_s=60, now=long_ago)
+    claimed = claim()  # an expired lock does not keep it (and the cached statement works)
+    assert claimed is not None and claimed.id == machine_id
+
+
+def test_an_outlet_lock_is_renewed_while_it_is_held(services: Services) -> None:
+    """A verify of one outlet may outlast ``lock_ttl_s`` (settle + recover): the lock is
+    renewed every third of it, so no one else can take it meanwhile."""
+    (machine_id,) = add_machines(services.db, [{"name": "m1"}])
+    services.settings.lock_ttl_s = 1.5
+
+    async def hold() -> bool:
+        async with machine_locked(services, machine_id):
+            await asyncio.sleep(3.5)  # more than twice the TTL
+            return await asyncio.to_thread(
+                locks.try_acquire, services.db, machine_id, "other:pdu", ttl_s=60
+            )
+
+    assert asyncio.run(hold()) is False
+    with services.db.read_session() as session:  # and it was released at the end
+        assert session.get(Machine, machine_id).lock_owner is None  # type: ignore[union-attr]

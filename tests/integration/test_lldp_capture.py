@@ -121,10 +121,19 @@ def send_in(netns: str, interface: str, frames: list[bytes]) -> None:
     run_in_netns(netns, send, timeout=10)
 
 
-def test_own_frames_are_not_neighbours(lab: Lab) -> None:
+def test_own_frames_are_not_neighbours(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """The host's own LLDP frames (an lldpd there) and frames carrying its MAC are ignored;
     the first real neighbour's frame after them is the one reported."""
     sw, host = switch_and_host(lab)
+    opened = threading.Event()
+    real_open = lldp._open
+
+    def open_and_tell(interface: str) -> tuple[socket.socket, bytes]:
+        sock_and_mac = real_open(interface)  # bound, in LLDP's group: frames queue from here
+        opened.set()
+        return sock_and_mac
+
+    monkeypatch.setattr(lldp, "_open", open_and_tell)
     own = lldp.encode({"chassis_id": HOST_MACS[0], "port_id": "eth0"}, source_mac=HOST_MACS[0])
     real = lldp.encode({"chassis_id": "02:00:00:00:00:99", "port_id": "swp1"},
                        source_mac="02:00:00:00:00:99")  # fmt: skip
@@ -136,7 +145,7 @@ def test_own_frames_are_not_neighbours(lab: Lab) -> None:
     listener = threading.Thread(target=lambda: run_in_netns(host, listen, timeout=15))
     listener.start()
     try:
-        time.sleep(0.5)  # the capture socket is open
+        assert opened.wait(10), "the capture did not open its socket"
         send_in(host, "eth0", [own])  # outgoing from the host itself
         send_in(sw, "swp1", [own])  # arrives, but with the host's own MAC as source
         time.sleep(0.3)

@@ -101,7 +101,7 @@ def test_wrong_community_is_a_hinted_timeout_within_the_bound(
     took = time.monotonic() - started
     assert caught.value.retryable and "wrong community or address" in caught.value.hint
     assert "2 tries" in caught.value.message and "wrong" not in caught.value.message
-    assert 1.0 <= took < 3.0, took
+    assert 1.0 <= took < 5.0, took  # two 0.5 s tries; slack for a busy CI machine
 
 
 def test_wrong_v3_key_is_a_clear_fatal_auth_error(rack: tuple[BmcFarm, PduSim]) -> None:
@@ -109,8 +109,9 @@ def test_wrong_v3_key_is_a_clear_fatal_auth_error(rack: tuple[BmcFarm, PduSim]) 
     bad = {"version": "3", "username": "pduadmin", "auth_key": "not-the-key", "priv_key": PRIV}
     started = time.monotonic()
     with pytest.raises(PduAuthError) as caught:
-        run(pdus, lambda d: d.outlet_state(1), **bad)
-    assert not caught.value.retryable and time.monotonic() - started < 1.0
+        run(pdus, lambda d: d.outlet_state(1), **bad, timeout=5.0, retries=1)
+    # Refused at once (well under 1 s), not waited out: one timeout alone would be 5 s.
+    assert not caught.value.retryable and time.monotonic() - started < 4.0
     assert "pduadmin" in caught.value.message and "not-the-key" not in caught.value.message
     with pytest.raises(PduAuthError, match="nobody"):
         run(pdus, lambda d: d.outlet_state(1), **{**bad, "username": "nobody"})
@@ -138,5 +139,7 @@ def test_a_dark_outlet_silences_the_bmc_until_power_returns(rack: tuple[BmcFarm,
     run(pdus, lambda d: d.set_outlet(2, False))
     assert farm.call(lambda: farm.bmc(1).is_down()) and not farm.call(farm.bmc(0).is_down)
     run(pdus, lambda d: d.set_outlet(2, True))
-    time.sleep(0.6)  # the BMC boots (bmc_boot_s 0.5)
+    deadline = time.monotonic() + 10  # the BMC boots (bmc_boot_s 0.5)
+    while farm.call(lambda: farm.bmc(1).is_down()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not farm.call(lambda: farm.bmc(1).is_down())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pysnmp.error import PySnmpError  # type: ignore[import-untyped]
 from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
     ContextData,
     ObjectIdentity,
@@ -136,6 +137,23 @@ class SnmpClient:
         bind = ObjectType(ObjectIdentity(oid), Integer32(value))
         await self._request(target, set_cmd, [bind], "switch")
 
+    async def _send(
+        self, target: PduTarget, engine: Any, command: Any, binds: list[Any]
+    ) -> tuple[Any, Any, Any, Any]:
+        try:
+            transport = await UdpTransportTarget.create(
+                (target.address, target.port), timeout=target.timeout, retries=0
+            )
+        except PySnmpError as exc:  # the name does not resolve
+            raise PduUnreachable(
+                f"PDU {target.name}: cannot resolve {target.address!r}: {exc}",
+                hint="check the PDU's mgmt_address (or use an IP address)",
+            ) from None
+        result: tuple[Any, Any, Any, Any] = await command(
+            engine, self._auth(target), transport, ContextData(), *binds, lookupMib=False
+        )
+        return result
+
     async def _request(
         self, target: PduTarget, command: Any, binds: list[Any], doing: str
     ) -> list[tuple[Any, Any]]:
@@ -143,21 +161,11 @@ class SnmpClient:
         engine = await self._engine()
         tries = 1 + max(0, target.retries)
         for _ in range(tries):
-            transport = await UdpTransportTarget.create(
-                (target.address, target.port), timeout=target.timeout, retries=0
-            )
             try:
-                # pysnmp's own timer fires first; this bound catches a stuck resolver.
+                # pysnmp's own timer fires first; this bound also covers resolving the
+                # address (UdpTransportTarget.create), which a stuck resolver can hang.
                 indication, status, index, answer = await asyncio.wait_for(
-                    command(
-                        engine,
-                        self._auth(target),
-                        transport,
-                        ContextData(),
-                        *binds,
-                        lookupMib=False,
-                    ),
-                    timeout=target.timeout + 2,
+                    self._send(target, engine, command, binds), timeout=target.timeout + 2
                 )
             except TimeoutError:
                 indication, status, index, answer = errind.requestTimedOut, 0, 0, ()
