@@ -10,9 +10,9 @@ with its own time limit: :func:`provisiond.machines.power_calls.read_power_and_w
 A failed, slow or malformed draw reading never fails the state read, and one
 machine's failure (even a driver bug) never stops the others being recorded. The
 readings are written in the same transaction as the states (``Machine.measured_watts``,
-``measured_source`` "bmc", ``measured_at``); a machine read off gets 0 W (a DCMI meter
-reads "not measuring" then, which would leave its last draw standing), except over a
-live power-on reservation. A machine whose every PDU outlet was read fresh keeps that
+``measured_source`` "bmc", ``measured_at``) for machines read on; a machine read off
+keeps its last reading while on (the draw its next power-on is admitted by) and counts
+0 W in its rack's sum. A machine whose every PDU outlet was read fresh keeps that
 figure: an outlet meters everything behind it and wins (:mod:`provisiond.power_budget`).
 Then every rack's draw is summed against its budget (:func:`power_budget.update_racks`).
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, not_, or_, update
+from sqlalchemy import and_, bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from provisiond import events, power_budget
@@ -194,8 +194,8 @@ def _record(
             off = result.state is PowerState.OFF
             if result.watts is not None:
                 report.watts_read += 1
-            if result.watts is not None or off:  # off: 0 W, though DCMI reads "not measuring"
-                readings.append({"mid": job.machine_id, "watts": result.watts or 0, "off": off})
+            if result.watts is not None and not off:  # off counts 0 W (power_budget) anyway
+                readings.append({"mid": job.machine_id, "watts": result.watts})
             if job.failures or job.unreachable_reason:
                 bmc = session.exec(select(Bmc).where(Bmc.machine_id == job.machine_id)).one()
                 if bmc.unreachable_reason:
@@ -230,27 +230,22 @@ _READING = (
 
 
 def _store_readings(session: Session, readings: list[dict[str, Any]], fresh_s: float) -> None:
-    """The BMC readings, in one executemany each for machines read on and off.
+    """The BMC readings of machines read on, in one executemany.
 
     A machine's PDU outlets, when all of them were read fresh, meter it better: their
-    figure is kept. A machine read off keeps a power-on's live reservation (source
-    ``reserved``, :func:`provisiond.power_admission.admit_power_on`): the power-on may still
-    be on its way. A machine read on replaces it with what its BMC reads.
+    figure is kept. A machine read off is not written: it counts 0 W in the rack's sum
+    (:func:`provisiond.power_budget.rack_draws` looks at the power state first), and its
+    last reading while on stays as the draw a power-on of it is admitted by
+    (:func:`provisiond.power_admission.admit_power_on`), whose live reservation a
+    reading of the machine on then replaces.
     """
     if not readings:
         return
     now = utcnow()
-    since = now - timedelta(seconds=fresh_s)
-    metered = power_budget.outlet_readings(session, since)
-    table = Machine.__table__  # type: ignore[attr-defined]
-    reserved = and_(table.c.measured_source == "reserved", table.c.measured_at >= since)
-    rows = [r for r in readings if r["mid"] not in metered]
-    on = [{"mid": r["mid"], "watts": r["watts"], "at": now} for r in rows if not r["off"]]
-    off = [{"mid": r["mid"], "watts": r["watts"], "at": now} for r in rows if r["off"]]
-    if on:
-        session.connection().execute(_READING, on)
-    if off:
-        session.connection().execute(_READING.where(not_(reserved)), off)
+    metered = power_budget.outlet_readings(session, now - timedelta(seconds=fresh_s))
+    rows = [{**r, "at": now} for r in readings if r["mid"] not in metered]
+    if rows:
+        session.connection().execute(_READING, rows)
 
 
 def _pdu_polls(services: Services) -> list[Awaitable[None]]:

@@ -134,11 +134,13 @@ _PDU_READ = (
 _PDU_DOWN = (
     update(_PDUS).where(_PDUS.c.id == bindparam("pid")).values(unreachable_reason=bindparam("why"))
 )
-# A power-on's live reservation (provisiond.power_admission) is not overwritten by the
-# standby draw of a machine that does not read on yet: it holds the rack's headroom.
+# Only a machine that is not off takes its outlets' figure: an off machine keeps its
+# last draw while on (what its next power-on is admitted by; it counts 0 W in the rack's
+# sum), and a power-on's live reservation (provisiond.power_admission) is not replaced by
+# the standby draw of a machine that does not read on yet: it holds the rack's headroom.
 _SET_DRAW = (
     update(_MACHINES)
-    .where(_MACHINES.c.id == bindparam("mid"))
+    .where(_MACHINES.c.id == bindparam("mid"), _MACHINES.c.power_state != "off")
     .where(
         or_(
             _MACHINES.c.measured_source != "reserved",

@@ -41,9 +41,15 @@ def test_demo_oneshot_brings_three_machines_to_instance_ready(tmp_path: Path) ->
     assert "3 answered, 3 matched the inventory, 0 failed" in out
     assert "inspected: vm1 (1 CPU" in out
     rows = [line for line in out.splitlines() if line.startswith("│ vm")]
-    assert len(rows) == 3, out
-    for row in rows:
-        assert "│ active " in row and "SHA256:" in row, row
+    ready = [row for row in rows if "SHA256:" in row]
+    assert len(ready) == 3, out
+    for row in ready:
+        assert "│ active " in row, row
+    # The physical truth table: each machine cabled as planned (LLDP of the rack's
+    # switch), its draw read from its PDU outlet, the rack within its budget.
+    cabled = [row for row in rows if "│ pass " in row]
+    assert len(cabled) == 3 and all("│ pdu " in row for row in cabled), out
+    assert "W measured of a 2000 W budget (ok)" in out, out
     assert "demo: stopped provisiond and removed the virtual rack" in out
     assert not Path(f"/run/netns/pvd-demo{os.getpid() % 10000}").exists()
     key = tmp_path / "demo" / "demo_ed25519"

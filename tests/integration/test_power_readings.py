@@ -230,7 +230,11 @@ def test_power_sync_stores_readings_and_keeps_a_fresh_pdu_reading(
     asyncio.run(sync_power(services))
     with services.db.read_session() as session:
         m0 = session.get(Machine, ids[0])
-        assert m0 is not None and m0.measured_watts == 0 and m0.power_state == "off"
+        assert m0 is not None and m0.power_state == "off"
+        # Its last draw while on stays (its next power-on is admitted by it); the rack
+        # counts it 0 W now that it is off.
+        assert (m0.measured_watts, m0.measured_source) == (300, "bmc")
+        assert session.get(Rack, rack_id).measured_watts == 333 + 500  # type: ignore[union-attr]
 
 
 # --- a malformed or slow Redfish meter ---------------------------------------------------
@@ -318,4 +322,4 @@ def test_power_sync_records_every_machine_whatever_one_meter_sends(
     # 300 (bmc) + 0 (off) + 450 declared for the Redfish machine without a reading.
     assert stored is not None and stored.measured_watts == 750
     assert [r.counted for r in report.racks] == [{"bmc": 1, "off": 1, "declared": 1}]
-    assert rows["m1"].id == ids[1] and rows["m1"].measured_watts == 0  # read off: 0 W
+    assert rows["m1"].id == ids[1] and rows["m1"].measured_watts is None  # off: not written
