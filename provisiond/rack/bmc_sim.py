@@ -42,6 +42,7 @@ from provisiond.rack.ipmi_machine import (
 from provisiond.rack.ipmi_transport import (
     Endpoint,
     bind_range,
+    call_on_loop,
     check_loopback,
     raise_fd_limit,
     sender,
@@ -304,13 +305,7 @@ class BmcFarm:
 
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the farm's loop and return its result."""
-        if self._loop is None:
-            raise RuntimeError("the farm is not running")
-
-        async def run() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        return call_on_loop(self._loop, fn, "the farm", timeout)
 
     def state(self, index: int) -> MachineState:
         def snapshot() -> MachineState:

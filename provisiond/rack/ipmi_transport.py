@@ -8,6 +8,7 @@ import random
 import resource
 import socket
 from collections.abc import Callable
+from typing import TypeVar
 
 from provisiond.rack.ipmi_bmc import SimBmc
 from provisiond.rack.ipmi_session import Address
@@ -104,3 +105,20 @@ def sender(
             send_now(packet, client)
 
     return send
+
+
+T = TypeVar("T")
+
+
+def call_on_loop(
+    loop: asyncio.AbstractEventLoop | None, fn: Callable[[], T], what: str, timeout: float
+) -> T:
+    """Run ``fn`` on a simulator's event loop (from another thread) and return its result;
+    ``what`` names the simulator when it is not running."""
+    if loop is None:
+        raise RuntimeError(f"{what} is not running")
+
+    async def run() -> T:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)

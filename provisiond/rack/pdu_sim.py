@@ -45,7 +45,12 @@ from pysnmp.smi import instrum
 
 from provisiond.rack.ipmi_bmc import SimBmc
 from provisiond.rack.ipmi_machine import BootDevice, MachineBackend
-from provisiond.rack.ipmi_transport import bind_range, check_loopback, raise_fd_limit
+from provisiond.rack.ipmi_transport import (
+    bind_range,
+    call_on_loop,
+    check_loopback,
+    raise_fd_limit,
+)
 
 __all__ = ["DEFAULT_COMMUNITY", "PduSim", "SimOutlet", "SimPdu", "SnmpAgent", "serve_pdus"]
 
@@ -325,13 +330,7 @@ class PduSim:
 
     def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
         """Run ``fn`` on the PDUs' loop and return its result."""
-        if self._loop is None:
-            raise RuntimeError("the PDU simulator is not running")
-
-        async def run() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+        return call_on_loop(self._loop, fn, "the PDU simulator", timeout)
 
     def pdu(self, index: int) -> SimPdu:
         if self.agent is None:
