@@ -36,7 +36,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 #: The newest migration's revision: what this provisiond's code expects to find.
-SCHEMA_HEAD = "0011_physical_truth"
+SCHEMA_HEAD = "0012_console_sessions"
 log = logging.getLogger(__name__)
 _READ_ONLY = "provisiond_read_only"
 _GATE = "provisiond_write_gate"

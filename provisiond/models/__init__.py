@@ -2,6 +2,7 @@
 
 from provisiond.models.allocation import Allocation
 from provisiond.models.base import utcnow
+from provisiond.models.console import ConsoleSession
 from provisiond.models.deployment import Deployment
 from provisiond.models.event import Event
 from provisiond.models.image import Image
@@ -13,6 +14,7 @@ __all__ = [
     "Allocation",
     "ApiToken",
     "Bmc",
+    "ConsoleSession",
     "CredentialSet",
     "Deployment",
     "Event",
