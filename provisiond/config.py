@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     #: does to an inspected machine: "warn" records it; "hold" also keeps the machine out
     #: of allocation (Machine.hold_reason) until a later check passes.
     cabling_policy: Literal["warn", "hold"] = "warn"
+    #: How long a console sign-in lasts (the session cookie's expiry), in seconds.
+    console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
     #: A deploy fails when the agent has not heartbeated this long after its install.
     agent_heartbeat_timeout_s: float = Field(default=120 * SECONDS, gt=0)
     #: How often an installed agent heartbeats.

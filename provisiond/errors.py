@@ -16,6 +16,8 @@ ProvisiondError            500 unless a subclass says; code, message, hint
 ├── BadRequest             400, a body that cannot be parsed
 │   └── DiskImageRefused   not a usable whole-disk image (netboot.disk_convert)
 ├── Unauthorized           401
+│   └── SignInRequired     no console session: the console redirects to its sign-in
+│                          (kept in console.auth)
 ├── Forbidden              403
 ├── BodyTooLarge           413, a body over its route's limit
 ├── ClientGone             499, the client disconnected; nobody reads the answer

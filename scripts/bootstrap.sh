@@ -32,6 +32,8 @@ APT_PACKAGES=(
   grub-pc-bin        # grub-mkimage i386-pc modules and grub-bios-setup
   grub-efi-amd64-bin # grub-mkimage x86_64-efi modules (BOOTX64.EFI)
   pigz               # the served .gz, on every CPU
+  chromium           # headless browser for the console's tests (driven by Playwright)
+  fonts-dejavu-core  # a font for that browser's pages and screenshots
 )
 
 missing=()

@@ -165,6 +165,7 @@ def main() -> int:
         )
         sc.up()
         step(f"provisiond serve on {sc.url} (SQLite in {sc.data_dir}); images and inventory in")
+        step(f"console: {sc.url}/ui/ (sign in with the token printed at the end; watch it live)")
         found = sc.discover()
         step(
             f"discover 127.0.0.1 BMCs over IPMI: {found['responders']} answered, "
@@ -191,7 +192,8 @@ def main() -> int:
             if alloc["state"] == "failed":
                 console.print(f"[red]{alloc['machine']}: {alloc['failure_reason']}[/]")
         console.print(
-            f"\n  API:      {sc.url}/api/v1  (docs {sc.url}/docs, metrics {sc.url}/metrics)\n"
+            f"\n  console:  {sc.url}/ui/  (sign in with the token below)\n"
+            f"  API:      {sc.url}/api/v1  (docs {sc.url}/docs, metrics {sc.url}/metrics)\n"
             f"  token:    export PROVISIOND_URL={sc.url} PROVISIOND_TOKEN={sc.token}\n"
             f"  machines: {sys.executable} -m provisiond machines show vm1\n"
             f"  ssh:      ip netns exec pvd-{RACK} ssh -i {key_file} root@<address>\n"

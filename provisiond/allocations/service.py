@@ -41,6 +41,7 @@ from provisiond.allocations.views import find as find
 from provisiond.allocations.views import get as get
 from provisiond.allocations.views import list_allocations as list_allocations
 from provisiond.allocations.views import may_see, out
+from provisiond.allocations.views import open_allocation_of as open_allocation_of
 from provisiond.allocations.views import to_out as to_out
 from provisiond.container import Services
 from provisiond.errors import Conflict

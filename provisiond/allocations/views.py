@@ -13,7 +13,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from provisiond.allocations.leases import role_rank
-from provisiond.allocations.states import STATES, AllocationState
+from provisiond.allocations.states import LIVE_STATES, STATES, AllocationState
 from provisiond.auth import Role
 from provisiond.deploy import records as deploy
 from provisiond.errors import Forbidden, NotFound, Problem, ValidationFailed
@@ -186,3 +186,13 @@ def list_allocations(
         query = query.where(col(Allocation.state).in_(states))
     rows = session.exec(query.order_by(col(Allocation.id).desc()).limit(limit)).all()
     return to_outs(session, rows)
+
+
+def open_allocation_of(session: Session, machine: Machine) -> str | None:
+    """The uuid of the allocation holding ``machine`` now, if any."""
+    return session.exec(
+        select(Allocation.uuid)
+        .where(Allocation.machine_id == machine.id, col(Allocation.state).in_(LIVE_STATES))
+        .order_by(col(Allocation.id).desc())
+        .limit(1)
+    ).first()

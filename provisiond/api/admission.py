@@ -13,7 +13,8 @@ class     requests                                                   lane
 api       ``/api/v1/...`` and anything else not listed below          api
 watch     an allocation's long-poll (``GET /api/v1/allocations/{id}``   api
           with ``wait`` > 0), its event stream (``.../events``) and a
-          streamed discovery (``?stream=true``): they hold a slot for
+          streamed discovery (``?stream=true``), the console's live
+          stream (``/ui/live``): they hold a slot for
           minutes, so they are counted apart and cannot starve
           ordinary calls
 boot      iPXE scripts, seeds, the OS callback, the agent's reports   boot
@@ -66,6 +67,7 @@ BODY_LIMITS: tuple[tuple[str, int], ...] = (
     ("/api/v1/inventory/", INVENTORY_MAX_BYTES),  # 8 MiB
     ("/api/v1/agent/", 256 * KiB),
     ("/boot/callback/", 16 * KiB),
+    ("/ui/", 16 * KiB),  # the console's forms: a token, a reason, a form token
 )
 DEFAULT_BODY_LIMIT = 1 * MiB
 
@@ -138,8 +140,10 @@ def classify(scope: Scope) -> tuple[str, Lane]:
     # get a watch slot for an ordinary call by adding a header or a query parameter.
     if _ALLOCATION.fullmatch(path):
         return ("watch" if _query_says(scope, "wait", _nonzero) else "api"), Lane.API
-    if _ALLOCATION_EVENTS.fullmatch(path) or (
-        path == "/api/v1/discovery" and _query_says(scope, "stream", _true)
+    if (
+        path == "/ui/live"
+        or _ALLOCATION_EVENTS.fullmatch(path)
+        or (path == "/api/v1/discovery" and _query_says(scope, "stream", _true))
     ):
         return "watch", Lane.API
     return "api", Lane.API

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +22,8 @@ from provisiond import __version__
 from provisiond.api.admission import Admission, Limits
 from provisiond.api.openapi import document_errors
 from provisiond.api.routers import BOOT_ROUTES, ROUTERS
+from provisiond.console.errors import console_error, is_console
+from provisiond.console.routes import router as console_router
 from provisiond.container import Services
 from provisiond.errors import ClientGone, ProvisiondError
 from provisiond.logging import get_logger
@@ -57,12 +59,16 @@ _HTTP_CODES = {
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProvisiondError)
-    async def _provisiond(_req: Request, exc: ProvisiondError) -> JSONResponse:
+    async def _provisiond(req: Request, exc: ProvisiondError) -> Response:
+        if is_console(req):
+            return console_error(req, exc.status_code, exc.code, exc.message, exc.hint)
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(req: Request, exc: RequestValidationError) -> Response:
         message, problems = _describe_validation(exc)
+        if is_console(req):
+            return console_error(req, 422, "validation_failed", message, "check the address")
         return _error(
             422,
             "validation_failed",
@@ -72,9 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> Response:
         # FastAPI's own refusals: unknown routes, wrong methods, bodies it cannot parse
         code, hint = _HTTP_CODES.get(exc.status_code, (f"http_{exc.status_code}", ""))
+        if is_console(req):
+            return console_error(req, exc.status_code, code, str(exc.detail), "see /ui/")
         return _error(exc.status_code, code, str(exc.detail), hint)
 
     @app.exception_handler(ClientDisconnect)
@@ -214,6 +222,7 @@ def create_app(services: Services) -> FastAPI:
     for router in ROUTERS:
         document_errors(router)
         app.include_router(router)
+    app.include_router(console_router)  # HTML pages: no JSON error schema to document
     return app
 
 

@@ -50,6 +50,7 @@ def test_demo_oneshot_brings_three_machines_to_instance_ready(tmp_path: Path) ->
     cabled = [row for row in rows if "│ pass " in row]
     assert len(cabled) == 3 and all("│ pdu " in row for row in cabled), out
     assert "W measured of a 2000 W budget (ok)" in out, out
+    assert f"console:  http://127.0.0.1:{env['DEMO_PORT']}/ui/" in out, out
     assert "demo: stopped provisiond and removed the virtual rack" in out
     assert not Path(f"/run/netns/pvd-demo{os.getpid() % 10000}").exists()
     key = tmp_path / "demo" / "demo_ed25519"

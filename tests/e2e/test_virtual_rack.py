@@ -10,6 +10,7 @@ release with the wipe checked on the disk images, then the failure paths.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from provisiond.rack.scenario import DEPLOY_IMAGE, Scenario
-from tests.support import e2e
+from tests.support import browser, e2e
 
 pytestmark = [
     pytest.mark.slow,
@@ -180,11 +181,30 @@ def test_os_that_never_calls_back_hits_the_deadline(
              "--kernel-args", "console=ttyS0 panic=-1")  # fmt: skip
     _, pub = keypair
     mark = e2e.last_event(rack, "vm1")
-    with rack.api() as api:
-        r = api.post("/allocations", json={"constraints": {"names": ["vm1"]}, "image": "broken",
-                                           "ssh_keys": [pub], "lease": "10m"})  # fmt: skip
-        assert r.status_code in (200, 201), r.text
-        alloc_id = r.json()["id"]
+    with browser.browser() as chromium:
+        page = chromium.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        browser.sign_in(page, rack.url, rack.token)
+        page.goto(rack.url + "/ui/machines/vm1")
+        page.wait_for_function("() => document.getElementById('live-dot').classList.contains('on')")
+        with rack.api() as api:
+            r = api.post("/allocations", json={"constraints": {"names": ["vm1"]},
+                                               "image": "broken", "ssh_keys": [pub],
+                                               "lease": "10m"})  # fmt: skip
+            assert r.status_code in (200, 201), r.text
+            alloc_id = r.json()["id"]
+        # The machine page, never reloaded, fills its timeline phase by phase from the
+        # live stream, then shows the failure and its reason.
+        seen = e2e.watch_timeline(page, timeout=150)
+        running = [phases for outcome, phases in seen if outcome == "running"]
+        assert len({len(p) for p in running}) >= 3, seen
+        assert all(a == b[: len(a)] for a, b in itertools.pairwise(running)), seen
+        assert {"power_cycle", "kernel"} <= set(running[-1]), seen
+        assert seen[-1][0].endswith("failed"), seen
+        assert "no OS callback" in page.inner_text("svg.timeline .failure")
+        page.goto(rack.url + "/ui/")
+        reason = page.inner_text('#failed tr[data-machine="vm1"] .reason')
+        assert "no OS callback within 75s" in reason, reason
+        browser.shot(page, "overview-failed")
     failed = e2e.wait_event(rack, "vm1", "fail", after=mark, timeout=150)
     # The reason names what never came and the last phase that did (the kernel booted
     # from our HTTP server, then nothing).

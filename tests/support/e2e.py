@@ -128,3 +128,26 @@ def wait_unlocked(sc: Scenario, name: str, timeout: float = 60) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"{name} still locked after {timeout:.0f}s: {sc.machine(name)}")
+
+
+def watch_timeline(page: Any, *, timeout: float) -> list[tuple[str, list[str]]]:
+    """What a console machine page's deploy timeline showed, each distinct state once
+    (outcome, phases in order), until the deploy ends or ``timeout``; the page is never
+    reloaded, so every change came from the live stream."""
+    script = """() => { const svg = document.querySelector('svg.timeline');
+        if (!svg) return null;
+        return [svg.getAttribute('data-outcome'),
+                Array.from(svg.querySelectorAll('g.phase')).map(g => g.dataset.phase)]; }"""
+    seen: list[tuple[str, list[str]]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = page.evaluate(script)
+        if state is not None:
+            snapshot = (str(state[0]), [str(p) for p in state[1]])
+            if not seen or seen[-1] != snapshot:
+                seen.append(snapshot)
+            was_running = any(outcome == "running" for outcome, _ in seen)
+            if was_running and snapshot[0] != "running":
+                return seen
+        time.sleep(0.3)
+    return seen
