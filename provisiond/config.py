@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     cabling_policy: Literal["warn", "hold"] = "warn"
     #: How long a console sign-in lasts (the session cookie's expiry), in seconds.
     console_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    #: Origins the console's forms may come from besides the Host they were sent to,
+    #: e.g. ["https://provisiond.example.com"] behind a proxy that rewrites Host (only
+    #: consulted for browsers that do not send Sec-Fetch-Site).
+    console_origins: list[str] = Field(default_factory=list, max_length=32)
     #: A deploy fails when the agent has not heartbeated this long after its install.
     agent_heartbeat_timeout_s: float = Field(default=120 * SECONDS, gt=0)
     #: How often an installed agent heartbeats.

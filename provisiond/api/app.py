@@ -57,6 +57,13 @@ _HTTP_CODES = {
 }
 
 
+def _answer(req: Request, status: int, code: str, message: str, hint: str = "") -> Response:
+    """An error as the client reads it: a page under /ui/, else the API's JSON."""
+    if is_console(req):
+        return console_error(req, status, code, message, hint)
+    return _error(status, code, message, hint)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProvisiondError)
     async def _provisiond(req: Request, exc: ProvisiondError) -> Response:
@@ -86,7 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, str(exc.detail), hint)
 
     @app.exception_handler(ClientDisconnect)
-    async def _gone(req: Request, _exc: ClientDisconnect) -> JSONResponse:
+    async def _gone(req: Request, _exc: ClientDisconnect) -> Response:
         # an ordinary event, not an error: nobody is left to read an answer (or
         # admission already answered 413 for a body over its limit)
         if not req.scope.get("state", {}).get("body_refused"):
@@ -96,9 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RecursionError)
-    async def _nested(req: Request, _exc: RecursionError) -> JSONResponse:
+    async def _nested(req: Request, _exc: RecursionError) -> Response:
         log.info("request_nested_too_deeply", path=req.url.path)
-        return _error(
+        return _answer(
+            req,
             400,
             "bad_request",
             "the request is nested too deeply to parse",
@@ -106,17 +114,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(IntegrityError)
-    async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:
+    async def _integrity(req: Request, exc: IntegrityError) -> Response:
         log.info("integrity_error", error=str(exc.orig))
         check = _CHECK.search(str(exc.orig))
         if check:  # a value the schema let through but a CHECK constraint refused
-            return _error(
+            return _answer(
+                req,
                 422,
                 "validation_failed",
                 f"a value is out of range (constraint {check.group(1)})",
                 "check the ranges in /docs",
             )
-        return _error(
+        return _answer(
+            req,
             409,
             "conflict",
             "the change conflicts with existing data (a name, MAC or reference already in use)",
@@ -124,9 +134,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DataError)
-    async def _data(_req: Request, exc: DataError) -> JSONResponse:
+    async def _data(req: Request, exc: DataError) -> Response:
         log.info("data_error", error=str(exc.orig))
-        return _error(
+        return _answer(
+            req,
             422,
             "validation_failed",
             "a value does not fit its column (too long, too large, or malformed)",
@@ -134,27 +145,30 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(OperationalError)
-    async def _operational(_req: Request, exc: OperationalError) -> JSONResponse:
+    async def _operational(req: Request, exc: OperationalError) -> Response:
         log.error("database_error", error=str(exc.orig))
-        return _error(503, "database_unavailable", "the database did not answer", "retry shortly")
+        return _answer(
+            req, 503, "database_unavailable", "the database did not answer", "retry shortly"
+        )
 
     @app.exception_handler(sqlite3.OperationalError)
-    async def _sqlite_busy(_req: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+    async def _sqlite_busy(req: Request, exc: sqlite3.OperationalError) -> Response:
         # raised by the write-slot gate in a begin event, which SQLAlchemy does not wrap
         log.error("database_error", error=str(exc))
-        return _error(503, "database_busy", "the database is busy", "retry shortly")
+        return _answer(req, 503, "database_busy", "the database is busy", "retry shortly")
 
     @app.exception_handler(PoolTimeout)
-    async def _pool(_req: Request, exc: PoolTimeout) -> JSONResponse:
+    async def _pool(req: Request, exc: PoolTimeout) -> Response:
         log.error("database_pool_exhausted", error=str(exc))
-        return _error(
-            503, "database_busy", "no database connection was free in time", "retry shortly"
+        return _answer(
+            req, 503, "database_busy", "no database connection was free in time", "retry shortly"
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(req: Request, exc: Exception) -> Response:
         log.exception("unhandled_error", path=req.url.path)
-        return _error(
+        return _answer(
+            req,
             500,
             "internal",
             "an internal error occurred",

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
 from provisiond.allocations import service as allocations
 from provisiond.console import auth
 from provisiond.console.auth import ConsoleUser
@@ -110,6 +113,9 @@ async def run(
         if exc.hint:
             message += f" (hint: {exc.hint})"
         kind = "error"
+    except (ValueError, SQLAlchemyError) as exc:  # a reason pydantic refused; a DB error
+        message = f"{action.label} {machine} failed: {_short(exc)}"
+        kind = "error"
     except TimeoutError:
         message = (
             f"{action.label} {machine} did not finish within {ACTION_TIMEOUT_S:.0f} s "
@@ -117,6 +123,14 @@ async def run(
         )
         kind = "error"
     await asyncio.to_thread(_flash, services, user, message, kind)
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(str(e.get("msg", "")) for e in exc.errors())[:300]
+    if isinstance(exc, SQLAlchemyError):
+        return "the database did not answer (hint: retry shortly)"
+    return str(exc)[:300]
 
 
 def _flash(services: Services, user: ConsoleUser, message: str, kind: str) -> None:

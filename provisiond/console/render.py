@@ -106,7 +106,7 @@ def page(
     """A whole page, or only its ``<main>`` when the console's script asks for a fragment
     (the live refresh: ``X-Console-Fragment: 1``)."""
     fragment = request.headers.get("x-console-fragment") == "1"
-    if flash is None and user is not None and user.flash:
+    if flash is None and user is not None and user.flash and not fragment:
         flash = (user.flash_kind or "ok", user.flash)
     html = (
         environment()

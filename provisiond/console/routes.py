@@ -26,6 +26,7 @@ from provisiond.console.auth import (
     CSRF_FIELD,
     ConsoleUser,
     check_csrf,
+    check_origin,
     console_key,
     current_user,
     sign_in,
@@ -35,8 +36,9 @@ from provisiond.console.auth import (
 from provisiond.console.render import STATIC, page
 from provisiond.console.views import lists, machine, machines, overview, racks
 from provisiond.container import Services
-from provisiond.errors import BadRequest, NotFound, ProvisiondError
+from provisiond.errors import BadRequest, CallTimeout, NotFound, ProvisiondError
 from provisiond.models import Event
+from provisiond.schemas.base import Key
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 T = TypeVar("T")
@@ -55,7 +57,11 @@ def _user(request: Request, services: ServicesDep) -> ConsoleUser:
     key = console_key(services.secrets.mac_key)
     with services.db.read_session() as session:
         user = current_user(session, key, request.cookies.get(COOKIE))
-    if user.flash:  # shown once: this page shows it, the next one does not
+    services.token_use.note(user.token)
+    whole_page = request.method == "GET" and request.headers.get("x-console-fragment") != "1"
+    if user.flash and whole_page and request.url.path != "/ui/live":
+        # shown once: this page shows it, the next one does not (a live refresh or the
+        # stream itself neither shows nor takes it)
         with services.db.transaction() as session:
             take_flash(session, user)
     request.state.actor = user.actor
@@ -95,18 +101,40 @@ async def _form(request: Request) -> dict[str, str]:
         )
     body = raw.decode("utf-8", errors="replace")
     fields: dict[str, str] = {}
-    for key, value in parse_qsl(body, keep_blank_values=True, max_num_fields=32):
+    try:
+        pairs = parse_qsl(body, keep_blank_values=True, max_num_fields=32)
+    except ValueError:
+        raise BadRequest(
+            "the form has too many fields", hint="use the console's own pages"
+        ) from None
+    for key, value in pairs:
+        if "\x00" in value:
+            raise BadRequest(
+                f"the form field {key[:32]!r} holds a NUL character",
+                hint="remove control characters from what you typed",
+            )
         fields.setdefault(key, value)
     return fields
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
-    return await asyncio.wait_for(asyncio.to_thread(fn), FORM_TIMEOUT_S)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn), FORM_TIMEOUT_S)
+    except TimeoutError:
+        raise CallTimeout(
+            f"the database did not answer within {FORM_TIMEOUT_S:.0f} s",
+            hint="retry shortly; the daemon may be overloaded",
+        ) from None
 
 
 def _safe_next(target: str) -> str:
     """Only a path in the console: never another site (an open redirect)."""
-    if target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+    if (
+        target.startswith("/ui/")
+        and "\\" not in target
+        and "/../" not in target + "/"
+        and all(c.isprintable() for c in target)
+    ):
         return target
     return "/ui/"
 
@@ -126,6 +154,8 @@ def signin_page(request: Request, next: str = "/ui/") -> Response:
 
 @router.post("/signin")
 async def signin(request: Request, services: ServicesDep) -> Response:
+    # another site's form must not sign this browser in as someone else (login CSRF)
+    check_origin(request.headers, services.settings.console_origins)
     fields = await _form(request)
     target = _safe_next(fields.get("next", "/ui/"))
     key = console_key(services.secrets.mac_key)
@@ -173,7 +203,7 @@ async def signin(request: Request, services: ServicesDep) -> Response:
 @router.post("/signout")
 async def signout(request: Request, services: ServicesDep, user: User) -> Response:
     fields = await _form(request)
-    check_csrf(user, fields.get(CSRF_FIELD), request.headers.get("origin"), _host(request))
+    check_csrf(user, fields.get(CSRF_FIELD), request.headers, services.settings.console_origins)
 
     def work() -> None:
         with services.db.transaction() as session:
@@ -183,10 +213,6 @@ async def signout(request: Request, services: ServicesDep, user: User) -> Respon
     response = RedirectResponse("/ui/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
-
-
-def _host(request: Request) -> str | None:
-    return request.headers.get("host")
 
 
 # --- static files and the live stream --------------------------------------------
@@ -208,14 +234,14 @@ def static(name: str) -> Response:
 async def live_stream(
     request: Request,
     services: ServicesDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> StreamingResponse:
     """Server-sent events: ``change`` for each new event row (state changes, power,
     phases), then ``signed_out`` when the session ends. Bounded in time; the browser's
     EventSource reconnects from the last id it saw."""
-    user = await asyncio.to_thread(_user, request, services)
+    user = await _in_thread(lambda: _user(request, services))
     resume = request.headers.get("last-event-id", "")
-    start = int(resume) if resume.isdigit() else since
+    start = int(resume) if resume.isascii() and resume.isdigit() and len(resume) < 19 else since
     return StreamingResponse(
         live.stream(services, request, user, since=start),
         media_type="text/event-stream",
@@ -237,7 +263,7 @@ def racks_page(request: Request, services: ServicesDep, user: User) -> Response:
 
 
 @router.get("/racks/{name:path}")
-def rack_page(name: str, request: Request, services: ServicesDep, user: User) -> Response:
+def rack_page(name: Key, request: Request, services: ServicesDep, user: User) -> Response:
     return _render(request, services, user, "racks.html", lambda s: racks.build(s, user, name))
 
 
@@ -264,7 +290,7 @@ def machines_page(
 
 
 @router.get("/machines/{name}")
-def machine_page(name: str, request: Request, services: ServicesDep, user: User) -> Response:
+def machine_page(name: Key, request: Request, services: ServicesDep, user: User) -> Response:
     return _render(request, services, user, "machine.html", lambda s: machine.build(s, user, name))
 
 
@@ -287,21 +313,28 @@ def images_page(request: Request, services: ServicesDep, user: User) -> Response
 
 @router.get("/machines/{name}/actions/{action}")
 def confirm_action(
-    name: str, action: str, request: Request, services: ServicesDep, user: User
+    name: Key, action: str, request: Request, services: ServicesDep, user: User
 ) -> Response:
     spec = actions.lookup(action)
     actions.require_operator(user)
     with services.db.read_session() as session:
         machine.ensure_exists(session, name)
-    return page(request, "confirm.html", user, action=spec, machine=name)
+    return page(
+        request,
+        "confirm.html",
+        user,
+        action=spec,
+        machine=name,
+        href=f"/ui/machines/{quote(name, safe='')}",
+    )
 
 
 @router.post("/machines/{name}/actions/{action}")
 async def run_action(
-    name: str, action: str, request: Request, services: ServicesDep, user: User
+    name: Key, action: str, request: Request, services: ServicesDep, user: User
 ) -> Response:
     fields = await _form(request)
-    check_csrf(user, fields.get(CSRF_FIELD), request.headers.get("origin"), _host(request))
+    check_csrf(user, fields.get(CSRF_FIELD), request.headers, services.settings.console_origins)
     spec = actions.lookup(action)
     actions.require_operator(user)
     await actions.run(

@@ -287,3 +287,84 @@ def test_the_live_stream_sends_new_events_and_ends_after_sign_out(
         assert re.search(r'event: change\ndata: \{"id":\d+,"machine":"m1"', text), text
     finally:
         live.STREAM_MAX_S = old
+
+
+def test_hostile_forms_get_error_pages_not_500s(services: Services, api: Api) -> None:
+    client, csrf = _forms(services, api)
+    with client:
+        many = "&".join(f"f{i}=x" for i in range(40))
+        for path, body in (
+            ("/ui/signin", many),
+            ("/ui/machines/m1/actions/maintenance-on", f"csrf={csrf}&reason=a%00b"),
+        ):
+            r = client.post(
+                path, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+            )
+            assert r.status_code == 400, (path, r.text[:300])
+            assert r.headers["content-type"].startswith("text/html")
+        r = client.get("/ui/machines/m%00x")
+        assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
+    with services.db.read_session() as session:
+        from provisiond.models import Machine
+
+        assert session.exec(select(Machine.state)).one() == "available"
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"}, False),
+        ({"Origin": "http://evil.example"}, False),
+        # behind a proxy that rewrites Host, the browser still says same-origin
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "https://console.example"}, True),
+        ({"Origin": "http://TESTSERVER"}, True),
+        ({}, True),
+    ],
+)
+def test_forms_from_other_sites_are_refused_even_sign_in(
+    services: Services, api: Api, headers: dict[str, str], allowed: bool
+) -> None:
+    client, csrf = _forms(services, api)
+    with client:
+        r = client.post(
+            "/ui/machines/m1/actions/maintenance-on",
+            data={"csrf": csrf},
+            headers=headers,
+            follow_redirects=False,
+        )
+        assert r.status_code == (303 if allowed else 403), r.text[:300]
+    with client_for(services) as fresh:
+        r = fresh.post(
+            "/ui/signin",
+            data={"token": api.tokens["ci"], "next": "/ui/"},
+            headers=headers,
+            follow_redirects=False,
+        )
+        assert r.status_code == (303 if allowed else 403), r.text[:300]
+
+
+def test_the_result_is_not_eaten_by_the_live_stream_or_a_refresh(
+    services: Services, api: Api
+) -> None:
+    from provisiond.console import live
+
+    client, csrf = _forms(services, api)
+    old = live.STREAM_MAX_S
+    live.STREAM_MAX_S = 0.5
+    try:
+        with client:
+            client.post(
+                "/ui/machines/m1/actions/maintenance-on",
+                data={"csrf": csrf},
+                follow_redirects=False,
+            )
+            odd: Any = {"Last-Event-ID": "\u00b2".encode("latin-1")}
+            with client.stream("GET", "/ui/live", headers=odd) as r:
+                assert r.status_code == 200
+                assert "event: change" not in "".join(r.iter_text())  # starts from now
+            fragment = client.get("/ui/machines/m1", headers={"X-Console-Fragment": "1"})
+            assert 'id="flash"' not in fragment.text
+            assert "the machine is now maintenance" in client.get("/ui/machines/m1").text
+    finally:
+        live.STREAM_MAX_S = old

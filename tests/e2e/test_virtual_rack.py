@@ -195,12 +195,15 @@ def test_os_that_never_calls_back_hits_the_deadline(
         # The machine page, never reloaded, fills its timeline phase by phase from the
         # live stream, then shows the failure and its reason.
         seen = e2e.watch_timeline(page, timeout=150)
+        # (iPXE fetches its script, kernel and initrd within a second or two: those
+        # phases may land in one refresh, after the power-cycle's)
         running = [phases for outcome, phases in seen if outcome == "running"]
-        assert len({len(p) for p in running}) >= 3, seen
+        assert len({len(p) for p in running}) >= 2, seen
         assert all(a == b[: len(a)] for a, b in itertools.pairwise(running)), seen
         assert {"power_cycle", "kernel"} <= set(running[-1]), seen
         assert seen[-1][0].endswith("failed"), seen
-        assert "no OS callback" in page.inner_text("svg.timeline .failure")
+        assert "no OS callback" in (page.text_content("svg.timeline .failure") or "")
+        browser.shot(page, "machine-deploy-failed")
         page.goto(rack.url + "/ui/")
         reason = page.inner_text('#failed tr[data-machine="vm1"] .reason')
         assert "no OS callback within 75s" in reason, reason

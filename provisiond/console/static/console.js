@@ -51,5 +51,6 @@
     try { change = JSON.parse(e.data); } catch (err) { return; }
     if (concerns(change)) { schedule(); }
   });
+  source.addEventListener("reload", function () { schedule(); });
   source.addEventListener("signed_out", function () { source.close(); window.location.reload(); });
 })();
