@@ -236,9 +236,9 @@ async def live_stream(
     services: ServicesDep,
     since: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> StreamingResponse:
-    """Server-sent events: ``change`` for each new event row (state changes, power,
-    phases), then ``signed_out`` when the session ends. Bounded in time; the browser's
-    EventSource reconnects from the last id it saw."""
+    """Server-sent events (:mod:`provisiond.console.live`): ``change`` for each new
+    event row, ``reload`` when a page fell behind, ``signed_out`` when the session ends.
+    Bounded in time; the browser's EventSource reconnects from the last id it saw."""
     user = await _in_thread(lambda: _user(request, services))
     resume = request.headers.get("last-event-id", "")
     start = int(resume) if resume.isascii() and resume.isdigit() and len(resume) < 19 else since

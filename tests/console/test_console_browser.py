@@ -183,7 +183,7 @@ def _add_allocations(console: Console, owners: tuple[str, ...]) -> None:
     db = _db(console)
     try:
         with db.transaction() as session:
-            ids = {t.name: t.id for t in session.exec(select(ApiToken)).all()}
+            ids = {t.name: t.id for t in session.exec(select(ApiToken)).all() if t.id}
             for owner in owners:
                 session.add(Allocation(owner_token_id=ids[owner], state="pending",
                                        constraints={"names": ["vm3"]}))  # fmt: skip

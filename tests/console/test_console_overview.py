@@ -217,6 +217,27 @@ def test_failed_machines_show_their_reason(
     assert "No failed deploys." not in failed.text
 
 
+def test_a_failure_stays_on_the_overview_for_a_day_after_the_machine_moved_on(
+    services: Services, signed_in: dict[str, TestClient]
+) -> None:
+    ids = add_machines(services.db, [{"name": "gone"}, {"name": "old"}], state="available")
+    now = utcnow()
+    with services.db.transaction() as session:
+        for machine_id, ago, reason in (
+            (ids[0], timedelta(hours=1), "deploying: no OS callback within 75s"),
+            (ids[1], timedelta(hours=30), "an old failure"),
+        ):
+            session.add(Deployment(machine_id=machine_id, kind="deploy", outcome="failed",
+                                   failure_reason=reason, started_at=now - ago,
+                                   finished_at=now - ago))  # fmt: skip
+    html, doc = page(signed_in["operator"])
+    rows = {tr.attrs["data-machine"]: tr for tr in section(doc, "failed").all("tr", cls="failed")}
+    assert set(rows) == {"gone"}, html
+    assert rows["gone"].one("td", cls="reason").text == "deploying: no OS callback within 75s"
+    assert rows["gone"].one("span", cls="state").text == "deploy_failed"
+    assert "now available" in rows["gone"].text
+
+
 def test_queue_positions_and_leases(services: Services, signed_in: dict[str, TestClient]) -> None:
     add_machines(services.db, fleet(2, "lease"))
     pending = [

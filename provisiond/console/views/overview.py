@@ -1,6 +1,6 @@
 """The overview page: what needs an operator's eye, on one screen.
 
-Seven queries whatever the size of the fleet: machines by state (one GROUP BY), the
+Eight queries whatever the size of the fleet: machines by state (one GROUP BY), the
 pending queue (positions by a window function, so a ci user's rows keep their place
 in the whole queue), the leases, the failed machines with their newest deploy failure,
 the racks over 90 % of budget, the failing NICs and the held machines. Long sections
@@ -9,9 +9,9 @@ stop at :data:`ROWS` rows; a window count in the same query says how many there 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -23,11 +23,14 @@ from provisiond.allocations.states import AllocationState
 from provisiond.auth import Role
 from provisiond.console.auth import ConsoleUser
 from provisiond.console.render import STATE_COLOURS
+from provisiond.console.views.texts import cabling_text, failure_text, wants
 from provisiond.lifecycle import State
-from provisiond.models import Allocation, ApiToken, Deployment, Machine, Nic, Rack
+from provisiond.models import Allocation, ApiToken, Deployment, Machine, Nic, Rack, utcnow
 
 #: Rows per section at most (the rest is counted, not listed).
 ROWS = 25
+#: How far back the failures of machines that have since moved on are shown.
+RECENT = timedelta(hours=24)
 #: The number of rows a listing query matched, before its LIMIT (a window count).
 TOTAL = func.count().over().label("total")
 FAILED_STATES = (State.DEPLOY_FAILED, State.INSPECT_FAILED, State.RELEASE_FAILED)
@@ -102,6 +105,8 @@ class Failed:
     reason: str
     phase: str
     at: datetime
+    #: The machine's state now, when it has moved on (a failed deploy already released).
+    now: str = ""
 
     @property
     def href(self) -> str:
@@ -150,76 +155,6 @@ class Held:
     @property
     def href(self) -> str:
         return machine_href(self.name)
-
-
-def wants(constraints: Any) -> str:
-    """An allocation's constraints in a few words ("any machine" when none)."""
-    if not isinstance(constraints, Mapping):
-        return "any machine"
-    parts: list[str] = []
-    labels = (
-        ("arch", "{}"),
-        ("min_cpus", "\u2265{} CPUs"),
-        ("min_ram_mib", "\u2265{} MiB RAM"),
-        ("min_disk_gb", "\u2265{} GB disk"),
-        ("rack", "rack {}"),
-        ("site", "site {}"),
-    )
-    for key, label in labels:
-        if constraints.get(key) not in (None, ""):
-            parts.append(label.format(_text(constraints[key])))
-    tags = constraints.get("tags")
-    if isinstance(tags, list) and tags:
-        parts.append("tags " + ", ".join(_text(t) for t in tags))
-    names = constraints.get("names")
-    if isinstance(names, list) and names:
-        shown = ", ".join(_text(n) for n in names[:3])
-        parts.append("one of " + shown + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
-    return "; ".join(parts) or "any machine"
-
-
-def failure_text(last_error: Any, deploy_reason: str | None) -> tuple[str, str]:
-    """(reason, phase) of a failed machine: ``last_error``'s message or reason as
-    :func:`provisiond.lifecycle.advance` wrote it, else the newest deploy's."""
-    if isinstance(last_error, Mapping):
-        for key in ("message", "reason"):
-            text = _text(last_error.get(key)).strip()
-            if text:
-                return text, _text(last_error.get("phase"))
-        phase = _text(last_error.get("phase"))
-    else:
-        phase = ""
-        if isinstance(last_error, str) and last_error.strip():
-            return last_error.strip(), phase
-    return (deploy_reason or "").strip() or "no reason recorded", phase
-
-
-def _neighbour(side: Any, keys: tuple[str, ...]) -> str:
-    if not isinstance(side, Mapping):
-        return ""
-    return next((_text(side.get(k)) for k in keys if side.get(k)), "")
-
-
-def cabling_text(detail: Any) -> tuple[str, str, str, str]:
-    """(expected, seen, reason, note) of a NIC's cabling verdict (the detail
-    :mod:`provisiond.cabling.check` writes); the note names a swap's other NIC."""
-    if not isinstance(detail, Mapping):
-        return "", "", "", ""
-    expected_side, actual = detail.get("expected"), detail.get("actual")
-    expected = ""
-    if isinstance(expected_side, Mapping) and expected_side.get("switch"):
-        expected = f"{_text(expected_side.get('switch'))}/{_text(expected_side.get('port'))}"
-    seen = ""
-    if isinstance(actual, Mapping):
-        switch = _neighbour(actual, ("switch", "system_name", "chassis_id")) or "?"
-        port = _neighbour(actual, ("port", "port_id", "port_description")) or "?"
-        seen = f"{switch}/{port}"
-    note = ""
-    if detail.get("swapped_with"):
-        note = f"swapped with {_text(detail['swapped_with'])}"
-    elif detail.get("planned_for"):
-        note = f"on the port planned for {_text(detail['planned_for'])}"
-    return expected, seen, _text(detail.get("reason")), note
 
 
 def _states(session: Session) -> list[StateCount]:
@@ -293,8 +228,10 @@ def _leases(session: Session, user: ConsoleUser) -> Listed[Lease]:
     return Listed([Lease(u, s, o, m or "", e, n) for u, s, o, m, e, n, _ in rows], _total(rows))
 
 
-def _failed(session: Session) -> Listed[Failed]:
-    """Failed machines, the latest failure first, each with its newest deploy failure."""
+def _failed(session: Session, now: datetime) -> Listed[Failed]:
+    """Machines in a failed state, and deploys, inspections and releases that failed in
+    the last :data:`RECENT` (their machine may have been released since): newest first.
+    Two queries whatever the fleet's size."""
     newest = (
         select(func.max(Deployment.id))
         .where(col(Deployment.machine_id) == col(Machine.id), Deployment.failure_reason != "")
@@ -319,7 +256,30 @@ def _failed(session: Session) -> Listed[Failed]:
     for name, state, last_error, at, deploy_reason, _ in rows:
         reason, phase = failure_text(last_error, deploy_reason)
         out.append(Failed(name, state, reason, phase, at))
-    return Listed(out, _total(rows))
+    recent = session.execute(
+        sa_select(
+            col(Machine.name),
+            col(Machine.state),
+            col(Deployment.kind),
+            col(Deployment.failure_reason),
+            col(Deployment.finished_at),
+            TOTAL,
+        )
+        .join(Machine, col(Machine.id) == col(Deployment.machine_id))
+        .where(
+            col(Deployment.outcome) == "failed",
+            col(Deployment.finished_at) >= now - RECENT,
+            col(Machine.state).not_in([s.value for s in FAILED_STATES]),
+        )
+        .order_by(col(Deployment.finished_at).desc(), col(Deployment.id).desc())
+        .limit(ROWS)
+    ).all()
+    for name, state, kind, reason, at, _ in recent:
+        failed_state = f"{'deploy' if kind not in ('inspect', 'release') else kind}_failed"
+        text = (reason or "").strip() or "no reason recorded"
+        out.append(Failed(name, failed_state, text, "", at, now=state))
+    out.sort(key=lambda f: f.at, reverse=True)
+    return Listed(out[:ROWS], _total(rows) + _total(recent))
 
 
 def _hot_racks(session: Session) -> list[HotRack]:
@@ -367,7 +327,7 @@ def build(session: Session, user: ConsoleUser) -> dict[str, Any]:
         "own_only": user.role == Role.ci,
         "queue": _queue(session, user),
         "leases": _leases(session, user),
-        "failed": _failed(session),
+        "failed": _failed(session, utcnow()),
         "hot_racks": _hot_racks(session),
         "miscabled": _miscabled(session),
         "held": _held(session),
