@@ -119,7 +119,9 @@ async def read_power_and_watts(
     """
     policy = policy or PowerPolicy()
     state, _ = await _with_retries(executor, driver, driver.get_power, "read power", policy, [])
-    if not driver.reads_watts:
+    if not driver.reads_watts or state is PowerState.OFF:
+        # an off machine counts 0 W and keeps its last draw while on (power_budget):
+        # its standby draw is of no use, so it costs no second request
         return PowerReading(state)
     timeout = policy.watts_timeout or policy.call_timeout
     try:

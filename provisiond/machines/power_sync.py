@@ -10,10 +10,11 @@ with its own time limit: :func:`provisiond.machines.power_calls.read_power_and_w
 A failed, slow or malformed draw reading never fails the state read, and one
 machine's failure (even a driver bug) never stops the others being recorded. The
 readings are written in the same transaction as the states (``Machine.measured_watts``,
-``measured_source`` "bmc", ``measured_at``) for machines read on; a machine read off
-keeps its last reading while on (the draw its next power-on is admitted by) and counts
-0 W in its rack's sum. A machine whose every PDU outlet was read fresh keeps that
-figure: an outlet meters everything behind it and wins (:mod:`provisiond.power_budget`).
+``measured_source`` "bmc", ``measured_at``) for machines read on. A machine read off
+is not asked for its draw (no second request): it counts 0 W in its rack's sum and
+keeps its last reading while on (the draw its next power-on is admitted by). A
+machine whose every PDU outlet was read fresh keeps that figure: an outlet meters
+everything behind it and wins (:mod:`provisiond.power_budget`).
 Then every rack's draw is summed against its budget (:func:`power_budget.update_racks`).
 """
 

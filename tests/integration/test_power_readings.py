@@ -227,7 +227,9 @@ def test_power_sync_stores_readings_and_keeps_a_fresh_pdu_reading(
     assert [r.counted for r in report.racks] == [{"bmc": 1, "pdu": 1, "declared": 1}]
 
     farm.set_power(0, False)  # behind provisiond's back
-    asyncio.run(sync_power(services))
+    report = asyncio.run(sync_power(services))
+    # an off machine is not asked for its draw: m1 alone is read (m2 has no DCMI)
+    assert report.failed == {} and report.watts_read == 1
     with services.db.read_session() as session:
         m0 = session.get(Machine, ids[0])
         assert m0 is not None and m0.power_state == "off"
