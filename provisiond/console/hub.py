@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from provisiond.container import Services
 from provisiond.errors import QuotaExceeded
@@ -53,9 +53,14 @@ def rows_after(services: Services, since: int, limit: int = BATCH) -> list[dict[
     ]
 
 
+def newest_id(session: Session) -> int:
+    """The newest event's id (0 for an empty log): where a live stream starts."""
+    return int(session.execute(select(func.max(col(Event.id)))).scalar() or 0)
+
+
 def newest(services: Services) -> int:
     with services.db.read_session() as session:
-        return int(session.execute(select(func.max(col(Event.id)))).scalar() or 0)
+        return newest_id(session)
 
 
 async def read(fn: Any, *args: Any) -> Any:

@@ -15,12 +15,11 @@ from urllib.parse import parse_qsl, quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from provisiond.api.deps import ServicesDep, still_wanted
 from provisiond.api.deps import request_id as rid
-from provisiond.console import actions, live
+from provisiond.console import actions, hub, live
 from provisiond.console.auth import (
     COOKIE,
     CSRF_FIELD,
@@ -37,7 +36,6 @@ from provisiond.console.render import STATIC, page
 from provisiond.console.views import lists, machine, machines, overview, racks
 from provisiond.container import Services
 from provisiond.errors import BadRequest, CallTimeout, NotFound, ProvisiondError
-from provisiond.models import Event
 from provisiond.schemas.base import Key
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -71,11 +69,6 @@ def _user(request: Request, services: ServicesDep) -> ConsoleUser:
 User = Annotated[ConsoleUser, Depends(_user)]
 
 
-def _head(session: Session) -> int:
-    """The newest event's id: where this page's live stream starts."""
-    return int(session.exec(select(func.max(col(Event.id)))).one() or 0)
-
-
 def _render(
     request: Request,
     services: Services,
@@ -85,7 +78,7 @@ def _render(
 ) -> Response:
     with services.db.read_session() as session:
         context = build(session)
-        head = _head(session)
+        head = hub.newest_id(session)
     return page(request, template, user, last_event_id=head, **context)
 
 

@@ -93,6 +93,28 @@ def _has_tag(tag: str, dialect: str) -> ColumnElement[bool]:
     return exists(select(1).select_from(each).where(each.c.value == tag))
 
 
+def filters(
+    dialect: str,
+    *,
+    state: str | None = None,
+    rack_id: int | None = None,
+    arch: str | None = None,
+    tag: str | None = None,
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a machine filter (the API's list and the console's):
+    an empty value or a ``None`` rack id filters nothing."""
+    conditions: list[ColumnElement[bool]] = []
+    if state:
+        conditions.append(col(Machine.state) == state)
+    if rack_id is not None:
+        conditions.append(col(Machine.rack_id) == rack_id)
+    if arch:
+        conditions.append(col(Machine.arch) == arch)
+    if tag:
+        conditions.append(_has_tag(tag, dialect))
+    return conditions
+
+
 def parse(
     session: Session,
     *,
@@ -107,22 +129,18 @@ def parse(
     """Check the query parameters; every problem at once, as one 422 with hints."""
     problems: list[Problem] = []
     hints: list[str] = []
-    conditions: list[ColumnElement[bool]] = []
-    if state:
-        if state not in {s.value for s in State}:
-            problems.append(Problem("state", f"{state!r} is not a machine state"))
-            hints.append("states: " + ", ".join(s.value for s in State if s is not State.NEW))
-        conditions.append(col(Machine.state) == state)
+    if state and state not in {s.value for s in State}:
+        problems.append(Problem("state", f"{state!r} is not a machine state"))
+        hints.append("states: " + ", ".join(s.value for s in State if s is not State.NEW))
+    rack_id = None
     if rack:
         rack_id = session.execute(select(col(Rack.id)).where(col(Rack.name) == rack)).scalar()
         if rack_id is None:
             problems.append(Problem("rack", f"no rack named {rack!r}"))
             hints.append("list racks to see the names")
-        conditions.append(col(Machine.rack_id) == rack_id)
-    if arch:
-        conditions.append(col(Machine.arch) == arch)
-    if tag:
-        conditions.append(_has_tag(tag, session.get_bind().dialect.name))
+    conditions = filters(
+        session.get_bind().dialect.name, state=state, rack_id=rack_id, arch=arch, tag=tag
+    )
     size = DEFAULT_LIMIT
     if limit not in (None, ""):
         size = int(limit) if limit.isascii() and limit.isdigit() and len(limit) <= 6 else 0

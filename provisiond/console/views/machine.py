@@ -25,6 +25,7 @@ from provisiond.console import timeline
 from provisiond.console.actions import ACTIONS, Action
 from provisiond.console.auth import ConsoleUser
 from provisiond.console.views.lists import human_bytes
+from provisiond.console.views.texts import as_text
 from provisiond.deploy.deployments import to_view
 from provisiond.errors import NotFound
 from provisiond.lifecycle import RESTING, State
@@ -84,10 +85,6 @@ def actions_for(state: str, has_bmc: bool) -> list[Action]:
     return [ACTIONS[n] for n in names if n in ACTIONS]
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ("" if value is None else str(value))
-
-
 def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -104,10 +101,10 @@ def _disks(disks: Any) -> list[dict[str, str]]:
         rotational = disk.get("rotational")
         out.append(
             {
-                "name": _text(disk.get("name")),
+                "name": as_text(disk.get("name")),
                 "size": human_bytes(size) if _number(size) else "",
-                "model": _text(disk.get("model")),
-                "serial": _text(disk.get("serial")),
+                "model": as_text(disk.get("model")),
+                "serial": as_text(disk.get("serial")),
                 "kind": {True: "HDD", False: "SSD"}.get(rotational, "")
                 if isinstance(rotational, bool)
                 else "",
@@ -135,13 +132,13 @@ def _nics(session: Session, machine_id: int) -> list[dict[str, Any]]:
                 "pxe": nic.pxe,
                 "ip": nic.ip_address,
                 "planned": f"{switch}/{port}" if switch is not None and port is not None else "",
-                "lldp_system": _text(lldp.get("system_name")),
-                "lldp_port": _text(lldp.get("port_id")),
-                "lldp_chassis": _text(lldp.get("chassis_id")),
-                "lldp_port_description": _text(lldp.get("port_description")),
+                "lldp_system": as_text(lldp.get("system_name")),
+                "lldp_port": as_text(lldp.get("port_id")),
+                "lldp_chassis": as_text(lldp.get("chassis_id")),
+                "lldp_port_description": as_text(lldp.get("port_description")),
                 "lldp_seen_at": nic.lldp_seen_at,
                 "cabling": nic.cabling,
-                "cabling_detail": {str(k): _text(v) for k, v in detail.items()},
+                "cabling_detail": {str(k): as_text(v) for k, v in detail.items()},
             }
         )
     return out
@@ -208,10 +205,10 @@ def _root_disk(found: Any) -> str:
     """``"sda (480.1 GB): the smallest disk that fits"`` from ``phases["root_disk"]``."""
     if not isinstance(found, dict):
         return ""
-    text = _text(found.get("disk")) or "?"
+    text = as_text(found.get("disk")) or "?"
     if _number(found.get("size_bytes")):
         text += f" ({human_bytes(found['size_bytes'])})"
-    why = _text(found.get("why"))
+    why = as_text(found.get("why"))
     return text + (f": {why}" if why else "")
 
 
@@ -306,7 +303,7 @@ def build(session: Session, user: ConsoleUser, name: str) -> dict[str, Any]:
         "href": "/ui/machines/" + quote(machine.name, safe=""),
         "rack": rack or "",
         "rack_href": "/ui/racks/" + quote(rack, safe="") if rack else "",
-        "last_error": {str(k): _text(v) for k, v in error.items()} if error else {},
+        "last_error": {str(k): as_text(v) for k, v in error.items()} if error else {},
         "disks": _disks(machine.disks),
         "tags": [str(t) for t in machine.tags] if isinstance(machine.tags, list) else [],
         "nics": _nics(session, machine.id),

@@ -23,7 +23,7 @@ from provisiond.auth import Role
 from provisiond.console.auth import ConsoleUser
 from provisiond.errors import Problem, ValidationFailed
 from provisiond.lifecycle import State
-from provisiond.machines.listing import _has_tag
+from provisiond.machines import listing
 from provisiond.models import Allocation, ApiToken, Machine, Nic, Rack
 
 PAGE_SIZE = 50
@@ -131,15 +131,9 @@ _DEFAULT = Params()
 
 
 def _conditions(params: Params, rack_id: int | None, dialect: str) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if params.state:
-        conditions.append(col(Machine.state) == params.state)
-    if params.rack:
-        conditions.append(col(Machine.rack_id) == rack_id)
-    if params.arch:
-        conditions.append(col(Machine.arch) == params.arch)
-    if params.tag:
-        conditions.append(_has_tag(params.tag, dialect))
+    conditions = listing.filters(
+        dialect, state=params.state, rack_id=rack_id, arch=params.arch, tag=params.tag
+    )
     if params.q:
         needle = params.q.lower()
         mac = needle.replace("-", ":")

@@ -42,10 +42,6 @@ def machine_href(name: str) -> str:
     return "/ui/machines/" + quote(name, safe="")
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 @dataclass(frozen=True)
 class Listed(Generic[T]):
     """A section's first :data:`ROWS` rows and how many there are in all."""

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A stored JSON value as text: ``""`` for None."""
     return "" if value is None else str(value)
 
 
@@ -25,13 +26,13 @@ def wants(constraints: Any) -> str:
     )
     for key, label in labels:
         if constraints.get(key) not in (None, ""):
-            parts.append(label.format(_text(constraints[key])))
+            parts.append(label.format(as_text(constraints[key])))
     tags = constraints.get("tags")
     if isinstance(tags, list) and tags:
-        parts.append("tags " + ", ".join(_text(t) for t in tags))
+        parts.append("tags " + ", ".join(as_text(t) for t in tags))
     names = constraints.get("names")
     if isinstance(names, list) and names:
-        shown = ", ".join(_text(n) for n in names[:3])
+        shown = ", ".join(as_text(n) for n in names[:3])
         parts.append("one of " + shown + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
     return "; ".join(parts) or "any machine"
 
@@ -41,10 +42,10 @@ def failure_text(last_error: Any, deploy_reason: str | None) -> tuple[str, str]:
     :func:`provisiond.lifecycle.advance` wrote it, else the newest deploy's."""
     if isinstance(last_error, Mapping):
         for key in ("message", "reason"):
-            text = _text(last_error.get(key)).strip()
+            text = as_text(last_error.get(key)).strip()
             if text:
-                return text, _text(last_error.get("phase"))
-        phase = _text(last_error.get("phase"))
+                return text, as_text(last_error.get("phase"))
+        phase = as_text(last_error.get("phase"))
     else:
         phase = ""
         if isinstance(last_error, str) and last_error.strip():
@@ -55,7 +56,7 @@ def failure_text(last_error: Any, deploy_reason: str | None) -> tuple[str, str]:
 def _neighbour(side: Any, keys: tuple[str, ...]) -> str:
     if not isinstance(side, Mapping):
         return ""
-    return next((_text(side.get(k)) for k in keys if side.get(k)), "")
+    return next((as_text(side.get(k)) for k in keys if side.get(k)), "")
 
 
 def cabling_text(detail: Any) -> tuple[str, str, str, str]:
@@ -66,7 +67,7 @@ def cabling_text(detail: Any) -> tuple[str, str, str, str]:
     expected_side, actual = detail.get("expected"), detail.get("actual")
     expected = ""
     if isinstance(expected_side, Mapping) and expected_side.get("switch"):
-        expected = f"{_text(expected_side.get('switch'))}/{_text(expected_side.get('port'))}"
+        expected = f"{as_text(expected_side.get('switch'))}/{as_text(expected_side.get('port'))}"
     seen = ""
     if isinstance(actual, Mapping):
         switch = _neighbour(actual, ("switch", "system_name", "chassis_id")) or "?"
@@ -74,7 +75,7 @@ def cabling_text(detail: Any) -> tuple[str, str, str, str]:
         seen = f"{switch}/{port}"
     note = ""
     if detail.get("swapped_with"):
-        note = f"swapped with {_text(detail['swapped_with'])}"
+        note = f"swapped with {as_text(detail['swapped_with'])}"
     elif detail.get("planned_for"):
-        note = f"on the port planned for {_text(detail['planned_for'])}"
-    return expected, seen, _text(detail.get("reason")), note
+        note = f"on the port planned for {as_text(detail['planned_for'])}"
+    return expected, seen, as_text(detail.get("reason")), note
