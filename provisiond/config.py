@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     ssh_connect_attempts: int = Field(default=10, ge=1, le=100)
     #: Times a deploy interrupted in a step that cannot resume is retried from power-cycle.
     deploy_max_attempts: int = Field(default=3, ge=1, le=10)
+    #: Several daemons on one PostgreSQL (provisiond.cluster): a daemon whose heartbeat
+    #: (every daemon_heartbeat_s, at database time) is older than daemon_dead_after_s is
+    #: declared dead by the others, which take its machines at once.
+    daemon_heartbeat_s: float = Field(default=5 * SECONDS, gt=0, le=60)
+    daemon_dead_after_s: float = Field(default=30 * SECONDS, ge=3, le=3600)
+    #: Roles one daemon holds (the reaper, the allocation queue, a network's DHCP) pass
+    #: to another this long after their holder last renewed them.
+    leader_ttl_s: float = Field(default=15 * SECONDS, ge=1, le=3600)
+    #: A drain (SIGUSR2, or `provisiond daemons drain`) waits this long for running
+    #: steps before the daemon stops anyway (the steps are then redone elsewhere).
+    drain_timeout_s: float = Field(default=60 * SECONDS, gt=0, le=3600)
     #: The deploy engine's idle poll; it is also woken at once by API calls and callbacks.
     engine_interval_s: float = Field(default=1 * SECONDS, gt=0)
     #: A boot power-cycled before a daemon restart that neither calls back nor is heard

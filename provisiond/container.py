@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
+from sqlmodel import Session
 
 from provisiond.auth import TokenUse
 from provisiond.config import Settings
@@ -30,6 +31,47 @@ class NetbootHooks(Protocol):
     def hosts_changed(self, names: Iterable[str], removed: Iterable[str] = ()) -> int: ...
 
     def resync(self) -> dict[str, dict[str, int]]: ...
+
+
+class ClusterHooks(Protocol):
+    """What the rest of the daemon asks of the cluster (provisiond.cluster.node)."""
+
+    def current(self) -> bool: ...
+
+    def accepting(self) -> bool: ...
+
+    def leads(self, role: str) -> bool: ...
+
+    def fence(self, session: Session, role: str) -> bool: ...
+
+    def owns(self, key: str) -> bool: ...
+
+    def owner(self, role: str) -> str: ...
+
+
+class Solo:
+    """One daemon alone (SQLite, tools and tests): every role and every machine is its own."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+
+    def current(self) -> bool:
+        return True
+
+    def accepting(self) -> bool:
+        return True
+
+    def leads(self, role: str) -> bool:
+        return True
+
+    def fence(self, session: Session, role: str) -> bool:
+        return True
+
+    def owns(self, key: str) -> bool:
+        return True
+
+    def owner(self, role: str) -> str:
+        return f"{self.instance}:{role}"
 
 
 def daemon_id(
@@ -66,9 +108,12 @@ class Services:
     token_use: TokenUse = field(default_factory=TokenUse)
     #: The running dnsmasq supervisors (set by the daemon; None in tools and tests).
     netboot: NetbootHooks | None = None
+    #: This daemon's part in a cluster (set by the daemon on PostgreSQL; alone otherwise).
+    cluster: ClusterHooks = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry)
+        self.cluster = Solo(self.instance)
 
     def wake_deployer(self) -> None:
         self.deploy_wakeup.set()

@@ -14,13 +14,17 @@ import anyio.to_thread
 import uvicorn
 from starlette.types import ASGIApp
 
+from provisiond import __version__
 from provisiond.allocations.queue import AllocationQueue
 from provisiond.api import create_app
 from provisiond.api.admission import Limits
 from provisiond.api.app import BootOnly
+from provisiond.cluster.members import Me
+from provisiond.cluster.node import ClusterNode
+from provisiond.cluster.sqlite_lock import SqliteServeLock
 from provisiond.config import Settings
 from provisiond.container import Services, daemon_id
-from provisiond.db import Database
+from provisiond.db import SCHEMA_HEAD, Database
 from provisiond.deploy.engine import DeployEngine
 from provisiond.deploy.netboot_runtime import Netboot
 from provisiond.drivers.power.ipmi import check_pyghmi
@@ -52,6 +56,29 @@ def build_services(settings: Settings, *, check_schema: bool = True) -> Services
         secrets=SecretBox.from_key_file(settings.key_file),
         instance=daemon_id(socket.gethostname(), os.getpid()),
         executor=BlockingExecutor(settings.executor_workers),
+    )
+
+
+def cluster_node(services: Services) -> ClusterNode:
+    """This daemon's row and roles (provisiond.cluster); on SQLite, its row only."""
+    settings = services.settings
+    me = Me(
+        id=services.instance,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        version=__version__,
+        schema_revision=SCHEMA_HEAD,
+        api_url=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}",
+        boot_urls={n.name: f"http://{n.boot_address}:{n.http_port}" for n in settings.networks},
+        networks={n.name: n.netns or "" for n in settings.networks},
+    )
+    return ClusterNode(
+        services.db,
+        me,
+        heartbeat_s=settings.daemon_heartbeat_s,
+        dead_after_s=settings.daemon_dead_after_s,
+        leader_ttl_s=settings.leader_ttl_s,
+        drain_timeout_s=settings.drain_timeout_s,
     )
 
 
@@ -120,7 +147,13 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     settings = services.settings
     check_pyghmi()  # the IPMI workarounds use its private names: refuse another version
     stop = stop or asyncio.Event()
-    sock = bind(settings.listen_host, settings.listen_port)
+    single = SqliteServeLock(settings.db_url)
+    single.acquire()  # SQLite: one daemon per database file
+    try:
+        sock = bind(settings.listen_host, settings.listen_port)
+    except BaseException:
+        single.release()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -148,6 +181,7 @@ async def serve(services: Services, *, stop: asyncio.Event | None = None) -> Non
     try:
         await _serve(services, settings, sock, stop)
     finally:
+        single.release()
         watchdog.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -166,12 +200,20 @@ async def _serve(
     # The provisioning networks' listeners have a server of their own, which serves
     # only the boot routes of the same app (one admission, one set of bounds).
     boot_server = _Server(_config(BootOnly(app), senders)) if extra else None
+    node = cluster_node(services)
+    await node.start()
+    services.cluster = node
+    node_task = asyncio.create_task(node.run(stop))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR2, node.drain, "SIGUSR2")
     netboot = Netboot(services)
     services.netboot = netboot
     await netboot.start()
     scheduler = build_scheduler(services)
     scheduler.start()
     engine = DeployEngine(services)
+    node.on_lost.append(engine.abandon)
+    node.busy = engine.busy
     engine_task = asyncio.create_task(engine.run(stop))
     queue_task = asyncio.create_task(AllocationQueue(services).run(stop))
     tasks = {asyncio.create_task(server.serve(sockets=[sock]))}
@@ -200,6 +242,9 @@ async def _serve(
     stopper.cancel()
     services.wake_deployer()
     await asyncio.wait({engine_task, queue_task}, timeout=10)
+    await node.close()
+    await asyncio.wait({node_task}, timeout=5)
+    loop.remove_signal_handler(signal.SIGUSR2)
     await netboot.stop()
     services.netboot = None
     await asyncio.to_thread(services.token_use.flush, services.db)

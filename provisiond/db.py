@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, Update, bindparam, event, inspect, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -30,13 +31,14 @@ from provisiond import lanes
 from provisiond.errors import DatabaseNotReady
 from provisiond.lanes import Lane
 from provisiond.logging import thread_stack
+from provisiond.schema_versions import known_revisions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Alembic's "Context impl SQLiteImpl" chatter is noise in the daemon's JSON log.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 #: The newest migration's revision: what this provisiond's code expects to find.
-SCHEMA_HEAD = "0012_console_sessions"
+SCHEMA_HEAD = "0013_cluster"
 log = logging.getLogger(__name__)
 _READ_ONLY = "provisiond_read_only"
 _GATE = "provisiond_write_gate"
@@ -351,12 +353,38 @@ class Database:
 
     def check_schema(self) -> None:
         current, head = self.current_revision(), SCHEMA_HEAD
-        if current != head:
-            state = "is empty" if current is None else f"is at revision {current}"
+        if current == head:
+            return
+        if current is not None and current not in known_revisions():
+            # A newer daemon migrated it (a rolling upgrade under way): never run old code
+            # on a schema it does not know.
+            newer = self._version_of_schema(current)
+            run = f"provisiond {newer} or newer" if newer else "the provisiond that migrated it"
             raise DatabaseNotReady(
-                f"the database {self.safe_url} {state}; this provisiond needs revision {head}",
-                hint="run 'provisiond db upgrade' (with the same --config), then start again",
+                f"the database {self.safe_url} is at revision {current}, newer than this "
+                f"provisiond knows (it knows up to {head})",
+                hint=f"run {run}; a schema is never downgraded under running daemons",
             )
+        state = "is empty" if current is None else f"is at revision {current}"
+        raise DatabaseNotReady(
+            f"the database {self.safe_url} {state}; this provisiond needs revision {head}",
+            hint="run 'provisiond db upgrade' (with the same --config), then start again",
+        )
+
+    def _version_of_schema(self, revision: str) -> str | None:
+        """The version a daemon that ran on ``revision`` reported (the daemon table)."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    text(
+                        "SELECT version FROM daemon WHERE schema_revision = :r "
+                        "ORDER BY started_at DESC LIMIT 1"
+                    ),
+                    {"r": revision},
+                ).first()
+        except SQLAlchemyError:
+            return None
+        return str(row[0]) if row is not None else None
 
     @property
     def safe_url(self) -> str:

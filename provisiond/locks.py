@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlmodel import Session, col
 
 from provisiond.db import Database
@@ -108,21 +108,35 @@ def release(db: Database, machine_id: int, owner: str) -> bool:
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def owned_by(daemon: str) -> ColumnElement[bool]:
+    """Lock owners of the daemon ``daemon``: ``<id>:<role>...`` or ``<id>#<epoch>:<role>...``."""
+    owner = col(Machine.lock_owner)
+    return or_(
+        owner.startswith(f"{daemon}:", autoescape=True),
+        owner.startswith(f"{daemon}#", autoescape=True),
+    )
+
+
+def drop_owned(session: Session, daemon: str) -> list[tuple[int, str]]:
+    """In the caller's transaction: drop every lock of ``daemon``; (id, name) of each."""
+    rows = session.execute(
+        update(Machine)
+        .where(owned_by(daemon))
+        .values(lock_owner=None, lock_expires=None)
+        .returning(col(Machine.id), col(Machine.name))
+        .execution_options(synchronize_session=False)
+    )
+    return sorted((int(i), str(n)) for i, n in rows.all())
+
+
 def take_over(db: Database, predecessor: str) -> list[str]:
     """Drop every lock of the daemon ``predecessor`` (a daemon id) at once.
 
-    Only for a predecessor proven dead (see :mod:`provisiond.deploy.succession`):
-    its owners are ``<daemon id>:<role>...``. Returns the machines' names.
+    Only for a predecessor proven dead (see :mod:`provisiond.deploy.succession` and
+    :mod:`provisiond.cluster.members`). Returns the machines' names.
     """
     with db.transaction() as session:
-        rows = session.execute(
-            update(Machine)
-            .where(col(Machine.lock_owner).startswith(f"{predecessor}:", autoescape=True))
-            .values(lock_owner=None, lock_expires=None)
-            .returning(col(Machine.name))
-            .execution_options(synchronize_session=False)
-        )
-        return sorted(rows.scalars())
+        return sorted(name for _, name in drop_owned(session, predecessor))
 
 
 def acquire(db: Database, machine_id: int, owner: str, *, ttl_s: float) -> None:

@@ -7,7 +7,9 @@ so settings never depend on an adapter.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Literal
 
@@ -91,3 +93,15 @@ class ProvisioningNetwork(BaseModel):
     @property
     def boot_url(self) -> str:
         return f"http://{self.boot_address}:{self.http_port}/boot/ipxe"
+
+
+def netns_of(networks: Sequence[ProvisioningNetwork], address: str) -> str | None:
+    """The namespace of the provisioning network that holds ``address``, if any."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    for net in networks:
+        if isinstance(ip, ipaddress.IPv4Address) and ip in net.subnet:
+            return net.netns
+    return None

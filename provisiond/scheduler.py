@@ -30,9 +30,16 @@ def build_scheduler(services: Services) -> AsyncIOScheduler:
     settings = services.settings
 
     async def reap_job() -> None:
+        cluster = services.cluster
+        if not cluster.leads("reaper"):
+            return  # another daemon runs it (provisiond.cluster)
         try:
             await asyncio.to_thread(
-                reaper.reap, services.db, timeouts=settings.timeouts, actor="reaper"
+                reaper.reap,
+                services.db,
+                timeouts=settings.timeouts,
+                actor="reaper",
+                fence=lambda session: cluster.fence(session, "reaper"),
             )
         except Exception:  # a failed run is logged; the next run tries again
             log.exception("reaper_failed")

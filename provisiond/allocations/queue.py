@@ -53,6 +53,8 @@ log = get_logger(__name__)
 
 #: Seconds between queue passes when nothing wakes the queue.
 INTERVAL_S = 1.0
+#: The queue runs on one daemon at a time: the holder of this role.
+ROLE = "allocation_queue"
 ACTOR = "allocator"
 
 
@@ -159,10 +161,16 @@ def _needs_progress() -> ColumnElement[bool]:
 
 
 def _each(services: Services, ids: list[int], act: Any) -> None:
-    """Run ``act(session, allocation)`` for each id in its own transaction."""
+    """Run ``act(session, allocation)`` for each id in its own transaction.
+
+    Each transaction first checks that this daemon still holds the queue's role (the
+    fence, provisiond.cluster): a daemon that lost it mid-pass writes nothing more.
+    """
     for allocation_id in ids:
         try:
             with services.db.transaction() as session:
+                if not services.cluster.fence(session, ROLE):
+                    return
                 allocation = session.get(Allocation, allocation_id, with_for_update=True)
                 if allocation is not None:
                     act(session, allocation)
@@ -256,7 +264,12 @@ class AllocationQueue:
         self.interval_s = interval_s
 
     async def pass_once(self) -> QueueReport:
-        """One :func:`run_queue` pass in a worker thread (it does blocking DB work)."""
+        """One :func:`run_queue` pass in a worker thread (it does blocking DB work).
+
+        Only on the daemon that holds the queue's role (provisiond.cluster).
+        """
+        if not self.services.cluster.leads(ROLE):
+            return QueueReport()
         report = await asyncio.to_thread(run_queue, self.services)
         if report.changed:
             log.info("allocation_queue", **{k: len(v) for k, v in vars(report).items()})

@@ -13,6 +13,7 @@ from provisiond.cli import (
     allocate,
     cabling,
     credentials,
+    daemons,
     discover,
     events,
     images,
@@ -68,6 +69,7 @@ app.command("release")(allocate.release)
 app.add_typer(allocate.app, name="allocations")
 app.add_typer(racks.app, name="racks")
 app.add_typer(cabling.app, name="cabling")
+app.add_typer(daemons.app, name="daemons")
 
 
 def main() -> None:

@@ -34,7 +34,6 @@ key mismatch ...``; a lost boot is retried (:mod:`provisiond.deploy.lost_boot`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from datetime import datetime
 from typing import Any
@@ -62,6 +61,7 @@ from provisiond.logging import get_logger
 from provisiond.machines import power as machine_power
 from provisiond.machines.power_calls import PowerPolicy
 from provisiond.models import Deployment, Machine, utcnow
+from provisiond.networks import netns_of
 from provisiond.reconciler import run_loop
 
 log = get_logger(__name__)
@@ -79,7 +79,7 @@ class DeployEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self.releaser = Releaser(self)
         self.disk = DiskSteps(self)
-        self.guard = LockGuard(services.db, f"{services.instance}:engine", self.settings.lock_ttl_s)
+        self.guard = self._guard()
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
 
@@ -104,7 +104,26 @@ class DeployEngine:
             await asyncio.wait(self._tasks, timeout=5)
         succession.close()
 
+    def _guard(self) -> LockGuard:
+        cluster = self.services.cluster  # lock owners carry the daemon's epoch
+        return LockGuard(self.services.db, cluster.owner("engine"), self.settings.lock_ttl_s,
+                         alive=cluster.current)  # fmt: skip
+
+    def busy(self) -> int:
+        return len(self._inflight)  # steps running now (a drain waits for them)
+
+    def abandon(self) -> None:
+        """Declared dead: stop every step (a thread inside a blocking call ends it, but
+        its result fails the fence: the lock owner carried the old epoch)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._backoff.clear()
+
     async def tick(self) -> list[Work]:
+        if not self.services.cluster.accepting():
+            return []  # draining, rejoining, or no heartbeat lately: take no new work
+        if self.guard.owner != self.services.cluster.owner("engine"):
+            self.guard = self._guard()  # rejoined with a new epoch
         work = await asyncio.to_thread(self.scan)
         started = []
         for item in work:
@@ -234,15 +253,7 @@ class DeployEngine:
             add_event(session, machine_id, name, event, message)
 
     def netns_for(self, address: str) -> str | None:
-        """The namespace of the provisioning network that holds ``address``, if any."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        for net in self.settings.networks:
-            if isinstance(ip, ipaddress.IPv4Address) and ip in net.subnet:
-                return net.netns
-        return None
+        return netns_of(self.settings.networks, address)
 
     def power_policy(self) -> PowerPolicy:
         return PowerPolicy(call_timeout=self.settings.power_call_timeout_s)

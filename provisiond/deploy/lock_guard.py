@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sqlmodel import Session
 
@@ -31,12 +31,19 @@ log = get_logger(__name__)
 
 
 class LockGuard:
-    def __init__(self, db: Database, owner: str, ttl_s: float) -> None:
+    def __init__(
+        self, db: Database, owner: str, ttl_s: float, *, alive: Callable[[], bool] = lambda: True
+    ) -> None:
         self.db = db
         self.owner = owner
         self.ttl_s = ttl_s
+        #: False while this daemon may have been declared dead (no recent heartbeat):
+        #: nothing is taken or written then (provisiond.cluster.node.ClusterNode.current).
+        self.alive = alive
 
     def take(self, machine_id: int) -> bool:
+        if not self.alive():
+            return False
         return locks.try_acquire(self.db, machine_id, self.owner, ttl_s=self.ttl_s)
 
     def release(self, machine_id: int) -> bool:
@@ -73,7 +80,7 @@ class LockGuard:
         Otherwise the caller writes nothing more; the ``step_discarded`` event is
         written here, in the same transaction, naming the result and the new holder.
         """
-        if locks.hold(session, machine_id, self.owner, ttl_s=self.ttl_s):
+        if self.alive() and locks.hold(session, machine_id, self.owner, ttl_s=self.ttl_s):
             return True
         machine = session.get(Machine, machine_id)
         holder = (machine.lock_owner if machine else None) or "no one"

@@ -6,10 +6,11 @@ and a machine that another daemon already moved is simply not counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import or_
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from provisiond import lifecycle
 from provisiond.config import StateTimeouts
@@ -24,9 +25,18 @@ log = get_logger(__name__)
 
 
 def reap(
-    db: Database, *, timeouts: StateTimeouts, actor: str = "reaper", now: datetime | None = None
+    db: Database,
+    *,
+    timeouts: StateTimeouts,
+    actor: str = "reaper",
+    now: datetime | None = None,
+    fence: Callable[[Session], bool] = lambda _session: True,
 ) -> list[str]:
-    """Fire ``fail`` on every overdue machine; returns the names of those failed."""
+    """Fire ``fail`` on every overdue machine; returns the names of those failed.
+
+    ``fence`` runs first in each machine's transaction: False (this daemon no longer
+    holds the reaper's role) writes nothing more.
+    """
     now = now or utcnow()
     with db.read_session() as session:
         overdue = session.exec(
@@ -40,6 +50,8 @@ def reap(
     for machine_id in overdue:
         try:
             with db.transaction() as session:
+                if not fence(session):
+                    break
                 machine = session.get(Machine, machine_id)
                 if machine is None or machine.deadline is None or machine.deadline >= now:
                     continue

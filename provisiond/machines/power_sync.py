@@ -85,7 +85,10 @@ def _load(services: Services) -> tuple[list[_Job], int]:
             .where(col(Bmc.address) != "", usable)
         ).all()
         locked = 0
+        owns = services.cluster.owns  # several daemons: each reads its share of the ring
         for machine, bmc in rows:
+            if not owns(machine.uuid):
+                continue
             if machine.lock_owner and machine.lock_expires and machine.lock_expires > now:
                 locked += 1
                 continue

@@ -2,6 +2,7 @@
 
 from provisiond.models.allocation import Allocation
 from provisiond.models.base import utcnow
+from provisiond.models.cluster import Daemon, DhcpLease, Leadership
 from provisiond.models.console import ConsoleSession
 from provisiond.models.deployment import Deployment
 from provisiond.models.event import Event
@@ -16,9 +17,12 @@ __all__ = [
     "Bmc",
     "ConsoleSession",
     "CredentialSet",
+    "Daemon",
     "Deployment",
+    "DhcpLease",
     "Event",
     "Image",
+    "Leadership",
     "Machine",
     "Nic",
     "Outlet",

@@ -116,7 +116,7 @@ def _everything(
             if name == "alembic_version":
                 continue
             keep = only.get(name, set()) if only is not None else set(t.c.keys())
-            rows = conn.execute(select(t).order_by(t.c.id)).mappings()
+            rows = conn.execute(select(t).order_by(*t.primary_key.columns)).mappings()
             out[name] = [{k: v for k, v in row.items() if k in keep} for row in rows]
         return out
 

@@ -9,6 +9,7 @@ from provisiond.api.routers import (
     boot,
     cabling,
     credentials,
+    daemons,
     deployments,
     discovery,
     events,
@@ -41,6 +42,7 @@ ROUTERS: list[APIRouter] = [
     allocations.router,
     cabling.router,
     agent.router,
+    daemons.router,
 ]
 
 #: What a provisioning network's boot listener serves (provisiond.api.app.BootOnly):
