@@ -12,8 +12,9 @@ Usage::
     agent.py --url http://10.0.0.1:8080 --machine UUID --token-file /etc/provisiond/token --once
     agent.py --print-inventory                         # the report as JSON, no network
 
-The env file holds ``PROVISIOND_URL=``, ``PROVISIOND_MACHINE=`` (the machine's
-uuid) and ``PROVISIOND_AGENT_TOKEN=`` lines; command-line options win over it.
+The env file holds ``PROVISIOND_URL=`` (one daemon's URL, or several separated by
+spaces: tried in turn), ``PROVISIOND_MACHINE=`` (the machine's uuid) and
+``PROVISIOND_AGENT_TOKEN=`` lines; command-line options win over it.
 
 The loop never dies of a network error: each report is tried a bounded number of
 times with exponential backoff plus jitter, and an inventory that could not be
@@ -227,13 +228,30 @@ class Client:
     """POSTs JSON to ``<url>/api/v1/agent/<machine>/<kind>`` with the agent token."""
 
     def __init__(self, url: str, machine: str, token: str) -> None:
-        self.base = f"{url.rstrip('/')}/api/v1/agent/{machine}"
+        # Several daemons (space-separated URLs): each is tried in turn, and the one
+        # that answered stays first.
+        self.bases = [f"{u.rstrip('/')}/api/v1/agent/{machine}" for u in url.split()]
         self.token = token
         # The provisioning network is reached directly; an inherited http_proxy would
         # send the token somewhere else.
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+    @property
+    def base(self) -> str:
+        return self.bases[0]
+
     def post(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        for _ in self.bases[1:]:
+            try:
+                return self._post(kind, body)
+            except ReportError as exc:
+                if exc.fatal:
+                    raise
+                log.warning("%s; trying the next daemon", exc)
+                self.bases.append(self.bases.pop(0))
+        return self._post(kind, body)
+
+    def _post(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(  # noqa: S310 (the URL is the operator's own)
             f"{self.base}/{kind}",
             data=json.dumps(body).encode(),
@@ -442,7 +460,7 @@ def settings(args: argparse.Namespace) -> tuple[str, str, str]:
             token = _read_required(args.token_file)
         except OSError as exc:
             _config_error(f"cannot read --token-file {args.token_file}: {exc.strerror}")
-    url = args.url or env.get("PROVISIOND_URL", "")
+    url = (args.url or env.get("PROVISIOND_URL", "")).strip()
     machine = args.machine or env.get("PROVISIOND_MACHINE", "")
     missing = [
         name
@@ -455,8 +473,9 @@ def settings(args: argparse.Namespace) -> tuple[str, str, str]:
     ]
     if missing:
         _config_error(f"missing {', '.join(missing)}; pass --env-file {DEFAULT_ENV_FILE}")
-    if not url.startswith(("http://", "https://")):
-        _config_error(f"PROVISIOND_URL {url!r} is not an http:// or https:// URL")
+    for one in url.split():
+        if not one.startswith(("http://", "https://")):
+            _config_error(f"PROVISIOND_URL {one!r} is not an http:// or https:// URL")
     return url, machine, token
 
 

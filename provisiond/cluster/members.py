@@ -194,6 +194,21 @@ def live_urls(session: Session, dead_after_s: float) -> list[dict[str, Any]]:
     return [{"id": r.id, "api_url": r.api_url, "boot_urls": dict(r.boot_urls)} for r in rows]
 
 
+def peer_urls(session: Session, dead_after_s: float, url: str) -> str:
+    """``url`` then the same network's boot URL on every other running daemon,
+    space-separated: what an agent tries in turn when the daemon it knows is gone."""
+    rows = live_urls(session, dead_after_s)
+    mine = url.rstrip("/")
+    nets = {n for r in rows for n, u in r["boot_urls"].items() if u.rstrip("/") == mine}
+    out = [url]
+    for row in rows:
+        for net in sorted(nets):
+            other = row["boot_urls"].get(net)
+            if other and other not in out:
+                out.append(other)
+    return " ".join(out)
+
+
 def version_of_schema(session: Session, revision: str) -> str | None:
     """The version of a daemon that ran on schema ``revision`` (for a refusal's hint)."""
     row = session.exec(

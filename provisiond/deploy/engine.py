@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import or_
 from sqlmodel import col, select
 
+from provisiond.cluster.members import peer_urls
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
 from provisiond.deploy import telemetry as boot_telemetry
@@ -308,7 +309,8 @@ class DeployEngine:
             boot_telemetry.record_phase(
                 session, machine, "agent_install", metrics=self.services.metrics, actor=ACTOR
             )
-            agent_url = str(record.phases.get("agent_url") or "")
+            agent_url = str(record.phases.get("agent_url") or "")  # and the other daemons':
+            agent_url = peer_urls(session, self.settings.daemon_dead_after_s, agent_url)
             return (
                 record.address,
                 record.host_key,

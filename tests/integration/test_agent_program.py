@@ -212,6 +212,24 @@ def test_the_first_heartbeat_makes_the_deployed_machine_active(
     assert dep.outcome == "active" and "agent_heartbeat" in dep.phases
 
 
+def test_a_dead_daemon_first_in_the_list_is_skipped_for_the_next(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Several daemons: PROVISIOND_URL lists them; the one that is gone (a closed port
+    here) costs one failed connect, and the report lands on the next."""
+    uuid, token = make_machine(daemon.services, "multi", [Ev.INSPECT], "52:54:00:12:34:57")
+    gone = f"http://127.0.0.1:{free_port()}"
+    env = env_file(tmp_path, f"{gone} {daemon.url}", uuid, token)
+    started = time.monotonic()
+    done = run_agent("--env-file", str(env), "--once", "--no-actions")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 20
+    assert f"cannot reach {gone}/api/v1/agent/{uuid}" in done.stderr
+    assert "trying the next daemon" in done.stderr
+    assert done.stderr.count("trying the next daemon") == 1  # the good one then stays first
+    assert stored(daemon.services, uuid).state == "available"
+
+
 def test_a_wrong_token_fails_at_once_with_a_clear_message(daemon: Daemon, tmp_path: Path) -> None:
     uuid, token = make_machine(daemon.services, "n1", [Ev.INSPECT], "52:54:00:12:34:56")
     env = env_file(tmp_path, daemon.url, uuid, token[::-1])
@@ -232,6 +250,14 @@ def test_a_wrong_token_fails_at_once_with_a_clear_message(daemon: Daemon, tmp_pa
         (["--once"], "missing PROVISIOND_URL (--url), PROVISIOND_MACHINE (--machine)"),
         (["--env-file", "/nonexistent/agent.env"], "cannot read --env-file /nonexistent"),
         (["--url", "ftp://x", "--machine", "m", "--token-file", "/etc/hostname"], "not an http"),
+        (
+            ["--url", "http://a ftp://b", "--machine", "m", "--token-file", "/etc/hostname"],
+            "PROVISIOND_URL 'ftp://b' is not an http",
+        ),
+        (
+            ["--url", "  ", "--machine", "m", "--token-file", "/etc/hostname"],
+            "missing PROVISIOND_URL (--url)",
+        ),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_problem(args: list[str], message: str) -> None:
