@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -154,6 +154,21 @@ class Settings(BaseSettings):
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_timings(self) -> Settings:
+        beat, dead, ttl = self.daemon_heartbeat_s, self.daemon_dead_after_s, self.leader_ttl_s
+        if dead < 3 * beat:
+            raise ValueError(
+                f"daemon_dead_after_s ({dead:g}) must be at least 3 x daemon_heartbeat_s "
+                f"({beat:g}), or a daemon that misses one heartbeat is declared dead"
+            )
+        if not 2 * beat <= ttl <= dead:
+            raise ValueError(
+                f"leader_ttl_s ({ttl:g}) must be from 2 x daemon_heartbeat_s ({2 * beat:g}) "
+                f"to daemon_dead_after_s ({dead:g}): a role is renewed every heartbeat"
+            )
+        return self
 
     @property
     def db_url(self) -> str:

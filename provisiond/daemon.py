@@ -21,6 +21,7 @@ from provisiond.api.admission import Limits
 from provisiond.api.app import BootOnly
 from provisiond.cluster.members import Me
 from provisiond.cluster.node import ClusterNode
+from provisiond.cluster.notify import start_listener
 from provisiond.cluster.sqlite_lock import SqliteServeLock
 from provisiond.config import Settings
 from provisiond.container import Services, daemon_id
@@ -204,6 +205,7 @@ async def _serve(
     await node.start()
     services.cluster = node
     node_task = asyncio.create_task(node.run(stop))
+    listener = start_listener(services)  # PostgreSQL: wake-ups from the other daemons
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR2, node.drain, "SIGUSR2")
     netboot = Netboot(services)
@@ -244,6 +246,8 @@ async def _serve(
     await asyncio.wait({engine_task, queue_task}, timeout=10)
     await node.close()
     await asyncio.wait({node_task}, timeout=5)
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
     loop.remove_signal_handler(signal.SIGUSR2)
     await netboot.stop()
     services.netboot = None

@@ -88,6 +88,12 @@ class AllocationHub:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
 
+    def notify_all(self) -> None:
+        """Wake every waiter (another daemon changed allocations it did not name)."""
+        with self._lock:
+            uuids = list(self._waiters)
+        self.notify(*uuids)
+
 
 # One hub per Database object: the API and the allocation queue of one daemon share it.
 _HUBS: weakref.WeakKeyDictionary[Database, AllocationHub] = weakref.WeakKeyDictionary()

@@ -124,7 +124,11 @@ class ClusterNode:
         self._beat_ok = time.monotonic()
         self.state = LIVE
         log.info("daemon_joined", daemon=self.me.id, epoch=self.epoch, solo=self.solo)
-        if not self.solo:
+        if self.solo:
+            # The SQLite file lock (provisiond.cluster.sqlite_lock) proves every other
+            # daemon row on this file is a dead predecessor: its locks go at once.
+            await self._call(members.declare_dead, self.db, self.me.id, 0.0)
+        else:
             await self._round()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -29,6 +29,8 @@ from provisiond.models import Event
 log = get_logger(__name__)
 
 POLL_S = 1.0
+#: After a poke (events committed, provisiond.cluster.notify), read this much later.
+POKE_GAP_S = 0.05
 READ_TIMEOUT_S = 10.0
 BATCH = 200
 QUEUE_BATCHES = 32
@@ -75,6 +77,9 @@ class LiveHub:
         self.last = 0
         self.task: asyncio.Task[None] | None = None
         self.polls = 0
+        #: Set (from any thread, :meth:`poke`) to read the log now rather than at POLL_S.
+        self._poked = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def subscribe(self, session_id: int) -> asyncio.Queue[list[dict[str, Any]]]:
         if self.per_session[session_id] >= MAX_PER_SESSION:
@@ -86,7 +91,8 @@ class LiveHub:
         self.queues[queue] = session_id
         self.per_session[session_id] += 1
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            self._loop = asyncio.get_running_loop()
+            self.task = self._loop.create_task(self._run())
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[list[dict[str, Any]]]) -> None:
@@ -103,7 +109,10 @@ class LiveHub:
         try:
             self.last = await read(newest, self.services)
             while self.queues:
-                await asyncio.sleep(POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), POLL_S)
+                    await asyncio.sleep(POKE_GAP_S)  # a burst of commits: one read
+                self._poked.clear()
                 try:
                     rows = await read(rows_after, self.services, self.last)
                 except (TimeoutError, SQLAlchemyError) as exc:
@@ -120,6 +129,12 @@ class LiveHub:
             log.info("console_live_hub_stopped", error=type(exc).__name__)
             for queue in list(self.queues):
                 self._offer(queue, RELOAD)
+
+    def poke(self) -> None:
+        """Read the log now (new events were committed); safe from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._poked.set)
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
         for queue in list(self.queues):
@@ -146,6 +161,13 @@ def hub_for(services: Services) -> LiveHub:
     if hub is None or hub.services is not services:
         hub = _HUBS[key] = LiveHub(services)
     return hub
+
+
+def poke(services: Services) -> None:
+    """Make every live hub of ``services`` read the log now (any thread)."""
+    for hub in list(_HUBS.values()):
+        if hub.services is services and hub.queues:
+            hub.poke()
 
 
 def forget(hub: LiveHub) -> None:
