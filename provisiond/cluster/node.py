@@ -34,14 +34,19 @@ from sqlmodel import Session
 from provisiond.cluster import leadership, members, ring
 from provisiond.cluster.members import DRAINING, LIVE, STOPPED, Me
 from provisiond.db import Database
+from provisiond.errors import DatabaseNotReady
 from provisiond.logging import get_logger
 from provisiond.reconciler import Wakeup
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
+#: How long joining may take at start-up (later calls get two heartbeats).
+START_TIMEOUT_S = 30.0
 #: Jobs exactly one daemon runs.
 SINGLETONS = ("reaper", "allocation_queue")
+#: Declared dead by the others; joining again (tried at every heartbeat until it works).
+REJOINING = "rejoining"
 
 
 class ClusterNode:
@@ -112,15 +117,25 @@ class ClusterNode:
     def owns(self, key: str) -> bool:
         if self.solo:
             return True
-        return ring.owner(key, self.members) == self.me.id
+        # Not current (woken from a pause): its member list is stale, and its share may
+        # already be another daemon's.
+        return self.current() and ring.owner(key, self.members) == self.me.id
 
     # --- running ----------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args), 2 * self.heartbeat_s)
+    async def _call(self, fn: Callable[..., T], *args: Any, limit_s: float = 0.0) -> T:
+        limit = limit_s or 2 * self.heartbeat_s
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args), limit)
 
     async def start(self) -> None:
-        self.epoch = await self._call(members.join, self.db, self.me)
+        try:  # a slow database at start-up gets longer than a heartbeat
+            self.epoch = await self._call(members.join, self.db, self.me, limit_s=START_TIMEOUT_S)
+        except TimeoutError:
+            raise DatabaseNotReady(
+                f"the database {self.db.safe_url} did not answer within {START_TIMEOUT_S:.0f} s "
+                "when this daemon joined",
+                hint="check that the database is up and reachable, then start again",
+            ) from None
         self._beat_ok = time.monotonic()
         self.state = LIVE
         log.info("daemon_joined", daemon=self.me.id, epoch=self.epoch, solo=self.solo)
@@ -152,7 +167,7 @@ class ClusterNode:
     async def tick(self) -> None:
         state = await self._call(members.beat, self.db, self.me.id, self.epoch)
         if state is None:
-            if self.state in (LIVE, DRAINING):
+            if self.state in (LIVE, DRAINING, REJOINING):  # rejoining: the last try failed
                 await self._lost()
             return
         self._beat_ok = time.monotonic()
@@ -182,25 +197,35 @@ class ClusterNode:
             return members.live(session, self.dead_after_s)
 
     async def _lost(self) -> None:
-        log.warning(
-            "daemon_membership_lost",
-            daemon=self.me.id,
-            epoch=self.epoch,
-            hint="another daemon declared this one dead (paused or cut off from the "
-            "database for too long); its work was taken over, and it rejoins",
-        )
-        self.state = "rejoining"
+        if self.state == DRAINING:  # it was leaving anyway: drop its work and stop
+            self._drop_work()
+            self.state = STOPPED
+            if self._stop is not None:
+                self._stop.set()
+            return
+        if self.state != REJOINING:  # once; a rejoin that failed is only tried again
+            log.warning(
+                "daemon_membership_lost",
+                daemon=self.me.id,
+                epoch=self.epoch,
+                hint="another daemon declared this one dead (paused or cut off from the "
+                "database for too long); its work was taken over, and it rejoins",
+            )
+            self.state = REJOINING
+            self._drop_work()
+        self.epoch = await self._call(members.join, self.db, self.me)
+        self._beat_ok = time.monotonic()
+        self.state = LIVE
+        self.rejoins += 1
+        log.info("daemon_rejoined", daemon=self.me.id, epoch=self.epoch)
+
+    def _drop_work(self) -> None:
         self.roles.clear()
         for callback in list(self.on_lost):
             try:
                 callback()
             except Exception:
                 log.exception("on_lost_failed")
-        self.epoch = await self._call(members.join, self.db, self.me)
-        self._beat_ok = time.monotonic()
-        self.state = LIVE
-        self.rejoins += 1
-        log.info("daemon_rejoined", daemon=self.me.id, epoch=self.epoch)
 
     # --- drain and stop -----------------------------------------------------------------
 

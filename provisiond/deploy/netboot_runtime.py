@@ -13,6 +13,11 @@ Started and stopped by :func:`provisiond.daemon.serve`. It
   a boot request claims);
 - reports each dnsmasq's health for ``/healthz`` and the ``provisiond_dnsmasq_up`` gauge.
 
+On PostgreSQL (several daemons), a network with DHCP (``full`` or ``proxy``) has one
+holder: only the daemon holding its ``dhcp:<network>`` role runs its dnsmasq, with
+leases kept in the database (:mod:`provisiond.netboot.dhcp_holder`). On SQLite, and
+for DHCP ``off`` (TFTP only), every network's dnsmasq runs as always.
+
 DB writes from log lines run on a worker thread fed by a bounded queue, so a DHCP
 storm can never block the event loop; when the queue is full, events are dropped
 and counted (telemetry is best effort; leases are dnsmasq's business).
@@ -30,6 +35,7 @@ from sqlmodel import Session, select
 from provisiond.deploy import telemetry as boot_telemetry
 from provisiond.logging import get_logger
 from provisiond.models import Machine, Nic
+from provisiond.netboot.dhcp_holder import DhcpHolder
 from provisiond.netboot.dnsmasq import (
     BootEvent,
     DhcpEvent,
@@ -42,6 +48,7 @@ from provisiond.netboot.dnsmasq import (
 from provisiond.templates import Templates
 
 if TYPE_CHECKING:
+    from provisiond.cluster.node import ClusterNode
     from provisiond.container import Services
 
 log = get_logger(__name__)
@@ -66,14 +73,37 @@ class Netboot:
             )
             for net in self.networks
         }
+        #: network -> its DHCP holder (PostgreSQL, DHCP full or proxy only).
+        self.holders: dict[str, DhcpHolder] = {}
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(QUEUE_MAX)
         self._consumer = asyncio.create_task(self._consume())
+        node = self._cluster_node()
         for service in self.dnsmasq.values():
             changes = await asyncio.to_thread(self._sync, service)
             log.info("dnsmasq_hosts_synced", network=service.net.name, changes=changes)
-            await service.start()
+            if node is None or service.net.dhcp_mode == "off":
+                await service.start()
+                continue
+            holder = DhcpHolder(
+                service,
+                self.services.db,
+                node,
+                resync=lambda s=service: self._sync(s),  # type: ignore[misc]
+            )
+            self.holders[service.net.name] = holder
+            node.on_lost.append(holder.lost)
+            await holder.start()
+
+    def _cluster_node(self) -> ClusterNode | None:
+        """This daemon's ClusterNode when it shares PostgreSQL with others, else None."""
+        from provisiond.cluster.node import ClusterNode
+
+        node = getattr(self.services, "cluster", None)
+        if isinstance(node, ClusterNode) and not node.solo:
+            return node
+        return None
 
     def _sync(self, service: DnsmasqService) -> dict[str, int]:
         with self.services.db.read_session() as session:
@@ -93,6 +123,8 @@ class Netboot:
         return out
 
     async def stop(self) -> None:
+        for holder in self.holders.values():  # dnsmasq stopped, then the role handed back
+            await holder.close()
         for service in self.dnsmasq.values():
             await service.stop()
         if self._consumer is not None:
@@ -106,6 +138,10 @@ class Netboot:
             sup = service.supervisor
             up = sup.healthy and sup.pid is not None
             self.services.metrics.dnsmasq_up.labels(name).set(1 if up else 0)
+            holder = self.holders.get(name)
+            if holder is not None and not holder.running:
+                out[f"dnsmasq:{name}"] = "ok"  # standby: another daemon holds its DHCP
+                continue
             out[f"dnsmasq:{name}"] = "ok" if up else f"down: {sup.reason}"
         return out
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,8 @@ from sqlmodel import Session, col, select
 from provisiond.errors import ConfigError
 from provisiond.logging import get_logger
 from provisiond.models.machine import Machine, Nic
+from provisiond.netboot import dhcp_guard
+from provisiond.netboot.dhcp_guard import die_with_parent, die_with_parent_term
 from provisiond.netboot.dnsmasq_conf import (
     IPXE_DIR,
     DnsmasqPaths,
@@ -68,6 +69,7 @@ __all__ = [
     "HostsDir",
     "ProvisioningNetwork",
     "TftpEvent",
+    "die_with_parent",
     "host_entries",
     "sync_hosts",
 ]
@@ -98,9 +100,14 @@ class DnsmasqSupervisor:
         backoff: Sequence[float] = BACKOFF_S,
         stable_s: float = STABLE_S,
         extra_args: Sequence[str] = (),
+        guard_lease_s: float | None = None,
     ) -> None:
         self.conf = conf
         self.extra_args = tuple(extra_args)
+        #: Not None: under :mod:`.dhcp_guard`, stopped unless :meth:`extend`-ed in time.
+        self.guard_lease_s = guard_lease_s
+        self._deadline: float | None = None
+        self._child: int | None = None  # dnsmasq's PID under the guard
         self.netns = netns
         self.on_event = on_event
         self.binary = binary
@@ -115,11 +122,25 @@ class DnsmasqSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ready = asyncio.Event()
+        self._renewed = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
+        """dnsmasq's PID (under a guard: once the guard reported it), None when not running."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        if proc is None or proc.returncode is not None:
+            return None
+        return self._child if self.guard_lease_s is not None else proc.pid
+
+    def extend(self, seconds: float) -> None:
+        """Guard mode: dnsmasq may run ``seconds`` more (never blocks; a dead guard is ignored)."""
+        self._deadline = time.monotonic() + seconds
+        self._renewed.set()
+        proc = self._proc
+        stdin = proc.stdin if proc is not None and proc.returncode is None else None
+        if stdin is not None and not stdin.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                stdin.write(f"{seconds:.3f}\n".encode())
 
     def command(self) -> list[str]:
         exe = shutil.which(self.binary)
@@ -201,35 +222,37 @@ class DnsmasqSupervisor:
         return self.conf.parent / "dnsmasq.pid"
 
     def _kill_stale(self) -> None:
-        """Kill a dnsmasq a crashed daemon left running on this config (it holds the port)."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return
-        if not any(b"dnsmasq" in part for part in cmdline[:1]) or not any(
-            part == f"--conf-file={self.conf}".encode() for part in cmdline
-        ):
-            return  # the PID was reused by something else: never touch it
-        log.warning("dnsmasq_stale_killed", network=self.name, pid=pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        for _ in range(40):  # bounded: 2 s
-            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
-                break
-            time.sleep(0.05)
+        """Kill a dnsmasq (or its guard) a crashed daemon left on this config (the port)."""
+        for pid in dhcp_guard.kill_stale(self.pidfile, self.conf):
+            log.warning("dnsmasq_stale_killed", network=self.name, pid=pid)
+
+    async def _lease_left(self) -> float:
+        """Guard mode: the time left; once the deadline passed, none until :meth:`extend`."""
+        while (left := (self._deadline or 0) - time.monotonic()) <= 0.05:  # or stop()
+            self.healthy, self.reason = False, "DHCP role not renewed; waiting"
+            self._renewed.clear()
+            await self._renewed.wait()
+        return left
 
     async def _run_once(self) -> int | None:
         self.tail.clear()
         self._kill_stale()
+        cmd = self.command()
+        guarded = self.guard_lease_s is not None
+        if guarded:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + (self.guard_lease_s or 0.0)
+            cmd = dhcp_guard.command(sys.executable, await self._lease_left(), cmd)
+        self._child = None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdin=asyncio.subprocess.DEVNULL,
+                *cmd,
+                stdin=asyncio.subprocess.PIPE if guarded else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                # A guard handles SIGTERM (stops dnsmasq); a bare dnsmasq is killed.
+                preexec_fn=die_with_parent_term if guarded else die_with_parent,
             )
         except (OSError, ConfigError) as exc:
             self.tail.append(str(exc))
@@ -249,16 +272,28 @@ class DnsmasqSupervisor:
                 break
             line = raw.decode(errors="replace").rstrip("\n")
             self.tail.append(line)
+            if guarded and line.startswith(dhcp_guard.PREFIX):
+                self._guard_said(line[len(dhcp_guard.PREFIX) :])
+                continue
             if _READY in line:
-                self.healthy = True
-                self.reason = ""
+                self.healthy, self.reason = True, ""
                 self._ready.set()
-                log.info("dnsmasq started", network=self.name, pid=proc.pid)
+                log.info("dnsmasq started", network=self.name, pid=self.pid)
             self._emit(parser.feed(line))
         self._emit(parser.flush())
         self.healthy = False
         self.reason = "dnsmasq exited; restarting"  # never "down: " with no reason
+        if proc.stdin is not None:  # the guard would stop dnsmasq at EOF anyway
+            proc.stdin.close()
         return await proc.wait()
+
+    def _guard_said(self, text: str) -> None:
+        if text.startswith("child ") and text[6:].isdigit():
+            self._child = int(text[6:])
+            with contextlib.suppress(OSError), self.pidfile.open("a") as f:
+                f.write(f"{self._child}\n")
+        else:
+            log.warning("dhcp_guard", network=self.name, said=text, pid=self._child)
 
     def _emit(self, events: Iterable[BootEvent]) -> None:
         if self.on_event is None:
@@ -268,31 +303,6 @@ class DnsmasqSupervisor:
                 self.on_event(event)
             except Exception:
                 log.exception("boot event callback failed", network=self.name)
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the daemon dies (PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-def _keep_credentials(net: ProvisioningNetwork) -> tuple[str, ...]:
-    """``--group=`` (empty: no setgid) when dnsmasq stays root, so it dies with the daemon.
-
-    The kernel clears PR_SET_PDEATHSIG when a process's effective uid or gid changes.
-    Debian's dnsmasq switches to group ``dip`` by default even as ``user=root``, which
-    used to leave it running, holding port 67, after the daemon was SIGKILLed
-    (measured). A dnsmasq that drops to another user (``nobody``, the default) loses
-    the setting anyway; the next daemon start kills it through the pidfile.
-    """
-    return ("--group=",) if net.dnsmasq_user == "root" else ()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return True
 
 
 def host_entries(
@@ -364,7 +374,7 @@ class DnsmasqService:
             on_event=on_event,
             name=net.name,
             backoff=backoff,
-            extra_args=_keep_credentials(net),
+            extra_args=dhcp_guard.keep_credentials(net.dnsmasq_user),
         )
 
     def prepare(self) -> None:
