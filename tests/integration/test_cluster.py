@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlmodel import col, select
 
 from provisiond import lifecycle
+from provisiond.db import Database
 from provisiond.deploy import records as deploy
 from provisiond.lifecycle import Ev
 from provisiond.models import Bmc, Event, Machine
 from provisiond.rack.bmc_sim import BmcFarm
 from provisiond.rack.ipmi_faults import FaultRule, Faults
 from provisiond.rack.ipmi_machine import BmcIdentity, InMemoryMachine, MachineBackend
+from tests.support import pg
 from tests.support.cluster import Cluster, log_events, running_cluster, wait_for
 from tests.support.daemon import Daemon, cli
 
@@ -438,3 +440,59 @@ def test_serve_refuses_a_schema_newer_than_the_code(pg_server: str, tmp_path: Pa
         print(f"\nrefused: {out.strip()}")
     finally:
         cluster.drop()
+
+
+# --- PostgreSQL restarted mid-deploy ------------------------------------------------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[pg.Cluster]:
+    """A PostgreSQL server of this test's own (it is restarted), with the migrated template."""
+    server = pg.start_cluster()
+    try:
+        admin = create_engine(server.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("CREATE DATABASE provisiond_template"))
+        admin.dispose()
+        template = Database(server.url("provisiond_template"))
+        template.upgrade()
+        template.dispose()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_mid_deploy_is_ridden_out(own_pg: pg.Cluster, tmp_path: Path) -> None:
+    env = {"PROVISIOND_POWER_CALL_TIMEOUT_S": "60"}
+    with (
+        BmcFarm(count=1, faults=[FaultRule({"drop": 1.0})]) as farm,
+        running_cluster(own_pg.url(), tmp_path / "cluster", 2, env) as cluster,
+    ):
+        (machine_id,) = _enroll(cluster, farm, deploying=True)
+        owner = wait_for("a daemon takes the machine", lambda: _held(cluster, machine_id), 15)
+        started = time.monotonic()
+        own_pg.restart()  # fast: every session of every daemon is cut
+        restart_s = time.monotonic() - started
+        farm.set_faults(None, Faults())  # the BMC answers: the running power step ends
+        wait_for(
+            "the power step finishes after the restart",
+            lambda: "power_cycle" in _machine(cluster, machine_id)[1] or None,
+            timeout=60,
+        )
+        assert farm.state(0).power == "on"
+
+        def all_live() -> dict[str, dict[str, object]] | None:
+            rows = cluster.rows()
+            ok = len(rows) == 2 and all(
+                r["state"] == "live" and float(str(r["heartbeat_age_s"])) < 3 for r in rows.values()
+            )
+            return rows if ok else None
+
+        wait_for("both daemons heartbeat again", all_live, timeout=30)
+        held, _ = _machine(cluster, machine_id)
+        assert held in (None, owner), held  # the step ended with its own daemon
+        for daemon in cluster.daemons:
+            names = [e.get("event") for e in log_events(daemon)]
+            assert "notify_listener_reconnect" in names, names[-20:]
+        print(f"\nPostgreSQL restart took {restart_s:.1f} s; the deploy carried on")
