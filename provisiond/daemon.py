@@ -210,7 +210,11 @@ async def _serve(
     loop.add_signal_handler(signal.SIGUSR2, node.drain, "SIGUSR2")
     netboot = Netboot(services)
     services.netboot = netboot
-    await netboot.start()
+    try:
+        await netboot.start()
+    except BaseException:  # a half-started daemon hands its row and roles back at once
+        await node.close("failed to start")
+        raise
     scheduler = build_scheduler(services)
     scheduler.start()
     engine = DeployEngine(services)
@@ -244,7 +248,7 @@ async def _serve(
     stopper.cancel()
     services.wake_deployer()
     await asyncio.wait({engine_task, queue_task}, timeout=10)
-    await node.close()
+    await node.close(keep=engine.unfinished)
     await asyncio.wait({node_task}, timeout=5)
     if listener is not None:
         await asyncio.to_thread(listener.stop)

@@ -31,6 +31,7 @@ from provisiond import lanes
 from provisiond.errors import DatabaseNotReady
 from provisiond.lanes import Lane
 from provisiond.logging import thread_stack
+from provisiond.pg_session import POSTGRES_SESSION
 from provisiond.schema_versions import known_revisions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -274,6 +275,7 @@ class Database:
         else:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"], kwargs["max_overflow"] = POSTGRES_POOLS[which]
+            kwargs["connect_args"] = POSTGRES_SESSION
         engine = create_engine(self.url, **kwargs)
         _refuse_on_event_loop(engine)
         if self._gate is not None:

@@ -37,17 +37,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlmodel import Session, col
 
+from provisiond.cluster.clock import db_time
 from provisiond.db import Database
 from provisiond.errors import MachineLocked, NotFound
-from provisiond.models import Machine, utcnow
+from provisiond.models import Machine
 
 
 def try_acquire(
     db: Database, machine_id: int, owner: str, *, ttl_s: float, now: datetime | None = None
 ) -> bool:
     """Take or extend the lock; False when someone else holds an unexpired lock."""
-    now = now or utcnow()
     with db.transaction() as session:
+        now = now or db_time(session)  # several daemons: the database's clock, not ours
         result = session.execute(
             update(Machine)
             .where(
@@ -74,7 +75,7 @@ def hold(
     caller commits, so no one can take the lock between the check and the write.
     An expired lock that nobody took is still ``owner``'s, and extended.
     """
-    now = now or utcnow()
+    now = now or db_time(session)
     result = session.execute(
         update(Machine)
         .where(col(Machine.id) == machine_id, col(Machine.lock_owner) == owner)

@@ -20,3 +20,14 @@ def db_time(session: Session) -> datetime:
     value = session.execute(text("SELECT now()")).scalar_one()
     assert isinstance(value, datetime)
     return value.astimezone(UTC)
+
+
+#: The longest a cluster statement waits for a row lock (a paused daemon's open
+#: transaction is ended by the server's idle timeout, provisiond.pg_session).
+LOCK_WAIT_MS = 3000
+
+
+def bounded_lock_wait(session: Session) -> None:
+    """In the caller's transaction (PostgreSQL): give up on a row lock after LOCK_WAIT_MS."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}"))

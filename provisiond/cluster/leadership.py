@@ -19,10 +19,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from provisiond.cluster.clock import db_time
+from provisiond.cluster.clock import bounded_lock_wait, db_time
 from provisiond.db import Database
 from provisiond.models import Leadership
 
@@ -31,6 +31,7 @@ def lead(db: Database, name: str, holder: str, ttl_s: float) -> int | None:
     """Take or renew ``name`` for ``ttl_s``: its epoch when ``holder`` holds it, else None."""
     try:
         with db.transaction() as session:
+            bounded_lock_wait(session)
             now = db_time(session)
             expires = now + timedelta(seconds=ttl_s)
             row = session.get(Leadership, name, with_for_update=True)
@@ -52,6 +53,8 @@ def lead(db: Database, name: str, holder: str, ttl_s: float) -> int | None:
             session.add(row)
             return row.epoch
     except IntegrityError:  # another daemon made the row first: its role this round
+        return None
+    except OperationalError:  # the row stayed locked (lock_timeout): not ours this round
         return None
 
 

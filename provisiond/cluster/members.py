@@ -20,7 +20,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from provisiond import locks
-from provisiond.cluster.clock import db_time
+from provisiond.cluster.clock import bounded_lock_wait, db_time
 from provisiond.db import Database
 from provisiond.deploy.release import add_event
 from provisiond.logging import get_logger
@@ -61,6 +61,7 @@ class Takeover:
 def join(db: Database, me: Me) -> int:
     """Insert this daemon's row, or rejoin (after it was declared dead): the new epoch."""
     with db.transaction() as session:
+        bounded_lock_wait(session)
         now = db_time(session)
         row = session.get(Daemon, me.id, with_for_update=True)
         if row is None:
@@ -96,6 +97,7 @@ def beat(db: Database, daemon: str, epoch: int) -> str | None:
     was doing is no longer its own.
     """
     with db.transaction() as session:
+        bounded_lock_wait(session)
         now = db_time(session)
         result = session.execute(
             update(Daemon)
@@ -132,6 +134,7 @@ def declare_dead(db: Database, by: str, dead_after_s: float) -> list[Takeover]:
     """Declare every running daemon silent for ``dead_after_s`` dead; drop its locks."""
     out: list[Takeover] = []
     with db.transaction() as session:
+        bounded_lock_wait(session)
         now = db_time(session)
         cutoff = now - timedelta(seconds=dead_after_s)
         rows = session.execute(

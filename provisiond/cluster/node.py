@@ -26,16 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 
+from provisiond import locks
 from provisiond.cluster import leadership, members, ring
 from provisiond.cluster.members import DRAINING, LIVE, STOPPED, Me
 from provisiond.db import Database
 from provisiond.errors import DatabaseNotReady
 from provisiond.logging import get_logger
+from provisiond.models import Machine
 from provisiond.reconciler import Wakeup
 
 log = get_logger(__name__)
@@ -184,13 +187,14 @@ class ClusterNode:
         for role in SINGLETONS:
             if self.state != LIVE:
                 break
+            asked = time.monotonic()  # the row's expiry counts from no earlier than this
             epoch = await self._call(leadership.lead, self.db, role, self.holder, self.leader_ttl_s)
             if epoch is None:
                 self.roles.pop(role, None)
             else:
                 if role not in self.roles:
                     log.info("role_taken", role=role, holder=self.holder, epoch=epoch)
-                self.roles[role] = (epoch, time.monotonic())
+                self.roles[role] = (epoch, asked)
 
     def _live(self) -> list[str]:
         with self.db.read_session() as session:
@@ -256,18 +260,27 @@ class ClusterNode:
             with contextlib.suppress(Exception):
                 await self._call(leadership.resign, self.db, role, self.holder)
 
-    async def close(self, reason: str = "stopped") -> None:
-        """At a stop: roles handed back, locks dropped, the row marked stopped."""
+    async def close(self, reason: str = "stopped", *, keep: Collection[int] = ()) -> None:
+        """At a stop: roles handed back, locks dropped, the row marked stopped.
+
+        ``keep``: machines whose step may still be running in a thread; their locks
+        expire by themselves (``lock_ttl_s``) rather than let another daemon redo a
+        step that is not over.
+        """
         if self.state not in (LIVE, DRAINING):
             return
         self.state = STOPPED
         await self._resign_all()
         with contextlib.suppress(Exception):
-            await self._call(self._stop_row, reason)
-        log.info("daemon_left", daemon=self.me.id, epoch=self.epoch)
+            await self._call(self._stop_row, reason, set(keep))
+        log.info("daemon_left", daemon=self.me.id, epoch=self.epoch, kept_locks=sorted(keep))
 
-    def _stop_row(self, reason: str) -> None:
-        from provisiond import locks
-
+    def _stop_row(self, reason: str, keep: set[int]) -> None:
         members.set_state(self.db, self.me.id, STOPPED, reason, epoch=self.epoch)
-        locks.take_over(self.db, self.me.id)
+        with self.db.transaction() as session:
+            session.execute(
+                update(Machine)
+                .where(locks.owned_by(self.me.id), col(Machine.id).not_in(keep))
+                .values(lock_owner=None, lock_expires=None)
+                .execution_options(synchronize_session=False)
+            )

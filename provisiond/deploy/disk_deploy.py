@@ -153,6 +153,8 @@ class DiskSteps:
             elif kind == "error":
                 failure.append(_failure(event))
 
+        if not self.engine.guard.alive():  # no recent heartbeat: not ours to write now
+            return
         try:
             await self.services.executor.run(
                 run_image_writer,
@@ -206,6 +208,8 @@ class DiskSteps:
         the firmware's own boot order must then reach the disk, or the ``local`` script.
         """
         expect = {State.DEPLOYING.value}
+        if not self.engine.guard.alive():  # no recent heartbeat: not ours to power now
+            return
         try:
             _, _, driver = await asyncio.to_thread(machine_power._driver, self.services, item.name)
         except Conflict:

@@ -21,26 +21,26 @@ releasing                                    wipe both ends of every disk and pa
                                              over SSH and verify, power off, available
 ===========================================  =======================================
 
-Every step takes the machine's DB lock first (owner ``<daemon id>:engine``, one per
-process), renews it while it runs and writes its result only while the lock is still
-its own (:mod:`provisiond.deploy.lock_guard`). A dead daemon's locks expire, or its
-successor on the same data dir takes them over at start
-(:mod:`provisiond.deploy.succession`). Blocking calls run in the executor with
-timeouts. Nothing lives only in memory: a step interrupted by a crash runs again (it
-is idempotent). A failed step closes the deployment with a reason, e.g. ``SSH host
-key mismatch ...``; a lost boot is retried (:mod:`provisiond.deploy.lost_boot`).
+Every step takes the machine's DB lock first (owner ``<daemon id>#<epoch>:engine``),
+renews it while it runs, checks it before each side effect and writes only while it is
+still its own (:mod:`.lock_guard`); a step's helpers use the guard the step began with
+(``_STEP_GUARD``), never a later epoch's. Dead daemons' locks are dropped by the others
+(:mod:`provisiond.cluster`) or by a successor on the same data dir (:mod:`.succession`).
+Nothing lives only in memory: an interrupted step runs again (it is idempotent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_
 from sqlmodel import col, select
 
+from provisiond.cluster.clock import db_time
 from provisiond.cluster.members import peer_urls
 from provisiond.container import Services
 from provisiond.deploy import records as deploy
@@ -52,6 +52,7 @@ from provisiond.deploy.lost_boot import is_lost
 from provisiond.deploy.power_on import failure, network_boot
 from provisiond.deploy.release import ACTOR, Releaser, add_event
 from provisiond.deploy.remote_ops import install_agent
+from provisiond.deploy.repower import repower
 from provisiond.deploy.ssh import HostKeyMismatch, SshError
 from provisiond.deploy.steps import Work, step_for
 from provisiond.deploy.succession import Succession
@@ -68,6 +69,7 @@ from provisiond.reconciler import run_loop
 log = get_logger(__name__)
 PASS_GAP_S = 0.1  # passes start at least this far apart; wake-ups between them coalesce
 STEP_BACKOFF_MAX_S = 60.0
+_STEP_GUARD: ContextVar[LockGuard | None] = ContextVar("step_guard", default=None)
 
 
 class DeployEngine:
@@ -78,9 +80,11 @@ class DeployEngine:
         #: machine id -> (failed steps in a row, monotonic time before which it waits).
         self._backoff: dict[int, tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Machines whose step was still running when the engine stopped.
+        self.unfinished: set[int] = set()
         self.releaser = Releaser(self)
         self.disk = DiskSteps(self)
-        self.guard = self._guard()
+        self._current_guard = self._guard()
         #: Boots power-cycled before this engine started may have called back to nobody.
         self.started_at = utcnow()
 
@@ -99,6 +103,7 @@ class DeployEngine:
             name="deploy_engine_pass",
             min_gap_s=PASS_GAP_S,
         )
+        self.unfinished = set(self._inflight)  # their threads may still be at work
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -109,6 +114,11 @@ class DeployEngine:
         cluster = self.services.cluster  # lock owners carry the daemon's epoch
         return LockGuard(self.services.db, cluster.owner("engine"), self.settings.lock_ttl_s,
                          alive=cluster.current)  # fmt: skip
+
+    @property
+    def guard(self) -> LockGuard:
+        """The running step's guard (threads inherit it), else the current epoch's."""
+        return _STEP_GUARD.get() or self._current_guard
 
     def busy(self) -> int:
         return len(self._inflight)  # steps running now (a drain waits for them)
@@ -123,8 +133,8 @@ class DeployEngine:
     async def tick(self) -> list[Work]:
         if not self.services.cluster.accepting():
             return []  # draining, rejoining, or no heartbeat lately: take no new work
-        if self.guard.owner != self.services.cluster.owner("engine"):
-            self.guard = self._guard()  # rejoined with a new epoch
+        if self._current_guard.owner != self.services.cluster.owner("engine"):
+            self._current_guard = self._guard()  # rejoined with a new epoch
         work = await asyncio.to_thread(self.scan)
         started = []
         for item in work:
@@ -145,11 +155,12 @@ class DeployEngine:
 
     def scan(self, now: datetime | None = None) -> list[Work]:
         now = now or utcnow()
-        busy = or_(col(Machine.lock_owner).is_(None), col(Machine.lock_expires) < now)
         mine = col(Machine.lock_owner) == self.guard.owner
         states = [State.DEPLOYING, State.INSPECTING, State.INSTALLING_AGENT, State.RELEASING]
         out: list[Work] = []
         with self.services.db.read_session() as session:
+            expired = col(Machine.lock_expires) < db_time(session)  # locks: the DB's clock
+            busy = or_(col(Machine.lock_owner).is_(None), expired)
             rows = session.exec(
                 select(Machine).where(col(Machine.state).in_(states), or_(busy, mine))
             ).all()
@@ -175,6 +186,7 @@ class DeployEngine:
 
     async def _drive(self, item: Work) -> None:
         guard = self.guard
+        _STEP_GUARD.set(guard)  # this task's context (and its threads') only
         try:
             if not await asyncio.to_thread(guard.take, item.machine_id):
                 return
@@ -279,6 +291,8 @@ class DeployEngine:
             )
             await asyncio.to_thread(self._phase, item.machine_id, "power_cycle", manual=True)
             return
+        if not self.guard.alive():  # paused past our heartbeat: the machine may be another's
+            return
         try:
             policy = self.power_policy()
             action = await network_boot(self.services, item.name, driver, policy, actor=ACTOR)
@@ -334,6 +348,8 @@ class DeployEngine:
             f"PROVISIOND_AGENT_TOKEN={token}\n"
         )
         budget = self.settings.timeouts.installing_agent
+        if not self.guard.alive():
+            return
         try:
             await self.services.executor.run(
                 install_agent,
@@ -380,36 +396,8 @@ class DeployEngine:
         )
 
     async def _repower_step(self, item: Work) -> None:
-        await asyncio.to_thread(self._repower, item.machine_id)
+        await asyncio.to_thread(repower, self, item.machine_id)
 
     def _lost(self, machine: Machine, record: Deployment, now: datetime) -> bool:
         wait = self.settings.lost_boot_s
         return is_lost(machine, record, now=now, started=self.started_at, wait_s=wait)
-
-    def _repower(self, machine_id: int) -> None:
-        limit = self.settings.deploy_max_attempts
-        reason = (
-            "a boot power-cycled before a daemon restart was not heard from in the "
-            f"{self.settings.lost_boot_s:.0f}s after it; its callback may have gone unanswered"
-        )
-        with self.services.db.transaction() as session:
-            if not self.guard.hold(session, machine_id, "retry from the power-cycle"):
-                return
-            machine = session.get(Machine, machine_id)
-            if machine is None or machine.state not in (State.DEPLOYING, State.INSPECTING):
-                return
-            record = deploy.running_deployment(session, machine_id)
-            if record is None or not self._lost(machine, record, utcnow()):
-                return
-            if record.attempt >= limit:
-                deploy.fail(
-                    session,
-                    machine,
-                    reason=f"{reason}; gave up after {record.attempt} attempts",
-                    actor=ACTOR,
-                    settings=self.settings,
-                )
-                return
-            deploy.retry_from_power_cycle(
-                session, machine, record, secrets=self.services.secrets, reason=reason
-            )

@@ -95,6 +95,8 @@ class Releaser:
             notes.append(WIPE_SKIPPED)
         else:
             address, host_key, private = plan
+            if not self.engine.guard.alive():  # no recent heartbeat: not ours to wipe now
+                return
             try:
                 wiped = await self.services.executor.run(
                     wipe_disks,

@@ -39,10 +39,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
@@ -50,6 +48,7 @@ from sqlalchemy.engine import make_url
 from provisiond.cluster import leadership
 from provisiond.logging import get_logger
 from provisiond.netboot import lease_hook
+from provisiond.netboot.dhcp_deadman import DeadMan
 from provisiond.netboot.lease_sink import LeaseSink
 
 if TYPE_CHECKING:
@@ -63,7 +62,8 @@ log = get_logger(__name__)
 GRACE_S = 2.0
 #: The dead-man fires this long before the lease's expiry (at most; ttl/5 when shorter).
 MARGIN_S = 2.0
-KILL_WAIT_S = 2.0
+#: A holder whose dnsmasq stays unhealthy this long (or 3 TTLs) resigns the role.
+UNHEALTHY_S = 30.0
 #: Bounds the hosts resync and the hook's files before a start.
 PREPARE_S = 30.0
 
@@ -76,98 +76,6 @@ def libpq_dsn(db_url: str) -> str:
     """The SQLAlchemy URL as a libpq connection string (for the lease hook)."""
     url = make_url(db_url).set(drivername="postgresql")
     return url.render_as_string(hide_password=False)
-
-
-def kill_pid(pid: int, wait_s: float = KILL_WAIT_S) -> bool:
-    """SIGTERM, then SIGKILL after ``wait_s``: True once it is gone (or a zombie)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    for sig in (signal.SIGKILL, None):
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:  # bounded: wait_s
-            if _gone(pid):
-                return True
-            time.sleep(0.02)
-        if sig is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-    return _gone(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.split(") ", 1)[-1].startswith(("Z", "X"))
-
-
-class DeadMan:
-    """A thread that kills a process when a monotonic deadline passes unrenewed."""
-
-    def __init__(self, name: str, pid: Callable[[], int | None], on_fire: Callable[[], None]):
-        self.name = name
-        self._pid = pid
-        self._on_fire = on_fire
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._closed = False
-        self.fired = 0
-        self._thread = threading.Thread(target=self._run, name=f"deadman-{name}", daemon=True)
-        self._thread.start()
-
-    def arm(self, deadline: float) -> None:
-        with self._cond:
-            self._deadline = deadline
-            self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self._deadline = None
-            self._cond.notify()
-
-    @property
-    def deadline(self) -> float | None:
-        return self._deadline
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(KILL_WAIT_S * 2 + 1)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed:
-                    if self._deadline is None:
-                        self._cond.wait()
-                        continue
-                    left = self._deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)  # monotonic: fires at once after a SIGCONT
-                if self._closed:
-                    return
-                self._deadline = None
-            self._fire()
-
-    def _fire(self) -> None:
-        self.fired += 1
-        pid = self._pid()
-        log.warning(
-            "dhcp_deadman_fired",
-            network=self.name,
-            pid=pid,
-            hint="the DHCP role could not be renewed before its expiry: this daemon's "
-            "dnsmasq is stopped so that the daemon taking over is the only DHCP server",
-        )
-        if pid is not None:
-            kill_pid(pid)
-        try:
-            self._on_fire()
-        except Exception:
-            log.exception("dhcp_deadman_callback_failed", network=self.name)
 
 
 class DhcpHolder:
@@ -203,6 +111,8 @@ class DhcpHolder:
         self.sink: LeaseSink | None = None
         self._base_args = tuple(service.supervisor.extra_args)
         service.supervisor.guard_lease_s = self.ttl_s - self.margin_s
+        self._unhealthy_since: float | None = None
+        self._sit_out_until = 0.0
         self.deadman = DeadMan(self.net.name, lambda: service.supervisor.pid, self._expired)
 
     @property
@@ -229,7 +139,7 @@ class DhcpHolder:
                 await task
         await self._stop_dnsmasq("daemon stopping")
         await asyncio.to_thread(self._close_sink)
-        self.deadman.close()
+        await asyncio.to_thread(self.deadman.close)
         if resign and self.holder is not None:
             with contextlib.suppress(Exception):
                 await self._call(leadership.resign, self.db, self.role, self.holder)
@@ -263,6 +173,8 @@ class DhcpHolder:
             await asyncio.sleep(max(0.05, started + period - time.monotonic()))
 
     async def _round(self) -> None:
+        if time.monotonic() < self._sit_out_until:
+            return  # resigned because dnsmasq would not run here: let another daemon try
         if self.node.state != "live" or not self.node.current():
             if self.holding or self.running:
                 await self._give_up(f"daemon {self.node.state}")
@@ -291,10 +203,28 @@ class DhcpHolder:
             await asyncio.sleep(self.grace_s)  # the old holder's dead-man has surely fired
             return await self._round()  # renew after the grace, then start
         self._arm(started + self.ttl_s - self.margin_s)
+        if await self._resigned_if_unhealthy():
+            return
         if not self.running:
             # In a task of its own: the start waits (bounded) for dnsmasq's "started"
             # line, and the renewals must go on meanwhile.
             self._starting = asyncio.create_task(self._start_dnsmasq())
+
+    async def _resigned_if_unhealthy(self) -> bool:
+        """A holder whose dnsmasq does not come up (port taken, no such interface here)
+        hands the role on after UNHEALTHY_S, and sits out twice the TTL before competing."""
+        if self.service.supervisor.healthy or not self.running:
+            self._unhealthy_since = None
+            return False
+        now = time.monotonic()
+        self._unhealthy_since = self._unhealthy_since or now
+        if now - self._unhealthy_since < max(UNHEALTHY_S, 3 * self.ttl_s):
+            return False
+        log.warning("dhcp_role_resigned_unhealthy", network=self.net.name,
+                    reason=self.service.supervisor.reason)  # fmt: skip
+        await self._give_up("dnsmasq is not healthy on this daemon")
+        self._unhealthy_since, self._sit_out_until = None, now + 2 * self.ttl_s
+        return True
 
     def _arm(self, deadline: float) -> None:
         """Both layers: the dead-man thread and the guard process, same deadline."""

@@ -64,11 +64,10 @@ class LeaseSink:
 
     def start(self) -> None:
         self.path.unlink(missing_ok=True)
-        old = os.umask(0o177)
-        try:
-            server = _Server(str(self.path), _Handler)
-        finally:
-            os.umask(old)
+        # No umask change (it is process-wide): under the usual umask a fresh socket is
+        # not writable, so not connectable, by others; 0600 right after the bind.
+        server = _Server(str(self.path), _Handler)
+        os.chmod(self.path, 0o600)
         server.sink = self
         self._server = server
         self._thread = threading.Thread(
