@@ -70,7 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import httpx
-from bench_allocations import KEY, STUBBED_SERVE, client_doubles, db_doubles
+from bench_allocations import KEY, STUBBED_SERVE, client_doubles
 from benchlib import start_simulator
 from benchlib import stop as stop_simulator
 
@@ -342,6 +342,82 @@ def bench_allocations(nodes: list[Node], tokens: list[str], seconds: float) -> d
     return {"rate": rate, "doubles": client_doubles(load.holds), "errors": len(load.errors)}
 
 
+def explain_doubles(db_url: str) -> None:
+    """Print each pair of allocations whose lifetimes overlap on one machine, with their
+    states, the deployments' outcomes and the machine's events (to tell a real double
+    from a retry that moved the first allocation to another machine)."""
+    from sqlmodel import col, select
+
+    from provisiond.db import Database
+    from provisiond.models import Allocation, Deployment, Event
+
+    db = Database(db_url)
+    try:
+        with db.read_session() as session:
+            rows = session.exec(
+                select(Deployment, Allocation)
+                .join(Allocation, col(Allocation.id) == Deployment.allocation_id)
+                .order_by(col(Deployment.machine_id), col(Deployment.started_at))
+            ).all()
+            for (d1, a1), (d2, a2) in itertools.pairwise(rows):
+                if d1.machine_id != d2.machine_id:
+                    continue
+                if a1.released_at is not None and d2.started_at >= a1.released_at:
+                    continue
+                print(f"    overlap on machine {d1.machine_id}:")
+                for d, a in ((d1, a1), (d2, a2)):
+                    print(f"      allocation {a.uuid} state={a.state} machine={a.machine_id} "
+                          f"created={a.created_at} released={a.released_at}; deployment "
+                          f"{d.uuid} started={d.started_at} outcome={d.outcome} "
+                          f"finished={d.finished_at}")  # fmt: skip
+                events = session.exec(
+                    select(Event)
+                    .where(Event.machine_id == d1.machine_id, Event.at >= d1.started_at)
+                    .order_by(col(Event.id))
+                    .limit(30)
+                ).all()
+                for e in events:
+                    print(f"        {e.at} {e.kind}/{e.event} {e.from_state}->{e.to_state} "
+                          f"{e.actor}: {e.message[:160]}")  # fmt: skip
+    finally:
+        db.dispose()
+
+
+def claim_doubles(db_url: str) -> tuple[int, int]:
+    """(allocations that held a machine while another still did, claims).
+
+    A hold runs from the claim (the machine's ``allocated to <uuid>`` transition, at
+    the database commit) to the allocation's ``released_at``. ``Deployment.started_at``
+    is not used: it is the request's start, which can precede its claim by the time
+    the request waited, and would count a clean hand-over as an overlap.
+    """
+    from sqlmodel import col, select
+
+    from provisiond.db import Database
+    from provisiond.models import Allocation, Event
+
+    db = Database(db_url)
+    try:
+        with db.read_session() as session:
+            released = dict(session.exec(select(Allocation.uuid, Allocation.released_at)).all())
+            claims = session.exec(
+                select(Event.machine_id, Event.at, Event.message)
+                .where(col(Event.kind) == "transition", col(Event.message).like("allocated to %"))
+                .order_by(col(Event.machine_id), col(Event.id))
+            ).all()
+    finally:
+        db.dispose()
+    doubles = 0
+    for prev, cur in itertools.pairwise(claims):
+        if prev[0] != cur[0]:
+            continue
+        uuid = prev[2].removeprefix("allocated to ").split(";", 1)[0]
+        end = released.get(uuid)
+        if end is None or cur[1] < end:
+            doubles += 1
+    return doubles, len(claims)
+
+
 def doubled_steps(db_url: str) -> tuple[int, int]:
     """(machine transitions not starting where the previous one ended, transitions)."""
     from sqlmodel import col, select
@@ -554,7 +630,9 @@ def run(args: argparse.Namespace, cluster: pg.Cluster, root: Path, first: int) -
     out["takeover_doubles"] = client_doubles(during.holds)
     out["takeover_errors"] = len(during.errors)
     out["takeover_events"] = takeover_events(db_url)
-    out["db_doubles"], out["allocations"] = db_doubles(db_url)
+    out["db_doubles"], out["allocations"] = claim_doubles(db_url)
+    if out["db_doubles"]:
+        explain_doubles(db_url)
     out["doubled_steps"], out["transitions"] = doubled_steps(db_url)
     out["timings"] = timings
     return out
