@@ -131,6 +131,7 @@ class ClusterNode:
         return await asyncio.wait_for(asyncio.to_thread(fn, *args), limit)
 
     async def start(self) -> None:
+        sent = time.monotonic()
         try:  # a slow database at start-up gets longer than a heartbeat
             self.epoch = await self._call(members.join, self.db, self.me, limit_s=START_TIMEOUT_S)
         except TimeoutError:
@@ -139,7 +140,7 @@ class ClusterNode:
                 "when this daemon joined",
                 hint="check that the database is up and reachable, then start again",
             ) from None
-        self._beat_ok = time.monotonic()
+        self._beat_ok = sent
         self.state = LIVE
         log.info("daemon_joined", daemon=self.me.id, epoch=self.epoch, solo=self.solo)
         if self.solo:
@@ -168,12 +169,13 @@ class ClusterNode:
             stopped.cancel()
 
     async def tick(self) -> None:
+        sent = time.monotonic()  # the lease counts from the send: the row's time is later
         state = await self._call(members.beat, self.db, self.me.id, self.epoch)
         if state is None:
             if self.state in (LIVE, DRAINING, REJOINING):  # rejoining: the last try failed
                 await self._lost()
             return
-        self._beat_ok = time.monotonic()
+        self._beat_ok = sent
         if state == DRAINING and self.state == LIVE:
             self.drain("asked through the API")
         if not self.solo:
@@ -217,8 +219,9 @@ class ClusterNode:
             )
             self.state = REJOINING
             self._drop_work()
+        sent = time.monotonic()
         self.epoch = await self._call(members.join, self.db, self.me)
-        self._beat_ok = time.monotonic()
+        self._beat_ok = sent
         self.state = LIVE
         self.rejoins += 1
         log.info("daemon_rejoined", daemon=self.me.id, epoch=self.epoch)
