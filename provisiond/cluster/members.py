@@ -212,15 +212,5 @@ def peer_urls(session: Session, dead_after_s: float, url: str) -> str:
     return " ".join(out)
 
 
-def version_of_schema(session: Session, revision: str) -> str | None:
-    """The version of a daemon that ran on schema ``revision`` (for a refusal's hint)."""
-    row = session.exec(
-        select(Daemon.version)
-        .where(col(Daemon.schema_revision) == revision)
-        .order_by(col(Daemon.started_at).desc())
-    ).first()
-    return str(row) if row is not None else None
-
-
 def heartbeat_age(row: Daemon, now: datetime) -> float:
     return max(0.0, (now - row.heartbeat_at).total_seconds())

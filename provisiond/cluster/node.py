@@ -39,7 +39,6 @@ from provisiond.db import Database
 from provisiond.errors import DatabaseNotReady
 from provisiond.logging import get_logger
 from provisiond.models import Machine
-from provisiond.reconciler import Wakeup
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -81,9 +80,7 @@ class ClusterNode:
         self.on_lost: list[Callable[[], None]] = []
         #: How many steps are still running (the engine's), for a drain.
         self.busy: Callable[[], int] = lambda: 0
-        self.wakeup = Wakeup()
         self._stop: asyncio.Event | None = None
-        self.rejoins = 0
 
     # --- what the rest of the daemon asks ---------------------------------------------
 
@@ -155,10 +152,7 @@ class ClusterNode:
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                woken = asyncio.ensure_future(self.wakeup.wait_async(self.heartbeat_s))
-                await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
-                self.wakeup.clear()
+                await asyncio.wait({stopped}, timeout=self.heartbeat_s)
                 if stop.is_set():
                     break
                 try:
@@ -223,7 +217,6 @@ class ClusterNode:
         self.epoch = await self._call(members.join, self.db, self.me)
         self._beat_ok = sent
         self.state = LIVE
-        self.rejoins += 1
         log.info("daemon_rejoined", daemon=self.me.id, epoch=self.epoch)
 
     def _drop_work(self) -> None:

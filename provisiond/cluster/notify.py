@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from provisiond.allocations.leases import hub_for
@@ -47,6 +47,7 @@ from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.logging import get_logger
 from provisiond.models import Allocation, Deployment, Event, Machine
+from provisiond.pg_session import libpq_url
 
 log = get_logger(__name__)
 
@@ -211,12 +212,6 @@ def _after_transaction_end(session: Session, transaction: Any) -> None:
 # --- receiving ----------------------------------------------------------------------------
 
 
-def conninfo(db: Database) -> str:
-    """A libpq URL for psycopg from the SQLAlchemy URL. It holds the password: never log it."""
-    url = make_url(db.url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
-
-
 class Listener:
     """``LISTEN provisiond`` in a daemon thread; each notification calls ``on_notify``.
 
@@ -228,7 +223,7 @@ class Listener:
     def __init__(self, db: Database, on_notify: Callable[[dict[str, Any]], None]) -> None:
         self.db = db
         self.on_notify = on_notify
-        self._conninfo = conninfo(db)
+        self._conninfo = libpq_url(db.url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Set while connected and listening (tests wait on it).

@@ -13,9 +13,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from provisiond.logging import get_logger
+from provisiond.netboot.dhcp_guard import gone
 
 log = get_logger(__name__)
 
@@ -29,21 +29,13 @@ def kill_pid(pid: int, wait_s: float = KILL_WAIT_S) -> bool:
     for sig in (signal.SIGKILL, None):
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:  # bounded: wait_s
-            if _gone(pid):
+            if gone(pid):
                 return True
             time.sleep(0.02)
         if sig is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-    return _gone(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.split(") ", 1)[-1].startswith(("Z", "X"))
+    return gone(pid)
 
 
 class DeadMan:

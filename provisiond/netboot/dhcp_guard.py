@@ -185,19 +185,20 @@ def kill_stale(pidfile: Path, conf: Path) -> list[int]:
         except OSError:
             continue
         ours = b"dnsmasq" in argv[0] or any(a.endswith(b"dhcp_guard.py") for a in argv[:4])
-        if ours and mark in argv and not _gone(pid):
+        if ours and mark in argv and not gone(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             killed.append(pid)
     for pid in killed:
         for _ in range(40):  # bounded: 2 s
-            if _gone(pid):
+            if gone(pid):
                 break
             time.sleep(0.05)
     return killed
 
 
-def _gone(pid: int) -> bool:
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (exited, not yet reaped)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith(("Z", "X"))
     except (OSError, IndexError):

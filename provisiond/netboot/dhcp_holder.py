@@ -43,13 +43,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import make_url
-
 from provisiond.cluster import leadership
 from provisiond.logging import get_logger
 from provisiond.netboot import lease_hook
 from provisiond.netboot.dhcp_deadman import DeadMan
 from provisiond.netboot.lease_sink import LeaseSink
+from provisiond.pg_session import libpq_url
 
 if TYPE_CHECKING:
     from provisiond.cluster.node import ClusterNode
@@ -70,12 +69,6 @@ PREPARE_S = 30.0
 
 def dhcp_role(network: str) -> str:
     return f"dhcp:{network}"
-
-
-def libpq_dsn(db_url: str) -> str:
-    """The SQLAlchemy URL as a libpq connection string (for the lease hook)."""
-    url = make_url(db_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 class DhcpHolder:
@@ -102,7 +95,6 @@ class DhcpHolder:
         self._resync = resync
         self.epoch: int | None = None
         self.holder: str | None = None
-        self.takeovers = 0
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -196,7 +188,6 @@ class DhcpHolder:
         assert isinstance(epoch, int)
         if epoch != self.epoch or holder != self.holder:
             self.epoch, self.holder = epoch, holder
-            self.takeovers += 1
             log.info("dhcp_role_taken", network=self.net.name, holder=holder, epoch=epoch,
                      grace_s=self.grace_s)  # fmt: skip
             self._arm(started + self.ttl_s - self.margin_s)
@@ -273,7 +264,7 @@ class DhcpHolder:
         self.sink.start()
         hook = lease_hook.install(
             self.service.paths.root,
-            dsn=libpq_dsn(self.db.url),
+            dsn=libpq_url(self.db.url),
             network=self.net.name,
             role=self.role,
             holder=holder,

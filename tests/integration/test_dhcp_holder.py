@@ -35,24 +35,12 @@ from tests.conftest import _database
 from tests.integration.test_dnsmasq import LoopThread, full_net, wait_for
 from tests.support import pg
 from tests.support.daemon import Daemon as Daemon_
-from tests.support.netns import SUBNET, Lab, require
+from tests.support.netns import SUBNET, Lab
 
 pytestmark = pytest.mark.slow
 
 TTL_S = 3.0
 MAC = "52:54:00:aa:16:01"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    require("ip", "dnsmasq", "busybox", "timeout")
-    if not Path("/usr/lib/ipxe/undionly.kpxe").is_file():
-        require("ipxe-binaries-in-/usr/lib/ipxe")
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.fixture
@@ -392,15 +380,15 @@ def test_lease_hook_socket_fallback_fence_and_init(pg_db: Database, tmp_path: Pa
 
     from provisiond.cluster import leadership
     from provisiond.netboot import lease_hook
-    from provisiond.netboot.dhcp_holder import libpq_dsn
     from provisiond.netboot.lease_sink import LeaseSink
+    from provisiond.pg_session import libpq_url
 
     role = dhcp_role("t")
     assert leadership.lead(pg_db, role, "x#1", 60) is not None
     sock = tmp_path / "lease.sock"
     sink = LeaseSink(pg_db, sock, network="t", role=role, holder="x#1")
     sink.start()
-    hook = lease_hook.install(tmp_path, dsn=libpq_dsn(pg_db.url), network="t", role=role,
+    hook = lease_hook.install(tmp_path, dsn=libpq_url(pg_db.url), network="t", role=role,
                               holder="x#1", socket=sock)  # fmt: skip
     env = {"DNSMASQ_LEASE_EXPIRES": "1900000000", "DNSMASQ_CLIENT_ID": "01:52:54:00:aa:16:01"}
 

@@ -24,7 +24,7 @@ from provisiond.netboot.dnsmasq_conf import HostChange
 from provisiond.netboot.dnsmasq_log import BootEvent, DhcpEvent, TftpEvent
 from provisiond.networks import ProvisioningNetwork
 from provisiond.templates import Templates
-from tests.support.netns import SUBNET, Lab, require
+from tests.support.netns import SUBNET, Lab
 
 T = TypeVar("T")
 PXE_BIOS = ("0x5d:0000",)  # option 93 client arch 0 (x86 BIOS)
@@ -47,18 +47,6 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    require("ip", "dnsmasq", "busybox", "timeout")
-    if not Path("/usr/lib/ipxe/undionly.kpxe").is_file():
-        require("ipxe-binaries-in-/usr/lib/ipxe")
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.fixture

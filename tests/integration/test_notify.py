@@ -35,6 +35,7 @@ from provisiond.container import Services
 from provisiond.db import Database
 from provisiond.lifecycle import Ev
 from provisiond.models import Allocation, Machine
+from provisiond.pg_session import libpq_url
 from provisiond.secrets import SecretBox
 from tests.conftest import _database
 from tests.support import pg
@@ -294,7 +295,7 @@ def test_the_listener_survives_a_postgresql_restart() -> None:
                 time.sleep(0.1)
             assert listener.reconnects >= 1 and listener.listening.is_set()
             assert seen == [{"a": "*", "q": 1, "d": 1, "e": 1}]  # missed meanwhile: wake all
-            with psycopg.connect(notify.conninfo(db), autocommit=True) as conn:
+            with psycopg.connect(libpq_url(db.url), autocommit=True) as conn:
                 conn.execute("SELECT pg_notify('provisiond', %s)", ('{"a":["after"]}',))
             for _ in range(100):
                 if len(seen) > 1:

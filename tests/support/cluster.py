@@ -84,13 +84,17 @@ class Cluster:
     def key_file(self) -> Path:
         return self.root / "secret.key"
 
-    def create(self) -> None:
+    def _admin(self, sql: str) -> None:
+        """One statement on the server's admin database (CREATE/DROP DATABASE)."""
         admin = create_engine(self.server, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.name}" TEMPLATE provisiond_template'))
+                conn.execute(text(sql))
         finally:
             admin.dispose()
+
+    def create(self) -> None:
+        self._admin(f'CREATE DATABASE "{self.name}" TEMPLATE provisiond_template')
         SecretBox.from_key_file(self.key_file)
         first = self._daemon(0)
         result = cli("token", "create", "--name", "admin", "--role", "admin", env=first.env)
@@ -98,12 +102,7 @@ class Cluster:
         self.admin_token = result.stdout.strip().splitlines()[-1]
 
     def drop(self) -> None:
-        admin = create_engine(self.server, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def _daemon(self, index: int) -> Daemon:
         data = self.root / f"d{index}"
